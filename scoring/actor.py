@@ -1,0 +1,238 @@
+"""The Ray stages: ``ShardScorer`` (an actor holding one ORT session) and ``decode_images``
+(a stateless CPU task for image shards).
+
+Each shard travels as one row, so one actor scores a whole shard, in ``compute.batch_size``
+batches, and writes its predictions itself: no shard's rows are split across actors, nothing
+large goes back through the driver, and the record it returns is a few hundred bytes of JSON.
+Timing is measured here, where the work happens (see README "How timing is attributed").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from scoring import images, sink, sources, storage
+from scoring.config import Config
+from scoring.errors import InputError, RowError
+from scoring.model import ModelInfo, local_model_path
+from scoring.predict import output_columns, run_groups
+from scoring.tensors import Feed, Group, plan_feeds, prepare
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    """Everything a stage needs, checked on the driver; plain data, cheap to pickle."""
+
+    config: Config
+    model: ModelInfo
+    image_size: tuple[int, int] | None = None
+    image_layout: str | None = None
+
+
+def decode_images(batch: dict[str, np.ndarray], spec: JobSpec) -> dict[str, np.ndarray]:
+    """Read and decode image shards (one per row) into uint8 arrays; broken files become errors."""
+    out = [pickle.dumps(_decode_shard(int(i), str(u), list(f), str(k), spec))
+           for i, u, f, k in zip(batch["index"], batch["uri"], batch["files"], batch["kind"])]
+    return {"index": batch["index"], "payload": np.array(out, dtype=object)}
+
+
+def _decode_shard(index: int, uri: str, files: list[str], kind: str, spec: JobSpec) -> dict[str, Any]:
+    cfg, so = spec.config, spec.config.storage_options
+    started = time.time()
+    read_s = decode_s = 0.0
+    keep: pa.Table | None = None
+    if kind == "image_parquet":
+        t0 = time.perf_counter()
+        try:
+            table, nbytes = sources.read_parquet(uri, [cfg.input.image_column, *cfg.input.keep], so)
+        except RowError as exc:
+            return {"index": index, "shard": uri, "started_at": started, "failed": exc}
+        blobs = table.column(cfg.input.image_column).to_pylist()
+        keep = table.drop_columns([cfg.input.image_column]) if cfg.input.keep else None
+        read_s = time.perf_counter() - t0
+    else:
+        blobs, nbytes = [], 0
+        for path in files:
+            t0 = time.perf_counter()
+            try:
+                blobs.append(storage.read_bytes(path, so))
+                nbytes += len(blobs[-1])
+            except Exception as exc:  # one unreadable file is a rejected row, not a failed job
+                blobs.append(exc)
+            read_s += time.perf_counter() - t0
+    arrays, ok_rows, errors = [], [], []
+    assert spec.image_size is not None
+    for row, blob in enumerate(blobs):
+        t0 = time.perf_counter()
+        try:
+            if isinstance(blob, Exception):
+                raise blob
+            if blob is None:
+                raise ValueError(f"column {cfg.input.image_column} is null")
+            arrays.append(images.decode(blob, cfg.input.image, spec.image_size))
+            ok_rows.append(row)
+        except Exception as exc:  # PIL raises many types for bad bytes; the row is rejected
+            stage = "read" if isinstance(blob, Exception) else "decode"
+            where = files[row] if files else f"{uri} row {row}"
+            errors.append([row, row + 1, stage, type(exc).__name__, f"{where}: cannot decode "
+                           f"image: {exc}. The file is skipped; fix or remove it."])
+        decode_s += time.perf_counter() - t0
+    h, w = spec.image_size
+    c = 1 if cfg.input.image.mode == "L" else 3
+    batch = np.stack(arrays) if arrays else np.zeros((0, h, w, c), np.uint8)
+    return {"index": index, "shard": uri, "started_at": started, "rows": len(blobs),
+            "bytes": nbytes, "images": batch, "ok_rows": np.asarray(ok_rows, np.int64),
+            "errors": errors, "read_s": read_s, "preprocess_s": decode_s,
+            "paths": files, "keep": keep}
+
+
+class ShardScorer:
+    """Ray Data callable class: ``__init__`` builds and warms the session, ``__call__`` scores
+    the shards of a batch (one row each) and returns one JSON record per shard."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        import ray
+
+        from scoring.session import build_session
+
+        cfg = spec.config
+        gpu_ids = [int(g) for g in ray.get_gpu_ids()] if cfg.compute.gpus_per_actor > 0 else []
+        if not gpu_ids:
+            # Since Ray 2.60, actors with num_gpus=0 can see every GPU of their node: hide them.
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        threads = cfg.model.intra_op_threads
+        if threads == "auto":
+            threads = max(1, int(cfg.compute.cpus_per_actor))
+        path = local_model_path(spec.model.uri, spec.model.sha256, cfg.storage_options)
+        self.spec = spec
+        self.session = build_session(path, spec.model, cfg.model, threads=int(threads), gpu_ids=gpu_ids)
+        self.columns = output_columns(spec.model, cfg.output.outputs)
+        self.feeds: dict[pa.Schema, list[Feed]] = {}
+        ctx = ray.get_runtime_context()
+        self.node = ray.util.get_node_ip_address()
+        self.actor = ctx.get_actor_id() or "driver"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "payload" in batch:
+            records = [self.score_images(pickle.loads(p)) for p in batch["payload"]]
+        else:
+            records = [self.score_table(int(i), str(u)) for i, u in zip(batch["index"], batch["uri"])]
+        import json
+
+        return {"record": np.array([json.dumps(r) for r in records], dtype=object)}
+
+    def score_table(self, index: int, uri: str) -> dict[str, Any]:
+        cfg = self.spec.config
+        rec = self._record(index, uri, time.time())
+        needed = list(dict.fromkeys([*_feed_columns(self.spec, cfg.input.columns), *cfg.input.keep]))
+        t0 = time.perf_counter()
+        try:
+            table, rec["bytes"] = sources.read_parquet(uri, needed, cfg.storage_options)
+        except RowError as exc:
+            return self._fail(rec, exc)
+        finally:
+            rec["read_s"] = time.perf_counter() - t0
+        rec["rows"] = table.num_rows
+        t0 = time.perf_counter()
+        try:
+            feeds = self._feeds(table.schema, uri)
+            missing = [c for c in cfg.input.keep if c not in table.schema.names]
+            if missing:
+                raise InputError(f"{uri}: no column {missing} listed in input.keep (columns "
+                                 f"found: {table.schema.names})")
+        except InputError as exc:
+            return self._fail(rec, RowError("read", str(exc), "InputError", 0, table.num_rows))
+        groups, rejected = prepare(table, feeds)
+        rec["preprocess_s"] = time.perf_counter() - t0
+        keep = table.select(cfg.input.keep) if cfg.input.keep else None
+        self._finish(rec, groups, {r: ("preprocess", m) for r, m in rejected.items()}, keep)
+        return rec
+
+    def score_images(self, shard: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.spec.config
+        rec = self._record(shard["index"], shard["shard"], shard["started_at"])
+        if "failed" in shard:
+            return self._fail(rec, shard["failed"])
+        for key in ("rows", "bytes", "read_s", "preprocess_s"):
+            rec[key] = shard[key]
+        t0 = time.perf_counter()
+        spec = self.spec.model.inputs[0]
+        tensor = images.normalise(shard["images"], cfg.input.image, self.spec.image_layout or "NCHW", spec.dtype)
+        rec["preprocess_s"] += time.perf_counter() - t0
+        groups = [Group(shard["ok_rows"], {spec.name: tensor})] if len(tensor) else []
+        rec["errors"].extend(shard["errors"])
+        keep = shard["keep"]
+        if keep is None:
+            paths = pa.array(shard["paths"], pa.string()) if shard["paths"] else None
+            keep = pa.table({"path": paths}) if paths is not None else None
+        self._finish(rec, groups, {}, keep)
+        return rec
+
+    def _finish(self, rec: dict[str, Any], groups: list[Group], rejected: dict[int, tuple[str, str]],
+                keep: pa.Table | None) -> None:
+        cfg = self.spec.config
+        preds = run_groups(self.session, self.spec.model, groups, self.columns, cfg.compute.batch_size)
+        rec["infer_s"] = preds.infer_s
+        rejected.update({r: ("infer", m) for r, m in preds.rejected.items()})
+        for row, (stage, message) in sorted(rejected.items()):
+            rec["errors"].append([row, row + 1, stage, "RowError", message])
+        t0 = time.perf_counter()
+        rows = pa.array(preds.rows, pa.int64())
+        fields = [pa.field("shard", pa.string()), pa.field("row", pa.int64())]
+        arrays: list[pa.Array] = [pa.repeat(pa.scalar(rec["shard"]), len(rows)), rows]
+        if keep is not None:
+            for field, column in zip(keep.schema, keep.columns):
+                fields.append(field)
+                arrays.append(column.take(rows))
+        fields += preds.fields
+        arrays += preds.columns
+        table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+        sink.write_predictions(cfg.output.uri, rec["index"], table, cfg.storage_options)
+        rec["write_s"] = time.perf_counter() - t0
+        rec["rows_failed"] = sum(max(stop - start, 1) for start, stop, *_ in rec["errors"])
+        rec["status"] = "succeeded" if not rec["errors"] else "partial"
+        self._close(rec)
+
+    def _fail(self, rec: dict[str, Any], exc: RowError) -> dict[str, Any]:
+        rec["errors"].append([exc.row_start, exc.row_stop, exc.stage, exc.error, exc.message])
+        rec["rows"] = max(rec["rows"], exc.row_stop, 0)
+        rec["rows_failed"] = max(exc.row_stop - exc.row_start, 1)
+        rec["status"] = "failed"
+        self._close(rec)
+        return rec
+
+    def _close(self, rec: dict[str, Any]) -> None:
+        rec["finished_at"] = time.time()
+        rec["wall_s"] = rec["finished_at"] - rec["started_at"]
+        scored = rec["rows"] - rec["rows_failed"]
+        rec["rows_per_s"] = scored / rec["wall_s"] if rec["wall_s"] > 0 else 0.0
+        sink.write_progress(self.spec.config.output.uri, rec, self.spec.config.storage_options)
+
+    def _record(self, index: int, uri: str, started: float) -> dict[str, Any]:
+        s = self.session
+        return {"index": index, "shard": uri, "rows": 0, "rows_failed": 0, "bytes": 0,
+                "status": "running", "started_at": started, "finished_at": None, "wall_s": 0.0,
+                "read_s": 0.0, "preprocess_s": 0.0, "infer_s": 0.0, "write_s": 0.0,
+                "rows_per_s": 0.0, "device": s.device, "node": self.node, "actors": self.actor,
+                "providers": s.providers, "fallback": s.fallback, "warmup_error": s.warmup_error,
+                "errors": []}
+
+    def _feeds(self, schema: pa.Schema, uri: str) -> list[Feed]:
+        if schema not in self.feeds:
+            self.feeds[schema] = plan_feeds(self.spec.model, self.spec.config.input.columns, schema, uri)
+        return self.feeds[schema]
+
+
+def _feed_columns(spec: JobSpec, columns: dict[str, str | list[str]]) -> list[str]:
+    out: list[str] = []
+    for inp in spec.model.inputs:
+        mapped = columns.get(inp.name, inp.name)
+        out.extend([mapped] if isinstance(mapped, str) else mapped)
+    return out

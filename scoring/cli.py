@@ -1,0 +1,137 @@
+"""The ``scoring`` command line: load config, call the library, print.
+
+Only ``ScoringError`` is caught: it prints ``Error: ...`` and exits with its code (2 for bad
+usage, config, model or input; 1 for a failed job). ``SCORING_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from scoring.errors import ScoringError
+
+F = TypeVar("F", bound=Callable[..., Any])
+SET_HELP = "Override a config key, e.g. --set compute.batch_size=512 (repeatable)."
+
+
+def _errors(fn: F) -> F:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ScoringError as exc:
+            if os.environ.get("SCORING_DEBUG") == "1":
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _load(config: str, sets: tuple[str, ...], mode: str | None = None) -> Any:
+    from scoring.config import load_config
+
+    overrides = list(sets) + ([f"output.mode={mode}"] if mode else [])
+    return load_config(config, overrides=overrides)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="scoring")
+def cli() -> None:
+    """Score ONNX models over Parquet and image datasets on Ray."""
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else start Ray here).")
+@click.option("--mode", type=click.Choice(["resume", "overwrite", "error"]), default=None,
+              help="What to do when the output already holds a job (overrides output.mode).")
+@_errors
+def run(config: str, sets: tuple[str, ...], address: str | None, mode: str | None) -> None:
+    """Run a job with the driver in this process."""
+    from scoring.job import run_job
+    from scoring.report import summary
+
+    cfg = _load(config, sets, mode)
+    result = run_job(cfg, address=address, echo=click.echo)
+    click.echo(summary(result.job, result.records))
+    if not result.ok:
+        click.echo(f"Error: {result.job['error']}", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--address", required=True, help="Job API address of the cluster, e.g. http://HEAD:8265.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--no-wait", is_flag=True, help="Print the job id and return without following logs.")
+@_errors
+def submit(config: str, address: str, sets: tuple[str, ...], no_wait: bool) -> None:
+    """Submit the job to a Ray cluster's Job API and follow it."""
+    from scoring.submit import submit_job
+
+    _load(config, sets)  # fail here, not on the cluster, for a bad config
+    sys.exit(submit_job(config, address, sets, wait=not no_wait, echo=click.echo))
+
+
+@cli.command()
+@click.argument("model_uri")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_errors
+def inspect(model_uri: str, as_json: bool) -> None:
+    """Show a model's inputs, outputs, opset, metadata, sha256 and the providers here."""
+    from scoring.inspect import format_inspection, inspect_model
+
+    data = inspect_model(model_uri)
+    click.echo(json.dumps(data, indent=2) if as_json else format_inspection(data))
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@_errors
+def validate(config: str, sets: tuple[str, ...]) -> None:
+    """Check config, model and the first shard against each other; score nothing."""
+    from scoring.job import check
+
+    spec, shards = check(_load(config, sets))
+    click.echo(f"ok: {len(shards)} shard(s); model inputs "
+               + ", ".join(i.describe() for i in spec.model.inputs))
+
+
+@cli.command()
+@click.argument("output_uri")
+@click.option("--html", "html", type=click.Path(dir_okay=False), default=None,
+              help="Also write an HTML page with per-shard timing charts.")
+@_errors
+def report(output_uri: str, html: str | None) -> None:
+    """Summarise a finished or running job from its output folder."""
+    from scoring.report import load_report, summary, write_html
+
+    job, records = load_report(output_uri)
+    click.echo(summary(job, records))
+    if html:
+        write_html(html, job, records)
+        click.echo(f"wrote {html}")
+
+
+@cli.command()
+@click.option("--dir", "directory", default="demo", show_default=True, help="Where to put the demo files.")
+@_errors
+def demo(directory: str) -> None:
+    """Make a small model and datasets, score them locally, print where everything is."""
+    from scoring.demo import run_demo
+
+    sys.exit(run_demo(directory, echo=click.echo))
+
+
+def main() -> None:
+    cli(prog_name="scoring")

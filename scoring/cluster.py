@@ -1,0 +1,82 @@
+"""Ray: joining or starting a cluster, and sizing the actor pool so the job cannot deadlock.
+
+Ray Data's documented pattern hangs when the actors hold every CPU slot and the tasks the
+pipeline still needs (reads, image decodes) are never scheduled (ray-project/ray#44687). The
+plan here is checked against the cluster's resources before anything starts: table shards are
+read inside the actors (no other task is needed), and image jobs keep ``compute.decode_cpus``
+free for decode tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+from scoring.config import ComputeConfig
+from scoring.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+    actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+    decode_cpus: float  # CPUs held back for decode tasks (0 for tables)
+
+
+def connect(address: str | None) -> bool:
+    """Join ``address`` (or ``RAY_ADDRESS``), or start Ray locally. True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        import scoring
+
+        # Workers of an existing cluster may not have this package: ship it with the job.
+        runtime_env = {"py_modules": [os.path.dirname(scoring.__file__)]}
+        ray.init(address=address, runtime_env=runtime_env, **kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # the job prints one line per shard instead
+    ctx.print_on_execution_start = False
+    return True
+
+
+def plan_pool(cfg: ComputeConfig, resources: dict[str, float], images: bool) -> Pool:
+    """Size the actor pool for ``resources`` (``ray.cluster_resources()``).
+
+    Raises ``ConfigError`` when the request cannot be scheduled: the job would wait forever.
+    """
+    cpus = float(resources.get("CPU", 0))
+    gpus = float(resources.get("GPU", 0))
+    decode = cfg.decode_cpus if images else 0.0
+    if cfg.gpus_per_actor > 0 and gpus == 0:
+        raise ConfigError(f"compute.gpus_per_actor is {cfg.gpus_per_actor} but the cluster has no "
+                          "GPUs; set compute.gpus_per_actor: 0 to score on CPU, or join a GPU cluster")
+    actors = cfg.actors
+    if actors is None:
+        if cfg.gpus_per_actor > 0:
+            actors = int(gpus / cfg.gpus_per_actor + 1e-9)
+        else:
+            actors = int((cpus - decode) / cfg.cpus_per_actor + 1e-9)
+        actors = max(actors, 1)
+    need_cpu = actors * cfg.cpus_per_actor + decode
+    if need_cpu > cpus + 1e-9:
+        extra = f" + {decode:g} for image decoding" if decode else ""
+        raise ConfigError(
+            f"compute.actors={actors} x compute.cpus_per_actor={cfg.cpus_per_actor:g}{extra} needs "
+            f"{need_cpu:g} CPUs but the cluster has {cpus:g}: the job would wait forever. Lower "
+            "compute.actors or compute.cpus_per_actor (fractions are allowed).")
+    if actors * cfg.gpus_per_actor > gpus + 1e-9:
+        raise ConfigError(f"compute.actors={actors} x compute.gpus_per_actor={cfg.gpus_per_actor:g} "
+                          f"needs {actors * cfg.gpus_per_actor:g} GPUs but the cluster has {gpus:g}; "
+                          "lower compute.actors or compute.gpus_per_actor")
+    return Pool(actors, cfg.cpus_per_actor, cfg.gpus_per_actor, decode)

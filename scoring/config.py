@@ -1,0 +1,205 @@
+"""Job configuration: one typed tree, validated on the driver before Ray starts.
+
+Precedence, lowest first: defaults < the YAML file < environment (``SCORING_<SECTION>__<KEY>``,
+e.g. ``SCORING_COMPUTE__BATCH_SIZE=512``) < ``--set section.key=value``. Values from the
+environment and ``--set`` are parsed as YAML scalars, so ``--set compute.actors=4`` is an int.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from scoring.errors import ConfigError
+
+ENV_PREFIX = "SCORING_"
+SECRET_KEYS = ("key", "secret", "token", "password", "credential", "sas", "account_key")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CudaOptions(_Section):
+    # "HEURISTIC" avoids the exhaustive cuDNN search that every new input shape triggers.
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "HEURISTIC"
+    # "kSameAsRequested" keeps the arena from doubling past what a batch needs.
+    arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = "kSameAsRequested"
+    gpu_mem_limit: int | None = Field(default=None, gt=0, description="bytes")
+
+
+class TensorrtOptions(_Section):
+    engine_cache_path: str | None = None  # default: ~/.cache/scoring/trt
+    fp16: bool = False
+
+
+class ModelConfig(_Section):
+    uri: str
+    providers: list[Literal["cuda", "tensorrt", "cpu"]] | None = None
+    allow_cpu_fallback: bool = False
+    optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    intra_op_threads: int | Literal["auto"] = "auto"
+    io_binding: bool | Literal["auto"] = "auto"
+    cuda: CudaOptions = CudaOptions()
+    tensorrt: TensorrtOptions = TensorrtOptions()
+
+    @field_validator("intra_op_threads")
+    @classmethod
+    def _positive_threads(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("expected 'auto' or an integer >= 1")
+        return v
+
+
+class ImageConfig(_Section):
+    size: tuple[int, int] | None = None
+    resize: Literal["stretch", "center_crop", "letterbox"] = "stretch"
+    resize_short_side: int | None = Field(default=None, gt=0)
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
+    mode: Literal["RGB", "BGR", "L"] = "RGB"
+    layout: Literal["NCHW", "NHWC"] | None = None
+    scale: float = 1.0 / 255.0
+    mean: list[float] = [0.0]
+    std: list[float] = [1.0]
+
+    @field_validator("size")
+    @classmethod
+    def _positive_size(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and min(v) < 1:
+            raise ValueError("expected [height, width] of positive integers")
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero_std(cls, v: list[float]) -> list[float]:
+        if any(s == 0 for s in v):
+            raise ValueError("std values must be non-zero")
+        return v
+
+
+class InputConfig(_Section):
+    uri: str
+    format: Literal["parquet", "images"]
+    columns: dict[str, str | list[str]] = {}
+    keep: list[str] = []
+    files_per_shard: int = Field(default=1024, gt=0)
+    image_column: str = "image"
+    image: ImageConfig = ImageConfig()
+
+
+class OutputConfig(_Section):
+    uri: str
+    mode: Literal["error", "overwrite", "resume"] = "error"
+    outputs: dict[str, str] = {}
+
+
+class ComputeConfig(_Section):
+    actors: int | None = Field(default=None, gt=0)
+    cpus_per_actor: float = Field(default=1.0, gt=0)
+    gpus_per_actor: float = Field(default=0.0, ge=0)
+    batch_size: int = Field(default=256, gt=0)
+    # CPUs each image-decoding task reserves (images only).
+    decode_cpus: float = Field(default=1.0, gt=0)
+
+
+class ErrorsConfig(_Section):
+    max_rejected_rows: int = Field(default=1000, ge=0)
+
+
+class Config(_Section):
+    model: ModelConfig
+    input: InputConfig
+    output: OutputConfig
+    compute: ComputeConfig = ComputeConfig()
+    errors: ErrorsConfig = ErrorsConfig()
+    storage_options: dict[str, Any] = {}
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as plain data with secrets in ``storage_options`` replaced by ``***``."""
+        data = self.model_dump(mode="json")
+        data["storage_options"] = _redact(data["storage_options"])
+        return data
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: "***" if any(s in str(k).lower() for s in SECRET_KEYS) else _redact(v)
+                for k, v in value.items()}
+    return value
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, data: Mapping[str, Any] | None = None,
+                overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> Config:
+    """Build a validated ``Config`` from a YAML file (or ``data``), environment and overrides.
+
+    Raises ``ConfigError`` naming the key, what was expected and what was found.
+    """
+    tree: dict[str, Any] = dict(data or {})
+    if path is not None:
+        tree = _read_yaml(Path(path))
+    env = os.environ if environ is None else environ
+    for name, value in sorted(env.items()):
+        if name.startswith(ENV_PREFIX) and "__" in name:
+            dotted = name[len(ENV_PREFIX):].lower().replace("__", ".")
+            _set_dotted(tree, dotted, _parse_scalar(value), source=f"environment {name}")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. compute.batch_size=512), found {item!r}")
+        _set_dotted(tree, key.strip(), _parse_scalar(value), source=f"--set {item}")
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top, found {type(tree).__name__}")
+    return tree
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"{source}: config key '{where}' holds a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            lines.append(f"unknown config key '{key}'; check its spelling against README's config reference")
+        elif kind == "missing":
+            lines.append(f"missing required config key '{key}'")
+        else:
+            lines.append(f"config key '{key}': {err['msg'].lower()}, found {err.get('input')!r}")
+    return "invalid config:\n  " + "\n  ".join(lines)

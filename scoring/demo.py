@@ -1,0 +1,151 @@
+"""``scoring demo``: a small model and datasets made on the spot, scored locally.
+
+The builders here (an MLP and a small CNN made with ``onnx.helper``, Parquet tables and a JPEG
+folder) also serve ``make bench``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def make_mlp(path: str | Path, sizes: tuple[int, ...] = (64, 256, 256, 10), seed: int = 0) -> str:
+    """An MLP ``x [N, sizes[0]] -> probs [N, sizes[-1]]`` (ReLU between layers, softmax last)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev = [], [], "x"
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        w = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(b, np.float32), f"b{i}")]
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"h{i}"]))
+        prev = f"h{i}"
+        if i < len(sizes) - 2:
+            nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
+            prev = f"r{i}"
+    nodes.append(helper.make_node("Softmax", [prev], ["probs"], axis=1))
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", sizes[0]])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", sizes[-1]])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="scoring-demo")
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def make_cnn(path: str | Path, size: int = 224, classes: int = 10, seed: int = 0) -> str:
+    """A small CNN ``image [N, 3, size, size] -> probs [N, classes]``: two strided convs, pool, dense."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+
+    def w(name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.1).astype(np.float32), name)
+
+    inits = [w("c1", (8, 3, 3, 3)), w("c2", (16, 8, 3, 3)), w("fc", (16, classes)),
+             numpy_helper.from_array(np.zeros(classes, np.float32), "fcb")]
+    nodes = [
+        helper.make_node("Conv", ["image", "c1"], ["a1"], strides=[4, 4], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "c2"], ["a2"], strides=[4, 4], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc", "fcb"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "cnn", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="scoring-demo")
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def write_tables(folder: str | Path, files: int, rows: int, features: int, seed: int = 0) -> list[str]:
+    """``files`` Parquet files of ``rows`` rows: ``id`` int64 and ``features`` fixed_size_list<float32>."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(files):
+        x = rng.standard_normal((rows, features), dtype=np.float32)
+        feats = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), features)
+        ids = pa.array(np.arange(i * rows, (i + 1) * rows, dtype=np.int64))
+        path = os.path.join(folder, f"part-{i:03d}.parquet")
+        pq.write_table(pa.table({"id": ids, "features": feats}), path, row_group_size=64 * 1024)
+        paths.append(path)
+    return paths
+
+
+def write_images(folder: str | Path, count: int, size: tuple[int, int] = (224, 224), seed: int = 0,
+                 per_folder: int = 1000) -> list[str]:
+    """``count`` JPEG files of smooth random colour fields, ``per_folder`` to a subfolder."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    paths = []
+    for i in range(count):
+        sub = os.path.join(folder, f"d{i // per_folder:03d}")
+        os.makedirs(sub, exist_ok=True)
+        a, b, c = rng.uniform(0, 6.28, 3)
+        img = np.stack([127 + 120 * np.sin(xx / (20 + 10 * a) + b),
+                        127 + 120 * np.cos(yy / (15 + 5 * b) + c),
+                        127 + 120 * np.sin((xx + yy) / (25 + 7 * c) + a)], axis=-1)
+        path = os.path.join(sub, f"img-{i:06d}.jpg")
+        Image.fromarray(img.astype(np.uint8)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def run_demo(directory: str, echo: Callable[[str], None] = print) -> int:
+    """Build everything under ``directory``, score tables and images, print where it went."""
+    from scoring import cluster
+    from scoring.config import load_config
+    from scoring.job import run_job
+    from scoring.report import summary
+
+    root = Path(directory).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    echo(f"making a demo model and datasets under {root}")
+    make_mlp(root / "mlp.onnx", (16, 32, 3))
+    make_cnn(root / "cnn.onnx", size=64, classes=5)
+    write_tables(root / "tables", files=4, rows=5000, features=16)
+    write_images(root / "images", count=120, size=(80, 100), per_folder=60)
+    jobs = {
+        "tables": {"model": {"uri": str(root / "mlp.onnx")},
+                   "input": {"uri": str(root / "tables"), "format": "parquet",
+                             "columns": {"x": "features"}, "keep": ["id"]},
+                   "output": {"uri": str(root / "out-tables"), "mode": "overwrite"}},
+        "images": {"model": {"uri": str(root / "cnn.onnx")},
+                   "input": {"uri": str(root / "images"), "format": "images", "files_per_shard": 40,
+                             "image": {"resize": "center_crop", "mean": [0.485, 0.456, 0.406],
+                                       "std": [0.229, 0.224, 0.225]}},
+                   "output": {"uri": str(root / "out-images"), "mode": "overwrite"}},
+    }
+    started = cluster.connect(None)
+    status = 0
+    try:
+        for name, data in jobs.items():
+            echo(f"\n== {name} ==")
+            result = run_job(load_config(data=data, environ={}), echo=echo)
+            echo(summary(result.job, result.records))
+            echo(f"outputs: {result.out}/predictions/, _shards.parquet, _errors.parquet, _job.json")
+            status = status or (0 if result.ok else 1)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    return status

@@ -1,0 +1,132 @@
+"""Image preprocessing: decode, orient, convert, resize, then normalise into the model's layout.
+
+Steps, in order (README repeats them):
+1. decode with Pillow; apply the EXIF orientation;
+2. convert to the mode: palette and RGBA/LA images go through RGBA and lose alpha, 16-bit
+   greyscale is scaled to 8 bits (>> 8), then RGB or L; BGR is RGB with channels reversed later;
+3. resize to ``size`` = [height, width]: ``stretch`` resizes directly; ``center_crop`` resizes the
+   short side to ``resize_short_side`` (aspect kept) then crops the centre; ``letterbox`` fits the
+   image inside keeping aspect and pads with grey (114), centred;
+4. to uint8 HWC (this is what crosses from decode tasks to the actors: 4x less than float32);
+5. in the actor, per batch: float32 ``x * scale``, ``- mean``, ``/ std`` per channel, then
+   NCHW or NHWC, then the model input's element type.
+"""
+
+from __future__ import annotations
+
+import io
+import numpy as np
+
+from scoring.config import ImageConfig
+from scoring.errors import InputError
+from scoring.model import TensorSpec
+
+LETTERBOX_FILL = 114
+RESAMPLING = {"nearest": "NEAREST", "bilinear": "BILINEAR", "bicubic": "BICUBIC", "lanczos": "LANCZOS"}
+
+
+def resolve(cfg: ImageConfig, spec: TensorSpec) -> tuple[tuple[int, int], str, int]:
+    """(size, layout, channels) for ``spec``, from config or read off the input's shape.
+
+    Raises ``InputError`` when the model's shape cannot tell and the config does not say.
+    """
+    channels = 1 if cfg.mode == "L" else 3
+    shape = spec.shape or ()
+    if len(shape) != 4:
+        raise InputError(f"model input '{spec.name}' has shape {list(shape)}; an image input "
+                         "needs 4 dims (NCHW or NHWC)")
+    layout = cfg.layout
+    if layout is None:
+        if shape[1] == channels or (shape[1] in (1, 3) and shape[3] not in (1, 3)):
+            layout = "NCHW"
+        elif shape[3] == channels or shape[3] in (1, 3):
+            layout = "NHWC"
+        else:
+            raise InputError(f"cannot tell the layout of input '{spec.name}' {list(shape)}; set "
+                             "input.image.layout to NCHW or NHWC")
+    hw = shape[2:4] if layout == "NCHW" else shape[1:3]
+    c = shape[1] if layout == "NCHW" else shape[3]
+    if isinstance(c, int) and c > 0 and c != channels:
+        raise InputError(f"model input '{spec.name}' takes {c} channels ({layout}) but "
+                         f"input.image.mode {cfg.mode} gives {channels}; set mode to "
+                         f"{'L' if c == 1 else 'RGB or BGR'}")
+    size = cfg.size
+    if size is None:
+        if not all(isinstance(d, int) and d > 0 for d in hw):
+            raise InputError(f"model input '{spec.name}' has dynamic height/width {list(hw)}; "
+                             "set input.image.size: [height, width]")
+        size = (int(hw[0]), int(hw[1]))  # type: ignore[arg-type]
+    for name, values in (("mean", cfg.mean), ("std", cfg.std)):
+        if len(values) not in (1, channels):
+            raise InputError(f"input.image.{name} has {len(values)} values; mode {cfg.mode} "
+                             f"has {channels} channels: give 1 or {channels}")
+    return size, layout, channels
+
+
+def decode(data: bytes, cfg: ImageConfig, size: tuple[int, int]) -> np.ndarray:
+    """Steps 1-4 for one encoded image: uint8 array [H, W, C] (C = 1 for mode L)."""
+    from PIL import Image, ImageOps
+
+    if not data:
+        raise ValueError("empty file (0 bytes)")
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.load()
+        img = ImageOps.exif_transpose(opened)
+    img = _convert(img, "L" if cfg.mode == "L" else "RGB")
+    img = _resize(img, cfg, size)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _convert(img: "Image.Image", mode: str) -> "Image.Image":  # type: ignore[name-defined]  # noqa: F821
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img).astype(np.uint32)
+        img = Image.fromarray((arr >> 8).clip(0, 255).astype(np.uint8) if img.mode != "I"
+                              else arr.clip(0, 255).astype(np.uint8), "L")
+    if img.mode == "P" or img.mode in ("RGBA", "LA", "PA"):
+        img = img.convert("RGBA")
+    return img if img.mode == mode else img.convert(mode)
+
+
+def _resize(img: "Image.Image", cfg: ImageConfig, size: tuple[int, int]) -> "Image.Image":  # type: ignore[name-defined]  # noqa: F821
+    from PIL import Image
+
+    method = getattr(Image.Resampling, RESAMPLING[cfg.interpolation])
+    h, w = size
+    if cfg.resize == "stretch":
+        return img if img.size == (w, h) else img.resize((w, h), method)
+    iw, ih = img.size
+    if cfg.resize == "center_crop":
+        short = cfg.resize_short_side or min(h, w)
+        scale = short / min(iw, ih)
+        nw, nh = max(w, round(iw * scale)), max(h, round(ih * scale))
+        img = img.resize((nw, nh), method)
+        left, top = (nw - w) // 2, (nh - h) // 2
+        return img.crop((left, top, left + w, top + h))
+    scale = min(w / iw, h / ih)
+    nw, nh = max(1, round(iw * scale)), max(1, round(ih * scale))
+    canvas = Image.new(img.mode, (w, h), (LETTERBOX_FILL,) * len(img.getbands()))
+    canvas.paste(img.resize((nw, nh), method), ((w - nw) // 2, (h - nh) // 2))
+    return canvas
+
+
+def normalise(batch: np.ndarray, cfg: ImageConfig, layout: str, dtype: str) -> np.ndarray:
+    """Step 5 for a uint8 batch [N, H, W, C]: scale, mean, std, layout, element type."""
+    if dtype == "uint8" and cfg.scale == 1.0 and cfg.mean == [0.0] and cfg.std == [1.0]:
+        out = batch  # a model that takes raw bytes
+    else:
+        out = batch.astype(np.float32)
+        out *= np.float32(cfg.scale)
+        if cfg.mode == "BGR":
+            out = out[..., ::-1]
+        # mean and std are listed in the order of the mode's channels (BGR: blue first).
+        out -= np.asarray(cfg.mean, dtype=np.float32)
+        out /= np.asarray(cfg.std, dtype=np.float32)
+    if cfg.mode == "BGR" and out is batch:
+        out = out[..., ::-1]
+    if layout == "NCHW":
+        out = out.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(out, dtype=dtype)
+

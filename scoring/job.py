@@ -1,0 +1,183 @@
+"""The job: check everything on the driver, then stream shards through the actors with Ray Data.
+
+Order: config -> model signature -> shard listing -> first shard's schema against the model ->
+output folder (mode) -> Ray -> pool size -> stream -> summary files (``_job.json`` last).
+Everything before "Ray" fails fast with exit 2 and starts no worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from scoring import cluster, images, sink, sources
+from scoring.actor import JobSpec, ShardScorer, decode_images
+from scoring.config import Config
+from scoring.errors import InputError, JobFailed, ScoringError
+from scoring.model import load_model_info
+from scoring.predict import output_columns
+from scoring.tensors import plan_feeds
+
+
+@dataclasses.dataclass
+class JobResult:
+    out: str
+    job: dict[str, Any]
+    records: list[dict[str, Any]]
+
+    @property
+    def ok(self) -> bool:
+        return self.job["status"] == "succeeded"
+
+
+def check(cfg: Config) -> tuple[JobSpec, list[sources.Shard]]:
+    """Everything that can be checked without Ray. Raises ``ScoringError`` (exit 2 kinds)."""
+    so = cfg.storage_options
+    info, _ = load_model_info(cfg.model.uri, so)
+    output_columns(info, cfg.output.outputs)
+    shards = sources.list_shards(cfg.input, so)
+    if cfg.input.format == "images":
+        if len(info.inputs) != 1:
+            raise InputError(f"an image job feeds one model input; this model has "
+                             f"{[i.name for i in info.inputs]}")
+        size, layout, _ = images.resolve(cfg.input.image, info.inputs[0])
+        return JobSpec(cfg, info, size, layout), shards
+    first = shards[0].uri
+    schema = sources.read_schema(first, so)
+    plan_feeds(info, cfg.input.columns, schema, first)
+    missing = [c for c in cfg.input.keep if c not in schema.names]
+    if missing:
+        raise InputError(f"{first}: no column {missing} listed in input.keep (columns found: "
+                         f"{schema.names})")
+    return JobSpec(cfg, info), shards
+
+
+def run_job(cfg: Config, *, address: str | None = None,
+            echo: Callable[[str], None] = print) -> JobResult:
+    """Score every shard of ``cfg.input`` and write the output layout. Returns the result;
+    ``result.ok`` is False when the job failed (too many rejected rows, a failed actor)."""
+    started = time.time()
+    spec, shards = check(cfg)
+    so, out = cfg.storage_options, cfg.output.uri
+    done = sink.prepare_output(out, cfg.output.mode, so)
+    done_uris = {r["shard"] for r in done}
+    todo = [s for s in shards if s.uri not in done_uris]
+    records = [r for r in done if r["shard"] in {s.uri for s in shards}]
+    started_ray = cluster.connect(address)
+    import ray
+
+    pool = cluster.plan_pool(cfg.compute, ray.cluster_resources(), cfg.input.format == "images")
+    t_ray = time.time()
+    echo(f"scoring {len(todo)} shard(s) ({len(records)} already done) with {pool.actors} "
+         f"actor(s) x {pool.cpus_per_actor:g} CPU / {pool.gpus_per_actor:g} GPU")
+    error = None
+    try:
+        if todo:
+            error = _stream(spec, todo, pool, records, echo)
+    except ScoringError as exc:
+        error = str(exc)
+    finally:
+        job = _job_record(cfg, spec, records, started, t_ray, error)
+        sink.write_summary(out, records, job, so)
+        if started_ray:
+            ray.shutdown()
+    return JobResult(out, job, records)
+
+
+def _stream(spec: JobSpec, todo: list[sources.Shard], pool: cluster.Pool,
+            records: list[dict[str, Any]], echo: Callable[[str], None]) -> str | None:
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    cfg = spec.config
+    items = [{"index": s.index, "uri": s.uri, "files": list(s.files), "kind": s.kind} for s in todo]
+    # One block per shard, so every shard is its own unit of work for any actor.
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    if cfg.input.format == "images":
+        ds = ds.map_batches(decode_images, batch_size=1, fn_kwargs={"spec": spec},
+                            num_cpus=pool.decode_cpus, batch_format="numpy")
+    ds = ds.map_batches(
+        ShardScorer, batch_size=1, batch_format="numpy", fn_constructor_kwargs={"spec": spec},
+        compute=ActorPoolStrategy(size=pool.actors, max_tasks_in_flight_per_actor=2),
+        num_cpus=pool.cpus_per_actor, num_gpus=pool.gpus_per_actor or None)
+    limit = cfg.errors.max_rejected_rows
+    rejected = sum(r["rows_failed"] for r in records)
+    try:
+        for row in ds.iter_rows():
+            rec = json.loads(row["record"])
+            records.append(rec)
+            rejected += rec["rows_failed"]
+            echo(_progress_line(rec, len(records)))
+            if rejected > limit:
+                return (f"{rejected} rows rejected, more than errors.max_rejected_rows={limit}; "
+                        f"the job stopped. See {cfg.output.uri}/_errors.parquet for the reasons.")
+    except ray.exceptions.RayError as exc:
+        cause = _scoring_cause(exc)
+        if cause is None:
+            raise
+        raise JobFailed(str(cause)) from exc
+    return None
+
+
+def _scoring_cause(exc: BaseException) -> ScoringError | None:
+    """The ScoringError raised inside a task or actor, if that is what failed."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ScoringError):
+            return seen
+        cause = getattr(seen, "cause", None)
+        if isinstance(cause, ScoringError):
+            return cause
+        seen = seen.__cause__ or (cause if isinstance(cause, BaseException) else None)
+    text = str(exc)
+    marker = next((m for m in ("ProviderError: ", "ModelError: ", "StorageError: ") if m in text), None)
+    if marker:
+        return JobFailed(text[text.index(marker):].splitlines()[0])
+    return None
+
+
+def _progress_line(rec: dict[str, Any], n: int) -> str:
+    bad = f", {rec['rows_failed']} rejected" if rec["rows_failed"] else ""
+    return (f"  [{n}] {rec['shard']}: {rec['status']}, {rec['rows']} rows{bad}, "
+            f"{rec['wall_s']:.2f}s ({rec['rows_per_s']:,.0f} rows/s) on {rec['device']}")
+
+
+def _job_record(cfg: Config, spec: JobSpec, records: list[dict[str, Any]], started: float,
+                t_ray: float, error: str | None) -> dict[str, Any]:
+    import onnxruntime
+    import pyarrow
+    import ray
+
+    import scoring
+
+    finished = time.time()
+    rows = sum(r["rows"] for r in records)
+    failed = sum(r["rows_failed"] for r in records)
+    providers = sorted({p for r in records for p in r.get("providers", [])})
+    fallbacks = sorted({r["fallback"] for r in records if r.get("fallback")})
+    info = spec.model
+    return {
+        "job_id": uuid.uuid4().hex[:12],
+        "status": "failed" if error else "succeeded",
+        "error": error,
+        "config": cfg.redacted(),
+        "model": {"uri": info.uri, "sha256": info.sha256, "opset": info.opset,
+                  "inputs": [dataclasses.asdict(i) for i in info.inputs],
+                  "outputs": [dataclasses.asdict(o) for o in info.outputs]},
+        "versions": {"scoring": scoring.__version__, "ray": ray.__version__,
+                     "onnxruntime": onnxruntime.__version__, "pyarrow": pyarrow.__version__,
+                     "python": platform.python_version()},
+        "providers": providers,
+        "cpu_fallback": fallbacks,
+        "started_at": started, "finished_at": finished,
+        "totals": {"rows": rows, "rows_failed": failed, "shards": len(records),
+                   "wall_s": finished - started, "ray_ready_s": t_ray - started,
+                   "rows_per_s": (rows - failed) / (finished - started) if finished > started else 0.0},
+        "argv": sys.argv,
+    }

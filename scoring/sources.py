@@ -1,0 +1,98 @@
+"""Shards: listing the input into shards, and reading one Parquet shard.
+
+A shard is the unit of input, progress, timing and resume: one Parquet file, or up to
+``input.files_per_shard`` image files of a folder in sorted order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from scoring import storage
+from scoring.config import InputConfig
+from scoring.errors import InputError, RowError, StorageError
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    index: int
+    uri: str                     # a Parquet file, or "<folder>[start:stop]" for image files
+    files: tuple[str, ...] = ()  # image folder shards only
+    kind: str = "parquet"        # "parquet" | "image_files" | "image_parquet"
+
+
+def list_shards(cfg: InputConfig, storage_options: dict[str, Any]) -> list[Shard]:
+    """Every shard of the input, in a stable order. Raises ``StorageError`` when there is none."""
+    if cfg.format == "parquet":
+        files = storage.list_files(cfg.uri, storage_options, PARQUET_SUFFIXES)
+        return [Shard(i, f) for i, f in enumerate(files)]
+    try:
+        images = storage.list_files(cfg.uri, storage_options, IMAGE_SUFFIXES)
+    except StorageError:
+        files = storage.list_files(cfg.uri, storage_options, PARQUET_SUFFIXES + IMAGE_SUFFIXES)
+        return [Shard(i, f, kind="image_parquet") for i, f in enumerate(files)]
+    root = cfg.uri.rstrip("/")
+    step = cfg.files_per_shard
+    return [Shard(i, f"{root}[{start}:{start + len(images[start:start + step])}]",
+                  tuple(images[start:start + step]), "image_files")
+            for i, start in enumerate(range(0, len(images), step))]
+
+
+def read_schema(uri: str, storage_options: dict[str, Any]) -> pa.Schema:
+    """The Arrow schema of a Parquet file, from its footer. Raises ``InputError`` if unreadable."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.split_uri(uri, storage_options)
+    try:
+        with fs.open(path, "rb") as f:
+            return pq.ParquetFile(f).schema_arrow
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{uri}: cannot read the Parquet footer ({exc}). Is it a Parquet file?") from exc
+
+
+def read_parquet(uri: str, columns: Sequence[str], storage_options: dict[str, Any]) -> tuple[pa.Table, int]:
+    """Read those of ``columns`` that exist in one Parquet shard; returns the table and its size.
+
+    Raises ``RowError`` (stage "read") for a corrupt or unreadable file; its rows are the whole
+    shard when the footer can still be read, else unknown (-1).
+    """
+    import pyarrow.parquet as pq
+
+    fs, path = storage.split_uri(uri, storage_options)
+    try:
+        if storage.is_local(fs):
+            # memory_map: the OS pages the file in; fixed-size-list columns then reach numpy
+            # without a copy.
+            size = fs.size(path)
+            file = pq.ParquetFile(path, memory_map=True)
+        else:
+            data = storage.read_bytes(uri, storage_options)  # one GET; retried when transient
+            size = len(data)
+            file = pq.ParquetFile(io.BytesIO(data))
+        # Missing columns are left for the caller to report by name (see tensors.plan_feeds).
+        present = [c for c in columns if c in file.schema_arrow.names]
+        table = file.read(columns=present)
+    except (OSError, pa.ArrowException, StorageError) as exc:
+        raise RowError("read", f"{uri}: cannot read Parquet shard: {exc}", type(exc).__name__,
+                       *_whole_file(uri, storage_options)) from exc
+    return table, int(size)
+
+
+def _whole_file(uri: str, storage_options: dict[str, Any]) -> tuple[int, int]:
+    """Row range of a file whose data failed to read: all of it if the footer reads, else unknown."""
+    try:
+        import pyarrow.parquet as pq
+
+        fs, path = storage.split_uri(uri, storage_options)
+        with fs.open(path, "rb") as f:
+            return 0, pq.ParquetFile(f).metadata.num_rows
+    except Exception:  # the footer is unreadable too: the row count is unknown
+        return -1, -1
