@@ -97,11 +97,16 @@ class ShardScorer:
     """Ray Data callable class: ``__init__`` builds and warms the session, ``__call__`` scores
     the shards of a batch (one row each) and returns one JSON record per shard."""
 
-    def __init__(self, spec: JobSpec) -> None:
+    SPEC: JobSpec | None = None
+
+    def __init__(self, spec: JobSpec | None = None) -> None:
         import ray
 
         from scoring.session import build_session
 
+        spec = spec or self.SPEC
+        if spec is None:
+            raise TypeError("ShardScorer needs a JobSpec: pass one or use scorer_for(spec)")
         cfg = spec.config
         gpu_ids = [int(g) for g in ray.get_gpu_ids()] if cfg.compute.gpus_per_actor > 0 else []
         if not gpu_ids:
@@ -228,6 +233,15 @@ class ShardScorer:
         if schema not in self.feeds:
             self.feeds[schema] = plan_feeds(self.spec.model, self.spec.config.input.columns, schema, uri)
         return self.feeds[schema]
+
+
+def scorer_for(spec: JobSpec) -> type[ShardScorer]:
+    """``ShardScorer`` with ``spec`` bound as a class attribute.
+
+    Ray pickles the class with the spec inside, so no constructor argument sits in the object
+    store (Ray cannot restart an actor whose arguments were lost, and warns about it).
+    """
+    return type("ShardScorer", (ShardScorer,), {"SPEC": spec})
 
 
 def _feed_columns(spec: JobSpec, columns: dict[str, str | list[str]]) -> list[str]:

@@ -47,6 +47,9 @@ def connect(address: str | None) -> bool:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # the job prints one line per shard instead
     ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # It would only repeat, once per job, that we turned the bars off on purpose.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     return True
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from scoring import cluster, images, sink, sources
-from scoring.actor import JobSpec, ShardScorer, decode_images
+from scoring.actor import JobSpec, decode_images, scorer_for
 from scoring.config import Config
 from scoring.errors import InputError, JobFailed, ScoringError
 from scoring.model import load_model_info
@@ -103,7 +103,7 @@ def _stream(spec: JobSpec, todo: list[sources.Shard], pool: cluster.Pool,
         ds = ds.map_batches(decode_images, batch_size=1, fn_kwargs={"spec": spec},
                             num_cpus=pool.decode_cpus, batch_format="numpy")
     ds = ds.map_batches(
-        ShardScorer, batch_size=1, batch_format="numpy", fn_constructor_kwargs={"spec": spec},
+        scorer_for(spec), batch_size=1, batch_format="numpy",
         compute=ActorPoolStrategy(size=pool.actors, max_tasks_in_flight_per_actor=2),
         num_cpus=pool.cpus_per_actor, num_gpus=pool.gpus_per_actor or None)
     limit = cfg.errors.max_rejected_rows

@@ -71,7 +71,7 @@ def plan_feeds(info: ModelInfo, columns: Mapping[str, str | list[str]], schema: 
                     f"{where}: no column '{col}' for model input '{spec.name}' (columns found: "
                     f"{schema.names}). Map the input with input.columns: {{{spec.name}: <column>}}.")
             found = _element_type(schema.field(col).type)
-            if isinstance(mapped, list) and found is not schema.field(col).type:
+            if isinstance(mapped, list) and not _is_scalar(schema.field(col).type):
                 raise InputError(f"{where}: column '{col}' is {schema.field(col).type}; columns "
                                  f"stacked into input '{spec.name}' must be scalars")
             rule = cast_rule(_numpy_name(found), spec.dtype)

@@ -1,0 +1,60 @@
+"""Shared fixtures: one local Ray session for the whole run, and helpers to run real jobs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Any:
+    """A real local Ray with 2 CPUs (what CI has) and 2 logical GPUs for placement tests."""
+    import ray
+
+    from scoring import cluster
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING")
+    cluster.connect(None)  # applies the Ray Data settings the CLI uses
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def run_job(ray_session: Any, tmp_path: Path) -> Any:
+    """Run a job from a config dict; ``output.uri`` defaults to tmp_path/out."""
+    from scoring.config import load_config
+    from scoring.job import run_job as run
+
+    def go(data: dict[str, Any], **kw: Any) -> Any:
+        data.setdefault("output", {}).setdefault("uri", str(tmp_path / "out"))
+        data.setdefault("compute", {}).setdefault("actors", 1)
+        return run(load_config(data=data, environ={}), echo=lambda _: None, **kw)
+
+    return go
+
+
+def write_parquet(path: Path, columns: dict[str, Any]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), str(path))
+    return str(path)
+
+
+def fixed_list(x: np.ndarray) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), int(np.prod(x.shape[1:])))
+
+
+def read_predictions(out: str | Path) -> pa.Table:
+    return pq.read_table(Path(out) / "predictions").sort_by([("shard", "ascending"), ("row", "ascending")])
+
+
+def read_errors(out: str | Path) -> pa.Table:
+    return pq.read_table(Path(out) / "_errors.parquet")

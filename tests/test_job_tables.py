@@ -1,0 +1,200 @@
+"""End-to-end table jobs on a real local Ray: predictions, exactly-once, bad input, modes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import fixed_list, read_errors, read_predictions, write_parquet
+
+import models
+from onnx import TensorProto
+from scoring.demo import make_mlp, write_tables
+from scoring.errors import InputError, StorageError
+
+
+def direct(model: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+def test_predictions_equal_a_direct_ort_run_row_by_row(run_job, tmp_path: Path) -> None:
+    model = make_mlp(tmp_path / "m.onnx", (8, 16, 4))
+    write_tables(tmp_path / "data", files=3, rows=1000, features=8)
+    result = run_job({"model": {"uri": model},
+                      "input": {"uri": str(tmp_path / "data"), "format": "parquet",
+                                "columns": {"x": "features"}, "keep": ["id"]},
+                      "compute": {"actors": 2, "batch_size": 128}})
+    assert result.ok, result.job["error"]
+    preds = read_predictions(result.out)
+    assert preds.num_rows == 3000
+    assert sorted(preds.column("id").to_pylist()) == list(range(3000))  # every row exactly once
+    source = pq.read_table(tmp_path / "data")
+    x = np.stack(source.column("features").to_numpy(zero_copy_only=False)).astype(np.float32)
+    (expected,) = direct(model, {"x": x})
+    got = np.stack(preds.sort_by("id").column("probs").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert json.loads(preds.schema.field("probs").metadata[b"shape"]) == [4]
+    shards = pq.read_table(Path(result.out) / "_shards.parquet").to_pylist()
+    assert [s["rows"] for s in shards] == [1000, 1000, 1000]
+    assert all(s["status"] == "succeeded" and s["infer_s"] > 0 and s["wall_s"] >= s["infer_s"] for s in shards)
+    job = json.loads((Path(result.out) / "_job.json").read_text())
+    assert job["status"] == "succeeded" and job["totals"]["rows"] == 3000
+    assert job["model"]["sha256"] and job["providers"] == ["CPUExecutionProvider"]
+    assert read_errors(result.out).num_rows == 0
+
+
+def test_stacked_columns_several_inputs_and_int_cast(run_job, tmp_path: Path) -> None:
+    model = models.two_inputs(tmp_path / "two.onnx")
+    a0, a1 = np.arange(5, dtype=np.float64), np.arange(5, dtype=np.float64) * 10
+    b = np.arange(5, dtype=np.int32)  # int32 -> int64: allowed
+    write_parquet(tmp_path / "d" / "p.parquet", {"a0": a0, "a1": a1, "b": b})
+    result = run_job({"model": {"uri": model},
+                      "input": {"uri": str(tmp_path / "d"), "format": "parquet",
+                                "columns": {"a": ["a0", "a1"]}},
+                      "output": {"outputs": {"total": "s"}}})
+    assert result.ok
+    preds = read_predictions(result.out)
+    assert preds.column_names == ["shard", "row", "total"]
+    np.testing.assert_allclose(preds.column("total").to_numpy(), a0 + a1 + b)
+
+
+def test_string_input_and_zipmap_output_from_sklearn(run_job, tmp_path: Path) -> None:
+    import pandas as pd
+
+    model, pipe = models.sklearn_mixed(tmp_path / "skl.onnx")
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"colour": rng.choice(["red", "green", "blue"], 50),
+                          "n0": rng.standard_normal(50), "n1": rng.standard_normal(50)})
+    write_parquet(tmp_path / "d" / "p.parquet", {c: frame[c].to_numpy() for c in frame})
+    result = run_job({"model": {"uri": model}, "input": {"uri": str(tmp_path / "d"), "format": "parquet"}})
+    assert result.ok, result.job["error"]
+    preds = read_predictions(result.out)
+    assert preds.column("output_label").to_pylist() == pipe.predict(frame).tolist()
+    probs = preds.column("output_probability")
+    assert pa.types.is_map(probs.type)
+    got = np.array([[dict(m)[0], dict(m)[1]] for m in probs.to_pylist()])
+    np.testing.assert_allclose(got, pipe.predict_proba(frame), atol=1e-5)
+
+
+def test_reshape_to_per_row_shape_and_fixed_batch_of_one(run_job, tmp_path: Path) -> None:
+    model = models.linear(tmp_path / "img.onnx", [1, 1, 4, 4])  # fixed batch 1, rows of 16 values
+    x = np.random.default_rng(0).standard_normal((7, 16)).astype(np.float32)
+    write_parquet(tmp_path / "d" / "p.parquet", {"pixels": fixed_list(x)})
+    result = run_job({"model": {"uri": model},
+                      "input": {"uri": str(tmp_path / "d"), "format": "parquet", "columns": {"x": "pixels"}},
+                      "compute": {"batch_size": 4}})
+    assert result.ok, result.job["error"]
+    got = np.stack(read_predictions(result.out).column("y").to_numpy(zero_copy_only=False))
+    expected = np.concatenate([direct(model, {"x": r.reshape(1, 1, 4, 4)})[0] for r in x])
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_variable_lengths_are_batched_by_shape_and_misfits_rejected(run_job, tmp_path: Path) -> None:
+    model = models.sequence_mean(tmp_path / "seq.onnx")
+    seqs = [[1.0, 2.0], [3.0], [4.0, 5.0, 6.0], [], [7.0, 8.0], None]
+    write_parquet(tmp_path / "d" / "p.parquet", {"tokens": pa.array(seqs, pa.list_(pa.float32()))})
+    result = run_job({"model": {"uri": model}, "input": {"uri": str(tmp_path / "d"), "format": "parquet"}})
+    assert result.ok
+    preds = read_predictions(result.out)
+    assert preds.column("row").to_pylist() == [0, 1, 2, 4]
+    np.testing.assert_allclose(preds.column("m").to_numpy(), [1.5, 3.0, 5.0, 7.5])
+    errors = read_errors(result.out).sort_by("row").to_pylist()
+    assert [(e["row"], e["stage"]) for e in errors] == [(3, "preprocess"), (5, "preprocess")]
+    assert "0 values" in errors[0]["message"] and "null" in errors[1]["message"]
+
+
+def test_bad_rows_are_rejected_with_reasons_and_every_row_lands_once(run_job, tmp_path: Path) -> None:
+    model = models.linear(tmp_path / "m.onnx", ["batch", 3], dtype=TensorProto.INT32)
+    vals = [[1, 2, 3], [1, 2], [2**40, 0, 0], [4, 5, 6], None]
+    write_parquet(tmp_path / "d" / "p.parquet", {"x": pa.array(vals, pa.list_(pa.int64()))})
+    result = run_job({"model": {"uri": model}, "input": {"uri": str(tmp_path / "d"), "format": "parquet"}})
+    assert result.ok
+    assert read_predictions(result.out).column("row").to_pylist() == [0, 3]
+    errors = {e["row"]: e["message"] for e in read_errors(result.out).to_pylist()}
+    assert set(errors) == {1, 2, 4}
+    assert "2 values; input 'x' takes rows of shape [3]" in errors[1]
+    assert "cannot represent exactly" in errors[2] and "null" in errors[4]
+    shard = pq.read_table(Path(result.out) / "_shards.parquet").to_pylist()[0]
+    assert (shard["rows"], shard["rows_failed"], shard["status"]) == (5, 3, "partial")
+
+
+def test_corrupt_shard_and_schema_drift_are_rejected_and_the_job_goes_on(run_job, tmp_path: Path) -> None:
+    model = make_mlp(tmp_path / "m.onnx", (4, 2))
+    x = np.ones((10, 4), np.float32)
+    write_parquet(tmp_path / "d" / "a.parquet", {"x": fixed_list(x)})
+    write_parquet(tmp_path / "d" / "b.parquet", {"other": fixed_list(x[:6])})
+    (tmp_path / "d" / "c.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
+    result = run_job({"model": {"uri": model}, "input": {"uri": str(tmp_path / "d"), "format": "parquet"}})
+    assert result.ok
+    assert read_predictions(result.out).num_rows == 10
+    errors = read_errors(result.out).to_pylist()
+    drift = [e for e in errors if e["shard"].endswith("b.parquet")]
+    assert len(drift) == 6 and "no column 'x' for model input 'x'" in drift[0]["message"]
+    corrupt = [e for e in errors if e["shard"].endswith("c.parquet")]
+    assert len(corrupt) == 1 and corrupt[0]["row"] is None and corrupt[0]["stage"] == "read"
+    statuses = {Path(s["shard"]).name: s["status"]
+                for s in pq.read_table(Path(result.out) / "_shards.parquet").to_pylist()}
+    assert statuses == {"a.parquet": "succeeded", "b.parquet": "failed", "c.parquet": "failed"}
+
+
+def test_too_many_rejected_rows_fail_the_job(run_job, tmp_path: Path) -> None:
+    model = make_mlp(tmp_path / "m.onnx", (2, 2))
+    for i in range(3):
+        write_parquet(tmp_path / "d" / f"{i}.parquet", {"x": pa.array([[1.0]] * 5, pa.list_(pa.float32()))})
+    result = run_job({"model": {"uri": model}, "input": {"uri": str(tmp_path / "d"), "format": "parquet"},
+                      "errors": {"max_rejected_rows": 4}})
+    assert not result.ok
+    assert "more than errors.max_rejected_rows=4" in result.job["error"]
+    job = json.loads((Path(result.out) / "_job.json").read_text())
+    assert job["status"] == "failed" and read_errors(result.out).num_rows >= 5
+
+
+def test_up_front_errors_name_file_column_and_input(run_job, tmp_path: Path) -> None:
+    model = make_mlp(tmp_path / "m.onnx", (2, 2))
+    write_parquet(tmp_path / "d" / "p.parquet", {"x": pa.array(["a", "b"])})
+    with pytest.raises(InputError, match=r"p.parquet: column 'x' holds string but model input 'x' expects float32"):
+        run_job({"model": {"uri": model}, "input": {"uri": str(tmp_path / "d"), "format": "parquet"}})
+    write_parquet(tmp_path / "e" / "p.parquet", {"feat": pa.array([1.0, 2.0])})
+    with pytest.raises(InputError, match=r"no column 'x' for model input 'x' \(columns found: \['feat'\]\)"):
+        run_job({"model": {"uri": model}, "input": {"uri": str(tmp_path / "e"), "format": "parquet"}})
+    write_parquet(tmp_path / "f" / "p.parquet", {"x": pa.array([1.5, 2.0])})
+    int_model = models.linear(tmp_path / "i.onnx", ["batch", 1], dtype=7)
+    with pytest.raises(InputError, match="holds double but model input 'x' expects int64; converting would"):
+        run_job({"model": {"uri": int_model}, "input": {"uri": str(tmp_path / "f"), "format": "parquet"}})
+
+
+def test_output_modes(run_job, tmp_path: Path) -> None:
+    model = make_mlp(tmp_path / "m.onnx", (4, 2))
+    write_tables(tmp_path / "d", files=2, rows=10, features=4)
+    cfg = {"model": {"uri": model}, "input": {"uri": str(tmp_path / "d"), "format": "parquet",
+                                              "columns": {"x": "features"}}}
+    assert run_job(dict(cfg)).ok
+    with pytest.raises(StorageError, match="already holds a job.*--mode overwrite"):
+        run_job(dict(cfg))
+    # resume: drop one shard's marker and predictions, as if the job had died there
+    out = tmp_path / "out"
+    (out / "_progress" / "part-000001.json").unlink()
+    (out / "predictions" / "part-000001.parquet").unlink()
+    resumed = run_job({**cfg, "output": {"mode": "resume"}})
+    assert resumed.ok and read_predictions(out).num_rows == 20 and len(resumed.records) == 2
+    again = run_job({**cfg, "output": {"mode": "overwrite"}})
+    assert again.ok and read_predictions(out).num_rows == 20
+
+
+@pytest.mark.parametrize("declare", [True, False])
+def test_output_with_batch_on_axis_one(run_job, tmp_path: Path, declare: bool) -> None:
+    model = models.transposed_output(tmp_path / "t.onnx", declare_batch=declare)
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    write_parquet(tmp_path / "d" / "p.parquet", {"x": fixed_list(x)})
+    result = run_job({"model": {"uri": model}, "input": {"uri": str(tmp_path / "d"), "format": "parquet"}})
+    if declare:  # the model says where the batch is: moved to axis 0
+        got = np.stack(read_predictions(result.out).column("t").to_numpy(zero_copy_only=False))
+        np.testing.assert_array_equal(got, x)
+    else:  # it does not: rejected, never misaligned
+        errors = read_errors(result.out).to_pylist()
+        assert len(errors) == 4 and "does not give one entry per row" in errors[0]["message"]
