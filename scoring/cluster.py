@@ -31,6 +31,7 @@ def connect(address: str | None) -> bool:
     import ray
 
     if ray.is_initialized():
+        configure_data()
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
@@ -42,6 +43,12 @@ def connect(address: str | None) -> bool:
         ray.init(address=address, runtime_env=runtime_env, **kwargs)
     else:
         ray.init(include_dashboard=False, **kwargs)
+    configure_data()
+    return True
+
+
+def configure_data() -> None:
+    """Ray Data settings for this driver: our own progress lines instead of Ray's."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -50,7 +57,6 @@ def connect(address: str | None) -> bool:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     # It would only repeat, once per job, that we turned the bars off on purpose.
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    return True
 
 
 def plan_pool(cfg: ComputeConfig, resources: dict[str, float], images: bool) -> Pool:

@@ -100,8 +100,14 @@ def _stream(spec: JobSpec, todo: list[sources.Shard], pool: cluster.Pool,
     # One block per shard, so every shard is its own unit of work for any actor.
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     if cfg.input.format == "images":
+        # Decoding runs as tasks on any CPU of the cluster, overlapping inference. Each task
+        # reserves memory for a worker (~150 MiB measured) and a decoded shard (uint8, twice for
+        # the encoded bytes beside it);
+        # the differing reservation also keeps Ray Data from fusing this stage into the actors.
+        h, w = spec.image_size or (1, 1)
+        shard_bytes = 150 * 2**20 + 2 * cfg.input.files_per_shard * h * w * 3
         ds = ds.map_batches(decode_images, batch_size=1, fn_kwargs={"spec": spec},
-                            num_cpus=pool.decode_cpus, batch_format="numpy")
+                            num_cpus=pool.decode_cpus, memory=shard_bytes, batch_format="numpy")
     ds = ds.map_batches(
         scorer_for(spec), batch_size=1, batch_format="numpy",
         compute=ActorPoolStrategy(size=pool.actors, max_tasks_in_flight_per_actor=2),
