@@ -38,8 +38,10 @@ class JobSpec:
 
 def decode_images(batch: dict[str, np.ndarray], spec: JobSpec) -> dict[str, np.ndarray]:
     """Read and decode image shards (one per row) into uint8 arrays; broken files become errors."""
-    out = [pickle.dumps(_decode_shard(int(i), str(u), list(f), str(k), spec))
-           for i, u, f, k in zip(batch["index"], batch["uri"], batch["files"], batch["kind"])]
+    out = [
+        pickle.dumps(_decode_shard(int(i), str(u), list(f), str(k), spec))
+        for i, u, f, k in zip(batch["index"], batch["uri"], batch["files"], batch["kind"])
+    ]
     return {"index": batch["index"], "payload": np.array(out, dtype=object)}
 
 
@@ -81,16 +83,33 @@ def _decode_shard(index: int, uri: str, files: list[str], kind: str, spec: JobSp
         except Exception as exc:  # PIL raises many types for bad bytes; the row is rejected
             stage = "read" if isinstance(blob, Exception) else "decode"
             where = files[row] if files else f"{uri} row {row}"
-            errors.append([row, row + 1, stage, type(exc).__name__, f"{where}: cannot decode "
-                           f"image: {exc}. The file is skipped; fix or remove it."])
+            errors.append(
+                [
+                    row,
+                    row + 1,
+                    stage,
+                    type(exc).__name__,
+                    f"{where}: cannot decode image: {exc}. The file is skipped; fix or remove it.",
+                ]
+            )
         decode_s += time.perf_counter() - t0
     h, w = spec.image_size
     c = 1 if cfg.input.image.mode == "L" else 3
     batch = np.stack(arrays) if arrays else np.zeros((0, h, w, c), np.uint8)
-    return {"index": index, "shard": uri, "started_at": started, "rows": len(blobs),
-            "bytes": nbytes, "images": batch, "ok_rows": np.asarray(ok_rows, np.int64),
-            "errors": errors, "read_s": read_s, "preprocess_s": decode_s,
-            "paths": files, "keep": keep}
+    return {
+        "index": index,
+        "shard": uri,
+        "started_at": started,
+        "rows": len(blobs),
+        "bytes": nbytes,
+        "images": batch,
+        "ok_rows": np.asarray(ok_rows, np.int64),
+        "errors": errors,
+        "read_s": read_s,
+        "preprocess_s": decode_s,
+        "paths": files,
+        "keep": keep,
+    }
 
 
 class ShardScorer:
@@ -150,8 +169,9 @@ class ShardScorer:
             feeds = self._feeds(table.schema, uri)
             missing = [c for c in cfg.input.keep if c not in table.schema.names]
             if missing:
-                raise InputError(f"{uri}: no column {missing} listed in input.keep (columns "
-                                 f"found: {table.schema.names})")
+                raise InputError(
+                    f"{uri}: no column {missing} listed in input.keep (columns found: {table.schema.names})"
+                )
         except InputError as exc:
             return self._fail(rec, RowError("read", str(exc), "InputError", 0, table.num_rows))
         groups, rejected = prepare(table, feeds)
@@ -169,7 +189,9 @@ class ShardScorer:
             rec[key] = shard[key]
         t0 = time.perf_counter()
         spec = self.spec.model.inputs[0]
-        tensor = images.normalise(shard["images"], cfg.input.image, self.spec.image_layout or "NCHW", spec.dtype)
+        tensor = images.normalise(
+            shard["images"], cfg.input.image, self.spec.image_layout or "NCHW", spec.dtype
+        )
         rec["preprocess_s"] += time.perf_counter() - t0
         groups = [Group(shard["ok_rows"], {spec.name: tensor})] if len(tensor) else []
         rec["errors"].extend(shard["errors"])
@@ -180,8 +202,13 @@ class ShardScorer:
         self._finish(rec, groups, {}, keep)
         return rec
 
-    def _finish(self, rec: dict[str, Any], groups: list[Group], rejected: dict[int, tuple[str, str]],
-                keep: pa.Table | None) -> None:
+    def _finish(
+        self,
+        rec: dict[str, Any],
+        groups: list[Group],
+        rejected: dict[int, tuple[str, str]],
+        keep: pa.Table | None,
+    ) -> None:
         cfg = self.spec.config
         preds = run_groups(self.session, self.spec.model, groups, self.columns, cfg.compute.batch_size)
         rec["infer_s"] = preds.infer_s
@@ -222,12 +249,29 @@ class ShardScorer:
 
     def _record(self, index: int, uri: str, started: float) -> dict[str, Any]:
         s = self.session
-        return {"index": index, "shard": uri, "rows": 0, "rows_failed": 0, "bytes": 0,
-                "status": "running", "started_at": started, "finished_at": None, "wall_s": 0.0,
-                "read_s": 0.0, "preprocess_s": 0.0, "infer_s": 0.0, "write_s": 0.0,
-                "rows_per_s": 0.0, "device": s.device, "node": self.node, "actors": self.actor,
-                "providers": s.providers, "fallback": s.fallback, "warmup_error": s.warmup_error,
-                "errors": []}
+        return {
+            "index": index,
+            "shard": uri,
+            "rows": 0,
+            "rows_failed": 0,
+            "bytes": 0,
+            "status": "running",
+            "started_at": started,
+            "finished_at": None,
+            "wall_s": 0.0,
+            "read_s": 0.0,
+            "preprocess_s": 0.0,
+            "infer_s": 0.0,
+            "write_s": 0.0,
+            "rows_per_s": 0.0,
+            "device": s.device,
+            "node": self.node,
+            "actors": self.actor,
+            "providers": s.providers,
+            "fallback": s.fallback,
+            "warmup_error": s.warmup_error,
+            "errors": [],
+        }
 
     def _feeds(self, schema: pa.Schema, uri: str) -> list[Feed]:
         if schema not in self.feeds:

@@ -51,9 +51,15 @@ def cli() -> None:
 @cli.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else start Ray here).")
-@click.option("--mode", type=click.Choice(["resume", "overwrite", "error"]), default=None,
-              help="What to do when the output already holds a job (overrides output.mode).")
+@click.option(
+    "--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else start Ray here)."
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["resume", "overwrite", "error"]),
+    default=None,
+    help="What to do when the output already holds a job (overrides output.mode).",
+)
 @_errors
 def run(config: str, sets: tuple[str, ...], address: str | None, mode: str | None) -> None:
     """Run a job with the driver in this process."""
@@ -103,14 +109,20 @@ def validate(config: str, sets: tuple[str, ...]) -> None:
     from scoring.job import check
 
     spec, shards = check(_load(config, sets))
-    click.echo(f"ok: {len(shards)} shard(s); model inputs "
-               + ", ".join(i.describe() for i in spec.model.inputs))
+    click.echo(
+        f"ok: {len(shards)} shard(s); model inputs " + ", ".join(i.describe() for i in spec.model.inputs)
+    )
 
 
 @cli.command()
 @click.argument("output_uri")
-@click.option("--html", "html", type=click.Path(dir_okay=False), default=None,
-              help="Also write an HTML page with per-shard timing charts.")
+@click.option(
+    "--html",
+    "html",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write an HTML page with per-shard timing charts.",
+)
 @_errors
 def report(output_uri: str, html: str | None) -> None:
     """Summarise a finished or running job from its output folder."""

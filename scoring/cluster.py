@@ -68,8 +68,10 @@ def plan_pool(cfg: ComputeConfig, resources: dict[str, float], images: bool) -> 
     gpus = float(resources.get("GPU", 0))
     decode = cfg.decode_cpus if images else 0.0
     if cfg.gpus_per_actor > 0 and gpus == 0:
-        raise ConfigError(f"compute.gpus_per_actor is {cfg.gpus_per_actor} but the cluster has no "
-                          "GPUs; set compute.gpus_per_actor: 0 to score on CPU, or join a GPU cluster")
+        raise ConfigError(
+            f"compute.gpus_per_actor is {cfg.gpus_per_actor} but the cluster has no "
+            "GPUs; set compute.gpus_per_actor: 0 to score on CPU, or join a GPU cluster"
+        )
     actors = cfg.actors
     if actors is None:
         if cfg.gpus_per_actor > 0:
@@ -83,9 +85,12 @@ def plan_pool(cfg: ComputeConfig, resources: dict[str, float], images: bool) -> 
         raise ConfigError(
             f"compute.actors={actors} x compute.cpus_per_actor={cfg.cpus_per_actor:g}{extra} needs "
             f"{need_cpu:g} CPUs but the cluster has {cpus:g}: the job would wait forever. Lower "
-            "compute.actors or compute.cpus_per_actor (fractions are allowed).")
+            "compute.actors or compute.cpus_per_actor (fractions are allowed)."
+        )
     if actors * cfg.gpus_per_actor > gpus + 1e-9:
-        raise ConfigError(f"compute.actors={actors} x compute.gpus_per_actor={cfg.gpus_per_actor:g} "
-                          f"needs {actors * cfg.gpus_per_actor:g} GPUs but the cluster has {gpus:g}; "
-                          "lower compute.actors or compute.gpus_per_actor")
+        raise ConfigError(
+            f"compute.actors={actors} x compute.gpus_per_actor={cfg.gpus_per_actor:g} "
+            f"needs {actors * cfg.gpus_per_actor:g} GPUs but the cluster has {gpus:g}; "
+            "lower compute.actors or compute.gpus_per_actor"
+        )
     return Pool(actors, cfg.cpus_per_actor, cfg.gpus_per_actor, decode)

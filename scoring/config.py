@@ -128,13 +128,20 @@ class Config(_Section):
 
 def _redact(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: "***" if any(s in str(k).lower() for s in SECRET_KEYS) else _redact(v)
-                for k, v in value.items()}
+        return {
+            k: "***" if any(s in str(k).lower() for s in SECRET_KEYS) else _redact(v)
+            for k, v in value.items()
+        }
     return value
 
 
-def load_config(path: str | os.PathLike[str] | None = None, *, data: Mapping[str, Any] | None = None,
-                overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    data: Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> Config:
     """Build a validated ``Config`` from a YAML file (or ``data``), environment and overrides.
 
     Raises ``ConfigError`` naming the key, what was expected and what was found.
@@ -145,7 +152,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, data: Mapping[str
     env = os.environ if environ is None else environ
     for name, value in sorted(env.items()):
         if name.startswith(ENV_PREFIX) and "__" in name:
-            dotted = name[len(ENV_PREFIX):].lower().replace("__", ".")
+            dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
             _set_dotted(tree, dotted, _parse_scalar(value), source=f"environment {name}")
     for item in overrides:
         key, sep, value = item.partition("=")

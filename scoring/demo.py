@@ -22,7 +22,10 @@ def make_mlp(path: str | Path, sizes: tuple[int, ...] = (64, 256, 256, 10), seed
     nodes, inits, prev = [], [], "x"
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         w = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
-        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(b, np.float32), f"b{i}")]
+        inits += [
+            numpy_helper.from_array(w, f"w{i}"),
+            numpy_helper.from_array(np.zeros(b, np.float32), f"b{i}"),
+        ]
         nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"h{i}"]))
         prev = f"h{i}"
         if i < len(sizes) - 2:
@@ -30,9 +33,15 @@ def make_mlp(path: str | Path, sizes: tuple[int, ...] = (64, 256, 256, 10), seed
             prev = f"r{i}"
     nodes.append(helper.make_node("Softmax", [prev], ["probs"], axis=1))
     graph = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", sizes[0]])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", sizes[-1]])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="scoring-demo")
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", sizes[0]])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", sizes[-1]])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="scoring-demo"
+    )
     model.ir_version = 8
     onnx.save(model, str(path))
     return str(path)
@@ -48,8 +57,12 @@ def make_cnn(path: str | Path, size: int = 224, classes: int = 10, seed: int = 0
     def w(name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
         return numpy_helper.from_array((rng.standard_normal(shape) * 0.1).astype(np.float32), name)
 
-    inits = [w("c1", (8, 3, 3, 3)), w("c2", (16, 8, 3, 3)), w("fc", (16, classes)),
-             numpy_helper.from_array(np.zeros(classes, np.float32), "fcb")]
+    inits = [
+        w("c1", (8, 3, 3, 3)),
+        w("c2", (16, 8, 3, 3)),
+        w("fc", (16, classes)),
+        numpy_helper.from_array(np.zeros(classes, np.float32), "fcb"),
+    ]
     nodes = [
         helper.make_node("Conv", ["image", "c1"], ["a1"], strides=[4, 4], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["a1"], ["r1"]),
@@ -61,9 +74,15 @@ def make_cnn(path: str | Path, size: int = 224, classes: int = 10, seed: int = 0
         helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
     ]
     graph = helper.make_graph(
-        nodes, "cnn", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, size, size])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", classes])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="scoring-demo")
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", classes])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="scoring-demo"
+    )
     model.ir_version = 8
     onnx.save(model, str(path))
     return str(path)
@@ -87,8 +106,9 @@ def write_tables(folder: str | Path, files: int, rows: int, features: int, seed:
     return paths
 
 
-def write_images(folder: str | Path, count: int, size: tuple[int, int] = (224, 224), seed: int = 0,
-                 per_folder: int = 1000) -> list[str]:
+def write_images(
+    folder: str | Path, count: int, size: tuple[int, int] = (224, 224), seed: int = 0, per_folder: int = 1000
+) -> list[str]:
     """``count`` JPEG files of smooth random colour fields, ``per_folder`` to a subfolder."""
     from PIL import Image
 
@@ -100,9 +120,14 @@ def write_images(folder: str | Path, count: int, size: tuple[int, int] = (224, 2
         sub = os.path.join(folder, f"d{i // per_folder:03d}")
         os.makedirs(sub, exist_ok=True)
         a, b, c = rng.uniform(0, 6.28, 3)
-        img = np.stack([127 + 120 * np.sin(xx / (20 + 10 * a) + b),
-                        127 + 120 * np.cos(yy / (15 + 5 * b) + c),
-                        127 + 120 * np.sin((xx + yy) / (25 + 7 * c) + a)], axis=-1)
+        img = np.stack(
+            [
+                127 + 120 * np.sin(xx / (20 + 10 * a) + b),
+                127 + 120 * np.cos(yy / (15 + 5 * b) + c),
+                127 + 120 * np.sin((xx + yy) / (25 + 7 * c) + a),
+            ],
+            axis=-1,
+        )
         path = os.path.join(sub, f"img-{i:06d}.jpg")
         Image.fromarray(img.astype(np.uint8)).save(path, quality=90)
         paths.append(path)
@@ -124,15 +149,30 @@ def run_demo(directory: str, echo: Callable[[str], None] = print) -> int:
     write_tables(root / "tables", files=4, rows=5000, features=16)
     write_images(root / "images", count=120, size=(80, 100), per_folder=60)
     jobs = {
-        "tables": {"model": {"uri": str(root / "mlp.onnx")},
-                   "input": {"uri": str(root / "tables"), "format": "parquet",
-                             "columns": {"x": "features"}, "keep": ["id"]},
-                   "output": {"uri": str(root / "out-tables"), "mode": "overwrite"}},
-        "images": {"model": {"uri": str(root / "cnn.onnx")},
-                   "input": {"uri": str(root / "images"), "format": "images", "files_per_shard": 40,
-                             "image": {"resize": "center_crop", "mean": [0.485, 0.456, 0.406],
-                                       "std": [0.229, 0.224, 0.225]}},
-                   "output": {"uri": str(root / "out-images"), "mode": "overwrite"}},
+        "tables": {
+            "model": {"uri": str(root / "mlp.onnx")},
+            "input": {
+                "uri": str(root / "tables"),
+                "format": "parquet",
+                "columns": {"x": "features"},
+                "keep": ["id"],
+            },
+            "output": {"uri": str(root / "out-tables"), "mode": "overwrite"},
+        },
+        "images": {
+            "model": {"uri": str(root / "cnn.onnx")},
+            "input": {
+                "uri": str(root / "images"),
+                "format": "images",
+                "files_per_shard": 40,
+                "image": {
+                    "resize": "center_crop",
+                    "mean": [0.485, 0.456, 0.406],
+                    "std": [0.229, 0.224, 0.225],
+                },
+            },
+            "output": {"uri": str(root / "out-images"), "mode": "overwrite"},
+        },
     }
     started = cluster.connect(None)
     status = 0

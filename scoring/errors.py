@@ -57,8 +57,9 @@ class RowError(ScoringError):
     says what was expected, what was found and what to do.
     """
 
-    def __init__(self, stage: str, message: str, error: str = "", row_start: int = -1,
-                 row_stop: int = -1) -> None:
+    def __init__(
+        self, stage: str, message: str, error: str = "", row_start: int = -1, row_stop: int = -1
+    ) -> None:
         super().__init__(message)
         self.stage = stage
         self.message = message

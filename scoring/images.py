@@ -15,6 +15,7 @@ Steps, in order (README repeats them):
 from __future__ import annotations
 
 import io
+
 import numpy as np
 
 from scoring.config import ImageConfig
@@ -33,8 +34,9 @@ def resolve(cfg: ImageConfig, spec: TensorSpec) -> tuple[tuple[int, int], str, i
     channels = 1 if cfg.mode == "L" else 3
     shape = spec.shape or ()
     if len(shape) != 4:
-        raise InputError(f"model input '{spec.name}' has shape {list(shape)}; an image input "
-                         "needs 4 dims (NCHW or NHWC)")
+        raise InputError(
+            f"model input '{spec.name}' has shape {list(shape)}; an image input needs 4 dims (NCHW or NHWC)"
+        )
     layout = cfg.layout
     if layout is None:
         if shape[1] == channels or (shape[1] in (1, 3) and shape[3] not in (1, 3)):
@@ -42,24 +44,32 @@ def resolve(cfg: ImageConfig, spec: TensorSpec) -> tuple[tuple[int, int], str, i
         elif shape[3] == channels or shape[3] in (1, 3):
             layout = "NHWC"
         else:
-            raise InputError(f"cannot tell the layout of input '{spec.name}' {list(shape)}; set "
-                             "input.image.layout to NCHW or NHWC")
+            raise InputError(
+                f"cannot tell the layout of input '{spec.name}' {list(shape)}; set "
+                "input.image.layout to NCHW or NHWC"
+            )
     hw = shape[2:4] if layout == "NCHW" else shape[1:3]
     c = shape[1] if layout == "NCHW" else shape[3]
     if isinstance(c, int) and c > 0 and c != channels:
-        raise InputError(f"model input '{spec.name}' takes {c} channels ({layout}) but "
-                         f"input.image.mode {cfg.mode} gives {channels}; set mode to "
-                         f"{'L' if c == 1 else 'RGB or BGR'}")
+        raise InputError(
+            f"model input '{spec.name}' takes {c} channels ({layout}) but "
+            f"input.image.mode {cfg.mode} gives {channels}; set mode to "
+            f"{'L' if c == 1 else 'RGB or BGR'}"
+        )
     size = cfg.size
     if size is None:
         if not all(isinstance(d, int) and d > 0 for d in hw):
-            raise InputError(f"model input '{spec.name}' has dynamic height/width {list(hw)}; "
-                             "set input.image.size: [height, width]")
+            raise InputError(
+                f"model input '{spec.name}' has dynamic height/width {list(hw)}; "
+                "set input.image.size: [height, width]"
+            )
         size = (int(hw[0]), int(hw[1]))  # type: ignore[arg-type]
     for name, values in (("mean", cfg.mean), ("std", cfg.std)):
         if len(values) not in (1, channels):
-            raise InputError(f"input.image.{name} has {len(values)} values; mode {cfg.mode} "
-                             f"has {channels} channels: give 1 or {channels}")
+            raise InputError(
+                f"input.image.{name} has {len(values)} values; mode {cfg.mode} "
+                f"has {channels} channels: give 1 or {channels}"
+            )
     return size, layout, channels
 
 
@@ -78,19 +88,23 @@ def decode(data: bytes, cfg: ImageConfig, size: tuple[int, int]) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def _convert(img: "Image.Image", mode: str) -> "Image.Image":  # type: ignore[name-defined]  # noqa: F821
+def _convert(img: Image.Image, mode: str) -> Image.Image:  # type: ignore[name-defined]  # noqa: F821
     from PIL import Image
 
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img).astype(np.uint32)
-        img = Image.fromarray((arr >> 8).clip(0, 255).astype(np.uint8) if img.mode != "I"
-                              else arr.clip(0, 255).astype(np.uint8), "L")
+        img = Image.fromarray(
+            (arr >> 8).clip(0, 255).astype(np.uint8)
+            if img.mode != "I"
+            else arr.clip(0, 255).astype(np.uint8),
+            "L",
+        )
     if img.mode == "P" or img.mode in ("RGBA", "LA", "PA"):
         img = img.convert("RGBA")
     return img if img.mode == mode else img.convert(mode)
 
 
-def _resize(img: "Image.Image", cfg: ImageConfig, size: tuple[int, int]) -> "Image.Image":  # type: ignore[name-defined]  # noqa: F821
+def _resize(img: Image.Image, cfg: ImageConfig, size: tuple[int, int]) -> Image.Image:  # type: ignore[name-defined]  # noqa: F821
     from PIL import Image
 
     method = getattr(Image.Resampling, RESAMPLING[cfg.interpolation])
@@ -129,4 +143,3 @@ def normalise(batch: np.ndarray, cfg: ImageConfig, layout: str, dtype: str) -> n
     if layout == "NCHW":
         out = out.transpose(0, 3, 1, 2)
     return np.ascontiguousarray(out, dtype=dtype)
-

@@ -21,16 +21,25 @@ def format_inspection(data: dict[str, Any]) -> str:
     def dims(shape: list[Any] | None) -> str:
         return "?" if shape is None else "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
-    lines = [f"model     {data['uri']}", f"size      {data['size']:,} bytes",
-             f"sha256    {data['sha256']}", f"producer  {data['producer'] or '-'}",
-             "opset     " + ", ".join(f"{k} {v}" for k, v in data["opset"].items()), "inputs"]
+    lines = [
+        f"model     {data['uri']}",
+        f"size      {data['size']:,} bytes",
+        f"sha256    {data['sha256']}",
+        f"producer  {data['producer'] or '-'}",
+        "opset     " + ", ".join(f"{k} {v}" for k, v in data["opset"].items()),
+        "inputs",
+    ]
     for t in data["inputs"]:
-        lines.append(f"  {t['name']:<20} {t['kind'] if t['kind'] != 'tensor' else t['dtype']:<10} {dims(t['shape'])}")
+        lines.append(
+            f"  {t['name']:<20} {t['kind'] if t['kind'] != 'tensor' else t['dtype']:<10} {dims(t['shape'])}"
+        )
     lines.append("outputs")
     for t in data["outputs"]:
         kind = t["kind"] if t["kind"] != "tensor" else t["dtype"]
-        lines.append(f"  {t['name']:<20} {kind:<10} {dims(t['shape'])}"
-                     + (f"  {t['dtype']}" if t["kind"] != "tensor" else ""))
+        lines.append(
+            f"  {t['name']:<20} {kind:<10} {dims(t['shape'])}"
+            + (f"  {t['dtype']}" if t["kind"] != "tensor" else "")
+        )
     if data["metadata"]:
         lines.append("metadata")
         lines += [f"  {k}: {v}" for k, v in data["metadata"].items()]

@@ -44,8 +44,9 @@ def check(cfg: Config) -> tuple[JobSpec, list[sources.Shard]]:
     shards = sources.list_shards(cfg.input, so)
     if cfg.input.format == "images":
         if len(info.inputs) != 1:
-            raise InputError(f"an image job feeds one model input; this model has "
-                             f"{[i.name for i in info.inputs]}")
+            raise InputError(
+                f"an image job feeds one model input; this model has {[i.name for i in info.inputs]}"
+            )
         size, layout, _ = images.resolve(cfg.input.image, info.inputs[0])
         return JobSpec(cfg, info, size, layout), shards
     first = shards[0].uri
@@ -53,52 +54,59 @@ def check(cfg: Config) -> tuple[JobSpec, list[sources.Shard]]:
     plan_feeds(info, cfg.input.columns, schema, first)
     missing = [c for c in cfg.input.keep if c not in schema.names]
     if missing:
-        raise InputError(f"{first}: no column {missing} listed in input.keep (columns found: "
-                         f"{schema.names})")
+        raise InputError(f"{first}: no column {missing} listed in input.keep (columns found: {schema.names})")
     return JobSpec(cfg, info), shards
 
 
-def run_job(cfg: Config, *, address: str | None = None,
-            echo: Callable[[str], None] = print) -> JobResult:
+def run_job(cfg: Config, *, address: str | None = None, echo: Callable[[str], None] = print) -> JobResult:
     """Score every shard of ``cfg.input`` and write the output layout. Returns the result;
     ``result.ok`` is False when the job failed (too many rejected rows, a failed actor)."""
     started = time.time()
     spec, shards = check(cfg)
     so, out = cfg.storage_options, cfg.output.uri
-    done = sink.prepare_output(out, cfg.output.mode, so)
-    done_uris = {r["shard"] for r in done}
-    todo = [s for s in shards if s.uri not in done_uris]
-    records = [r for r in done if r["shard"] in {s.uri for s in shards}]
     started_ray = cluster.connect(address)
     import ray
 
-    pool = cluster.plan_pool(cfg.compute, ray.cluster_resources(), cfg.input.format == "images")
-    t_ray = time.time()
-    echo(f"scoring {len(todo)} shard(s) ({len(records)} already done) with {pool.actors} "
-         f"actor(s) x {pool.cpus_per_actor:g} CPU / {pool.gpus_per_actor:g} GPU")
-    error = None
     try:
-        if todo:
-            error = _stream(spec, todo, pool, records, echo)
-    except ScoringError as exc:
-        error = str(exc)
-    finally:
+        pool = cluster.plan_pool(cfg.compute, ray.cluster_resources(), cfg.input.format == "images")
+        # Only now, with every check passed, is OUT touched (overwrite deletes the old job).
+        done = sink.prepare_output(out, cfg.output.mode, so)
+        uris = {s.uri for s in shards}
+        records = [r for r in done if r["shard"] in uris]
+        todo = [s for s in shards if s.uri not in {r["shard"] for r in records}]
+        t_ray = time.time()
+        echo(
+            f"scoring {len(todo)} shard(s) ({len(records)} already done) with {pool.actors} "
+            f"actor(s) x {pool.cpus_per_actor:g} CPU / {pool.gpus_per_actor:g} GPU"
+        )
+        error = None
+        try:
+            if todo:
+                error = _stream(spec, todo, pool, records, echo)
+        except ScoringError as exc:
+            error = str(exc)
         job = _job_record(cfg, spec, records, started, t_ray, error)
         sink.write_summary(out, records, job, so)
+    finally:
         if started_ray:
             ray.shutdown()
     return JobResult(out, job, records)
 
 
-def _stream(spec: JobSpec, todo: list[sources.Shard], pool: cluster.Pool,
-            records: list[dict[str, Any]], echo: Callable[[str], None]) -> str | None:
+def _stream(
+    spec: JobSpec,
+    todo: list[sources.Shard],
+    pool: cluster.Pool,
+    records: list[dict[str, Any]],
+    echo: Callable[[str], None],
+) -> str | None:
     import ray
     from ray.data import ActorPoolStrategy
 
     cfg = spec.config
     items = [{"index": s.index, "uri": s.uri, "files": list(s.files), "kind": s.kind} for s in todo]
     # One block per shard, so every shard is its own unit of work for any actor.
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=len(items))
     if cfg.input.format == "images":
         # Decoding runs as tasks on any CPU of the cluster, overlapping inference. Each task
         # reserves memory for a worker (~150 MiB measured) and a decoded shard (uint8, twice for
@@ -106,12 +114,22 @@ def _stream(spec: JobSpec, todo: list[sources.Shard], pool: cluster.Pool,
         # the differing reservation also keeps Ray Data from fusing this stage into the actors.
         h, w = spec.image_size or (1, 1)
         shard_bytes = 150 * 2**20 + 2 * cfg.input.files_per_shard * h * w * 3
-        ds = ds.map_batches(decode_images, batch_size=1, fn_kwargs={"spec": spec},
-                            num_cpus=pool.decode_cpus, memory=shard_bytes, batch_format="numpy")
+        ds = ds.map_batches(
+            decode_images,  # type: ignore[arg-type]
+            batch_size=1,
+            fn_kwargs={"spec": spec},
+            num_cpus=pool.decode_cpus,
+            memory=shard_bytes,
+            batch_format="numpy",
+        )
     ds = ds.map_batches(
-        scorer_for(spec), batch_size=1, batch_format="numpy",
+        scorer_for(spec),
+        batch_size=1,
+        batch_format="numpy",
         compute=ActorPoolStrategy(size=pool.actors, max_tasks_in_flight_per_actor=2),
-        num_cpus=pool.cpus_per_actor, num_gpus=pool.gpus_per_actor or None)
+        num_cpus=pool.cpus_per_actor,
+        num_gpus=pool.gpus_per_actor or None,
+    )
     limit = cfg.errors.max_rejected_rows
     rejected = sum(r["rows_failed"] for r in records)
     try:
@@ -121,8 +139,10 @@ def _stream(spec: JobSpec, todo: list[sources.Shard], pool: cluster.Pool,
             rejected += rec["rows_failed"]
             echo(_progress_line(rec, len(records)))
             if rejected > limit:
-                return (f"{rejected} rows rejected, more than errors.max_rejected_rows={limit}; "
-                        f"the job stopped. See {cfg.output.uri}/_errors.parquet for the reasons.")
+                return (
+                    f"{rejected} rows rejected, more than errors.max_rejected_rows={limit}; "
+                    f"the job stopped. See {cfg.output.uri}/_errors.parquet for the reasons."
+                )
     except ray.exceptions.RayError as exc:
         cause = _scoring_cause(exc)
         if cause is None:
@@ -144,18 +164,21 @@ def _scoring_cause(exc: BaseException) -> ScoringError | None:
     text = str(exc)
     marker = next((m for m in ("ProviderError: ", "ModelError: ", "StorageError: ") if m in text), None)
     if marker:
-        return JobFailed(text[text.index(marker):].splitlines()[0])
+        return JobFailed(text[text.index(marker) :].splitlines()[0])
     return None
 
 
 def _progress_line(rec: dict[str, Any], n: int) -> str:
     bad = f", {rec['rows_failed']} rejected" if rec["rows_failed"] else ""
-    return (f"  [{n}] {rec['shard']}: {rec['status']}, {rec['rows']} rows{bad}, "
-            f"{rec['wall_s']:.2f}s ({rec['rows_per_s']:,.0f} rows/s) on {rec['device']}")
+    return (
+        f"  [{n}] {rec['shard']}: {rec['status']}, {rec['rows']} rows{bad}, "
+        f"{rec['wall_s']:.2f}s ({rec['rows_per_s']:,.0f} rows/s) on {rec['device']}"
+    )
 
 
-def _job_record(cfg: Config, spec: JobSpec, records: list[dict[str, Any]], started: float,
-                t_ray: float, error: str | None) -> dict[str, Any]:
+def _job_record(
+    cfg: Config, spec: JobSpec, records: list[dict[str, Any]], started: float, t_ray: float, error: str | None
+) -> dict[str, Any]:
     import onnxruntime
     import pyarrow
     import ray
@@ -173,17 +196,31 @@ def _job_record(cfg: Config, spec: JobSpec, records: list[dict[str, Any]], start
         "status": "failed" if error else "succeeded",
         "error": error,
         "config": cfg.redacted(),
-        "model": {"uri": info.uri, "sha256": info.sha256, "opset": info.opset,
-                  "inputs": [dataclasses.asdict(i) for i in info.inputs],
-                  "outputs": [dataclasses.asdict(o) for o in info.outputs]},
-        "versions": {"scoring": scoring.__version__, "ray": ray.__version__,
-                     "onnxruntime": onnxruntime.__version__, "pyarrow": pyarrow.__version__,
-                     "python": platform.python_version()},
+        "model": {
+            "uri": info.uri,
+            "sha256": info.sha256,
+            "opset": info.opset,
+            "inputs": [dataclasses.asdict(i) for i in info.inputs],
+            "outputs": [dataclasses.asdict(o) for o in info.outputs],
+        },
+        "versions": {
+            "scoring": scoring.__version__,
+            "ray": ray.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "pyarrow": pyarrow.__version__,
+            "python": platform.python_version(),
+        },
         "providers": providers,
         "cpu_fallback": fallbacks,
-        "started_at": started, "finished_at": finished,
-        "totals": {"rows": rows, "rows_failed": failed, "shards": len(records),
-                   "wall_s": finished - started, "ray_ready_s": t_ray - started,
-                   "rows_per_s": (rows - failed) / (finished - started) if finished > started else 0.0},
+        "started_at": started,
+        "finished_at": finished,
+        "totals": {
+            "rows": rows,
+            "rows_failed": failed,
+            "shards": len(records),
+            "wall_s": finished - started,
+            "ray_ready_s": t_ray - started,
+            "rows_per_s": (rows - failed) / (finished - started) if finished > started else 0.0,
+        },
         "argv": sys.argv,
     }

@@ -19,9 +19,21 @@ from scoring.errors import ModelError, StorageError
 Dim = int | str | None  # static size, symbolic name, or unnamed dynamic
 
 # ONNX TensorProto element type -> numpy dtype name ("str" for strings).
-ONNX_TO_NUMPY = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32",
-                 7: "int64", 8: "str", 9: "bool", 10: "float16", 11: "float64", 12: "uint32",
-                 13: "uint64"}
+ONNX_TO_NUMPY = {
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    4: "uint16",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    8: "str",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+    12: "uint32",
+    13: "uint64",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,19 +96,27 @@ def parse_model(uri: str, data: bytes) -> ModelInfo:
     try:
         proto = onnx.load_model_from_string(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"{uri} is not a valid ONNX model ({type(exc).__name__}: {exc}). "
-                         "Re-export it, or check model.uri points at the .onnx file.") from exc
+        raise ModelError(
+            f"{uri} is not a valid ONNX model ({type(exc).__name__}: {exc}). "
+            "Re-export it, or check model.uri points at the .onnx file."
+        ) from exc
     if not proto.graph.node and not proto.graph.output:
-        raise ModelError(f"{uri} parsed as ONNX but has an empty graph; it is probably not "
-                         "an ONNX model. Check model.uri.")
+        raise ModelError(
+            f"{uri} parsed as ONNX but has an empty graph; it is probably not an ONNX model. Check model.uri."
+        )
     initializers = {i.name for i in proto.graph.initializer}
     inputs = tuple(_spec(v) for v in proto.graph.input if v.name not in initializers)
     outputs = tuple(_spec(v) for v in proto.graph.output)
     return ModelInfo(
-        uri=uri, sha256=hashlib.sha256(data).hexdigest(), size=len(data), inputs=inputs,
-        outputs=outputs, opset={o.domain or "ai.onnx": o.version for o in proto.opset_import},
+        uri=uri,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        inputs=inputs,
+        outputs=outputs,
+        opset={o.domain or "ai.onnx": o.version for o in proto.opset_import},
         producer=f"{proto.producer_name} {proto.producer_version}".strip(),
-        metadata={p.key: p.value for p in proto.metadata_props})
+        metadata={p.key: p.value for p in proto.metadata_props},
+    )
 
 
 def _spec(value: Any) -> TensorSpec:
@@ -106,8 +126,10 @@ def _spec(value: Any) -> TensorSpec:
         dtype = ONNX_TO_NUMPY.get(t.tensor_type.elem_type, f"onnx:{t.tensor_type.elem_type}")
         shape = None
         if t.tensor_type.HasField("shape"):
-            shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                          for d in t.tensor_type.shape.dim)
+            shape = tuple(
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in t.tensor_type.shape.dim
+            )
         return TensorSpec(value.name, dtype, shape)
     if which == "sequence_type" and t.sequence_type.elem_type.WhichOneof("value") == "map_type":
         return TensorSpec(value.name, _map_dtype(t.sequence_type.elem_type.map_type), None, "sequence<map>")
@@ -145,8 +167,10 @@ def local_model_path(uri: str, sha256: str, storage_options: dict[str, Any]) -> 
             data = storage.read_bytes(uri, storage_options)
             found = hashlib.sha256(data).hexdigest()
             if found != sha256:
-                raise ModelError(f"{uri} changed while the job started: sha256 {found}, "
-                                 f"expected {sha256}. Do not overwrite a model during a job.")
+                raise ModelError(
+                    f"{uri} changed while the job started: sha256 {found}, "
+                    f"expected {sha256}. Do not overwrite a model during a job."
+                )
             tmp = target.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_bytes(data)
             os.replace(tmp, target)

@@ -24,10 +24,10 @@ from scoring.tensors import Group
 
 @dataclasses.dataclass
 class Predictions:
-    rows: np.ndarray                  # row index in the shard, ascending
+    rows: np.ndarray  # row index in the shard, ascending
     fields: list[pa.Field]
     columns: list[pa.Array]
-    rejected: dict[int, str]          # row -> reason, stage "infer"
+    rejected: dict[int, str]  # row -> reason, stage "infer"
     infer_s: float
 
 
@@ -40,13 +40,20 @@ def output_columns(info: ModelInfo, mapping: Mapping[str, str]) -> dict[str, Ten
 
     unknown = sorted(v for v in mapping.values() if v not in by_name)
     if unknown:
-        raise ConfigError(f"config key 'output.outputs' names {unknown}, which are not model "
-                          f"outputs; the model's outputs are {sorted(by_name)}")
+        raise ConfigError(
+            f"config key 'output.outputs' names {unknown}, which are not model "
+            f"outputs; the model's outputs are {sorted(by_name)}"
+        )
     return {col: by_name[out] for col, out in mapping.items()}
 
 
-def run_groups(session: Session, info: ModelInfo, groups: Sequence[Group],
-               columns: Mapping[str, TensorSpec], batch_size: int) -> Predictions:
+def run_groups(
+    session: Session,
+    info: ModelInfo,
+    groups: Sequence[Group],
+    columns: Mapping[str, TensorSpec],
+    batch_size: int,
+) -> Predictions:
     """Score every group in batches of ``batch_size`` (or the model's fixed batch size)."""
     specs = list(columns.values())
     names = list(dict.fromkeys(s.name for s in specs))
@@ -59,9 +66,11 @@ def run_groups(session: Session, info: ModelInfo, groups: Sequence[Group],
     infer_s = 0.0
     for group in groups:
         for start in range(0, len(group.rows), step):
-            rows = group.rows[start:start + step]
-            feed = {k: _pad(v[start:start + step], step if fixed == step else len(rows))
-                    for k, v in group.feed.items()}
+            rows = group.rows[start : start + step]
+            feed = {
+                k: _pad(v[start : start + step], step if fixed == step else len(rows))
+                for k, v in group.feed.items()
+            }
             t0 = time.perf_counter()
             try:
                 values = session.run(names, feed)
@@ -95,10 +104,11 @@ def _pad(arr: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([arr, np.repeat(arr[-1:], size - len(arr), axis=0)])
 
 
-def _align(values: list[Any], names: list[str], info: ModelInfo, batch_symbol: str | None,
-           k: int) -> tuple[list[Any], str | None]:
+def _align(
+    values: list[Any], names: list[str], info: ModelInfo, batch_symbol: str | None, k: int
+) -> tuple[list[Any], str | None]:
     specs = {o.name: o for o in info.outputs}
-    out = []
+    out: list[Any] = []
     for name, value in zip(names, values):
         if isinstance(value, np.ndarray):
             if value.ndim and value.shape[0] >= k and _batch_axis_ok(specs[name], 0, batch_symbol):
@@ -108,15 +118,19 @@ def _align(values: list[Any], names: list[str], info: ModelInfo, batch_symbol: s
             if axis is not None and axis < value.ndim and value.shape[axis] >= k:
                 out.append(np.moveaxis(value, axis, 0)[:k])
                 continue
-            return [], (f"model output '{name}' has shape {list(value.shape)}, which does not "
-                        f"give one entry per row of this batch of {k} rows (axis 0 should be the "
-                        "batch). Leave it out with output.outputs, or re-export the model with "
-                        "the batch on axis 0.")
+            return [], (
+                f"model output '{name}' has shape {list(value.shape)}, which does not "
+                f"give one entry per row of this batch of {k} rows (axis 0 should be the "
+                "batch). Leave it out with output.outputs, or re-export the model with "
+                "the batch on axis 0."
+            )
         else:
             seq = list(value)
             if len(seq) < k:
-                return [], (f"model output '{name}' has {len(seq)} entries for a batch of {k} rows. "
-                            "Leave it out with output.outputs.")
+                return [], (
+                    f"model output '{name}' has {len(seq)} entries for a batch of {k} rows. "
+                    "Leave it out with output.outputs."
+                )
             out.append(seq[:k])
     return out, None
 
@@ -148,8 +162,10 @@ def to_arrow(col: str, spec: TensorSpec, chunks: list[Any], order: np.ndarray) -
         return _tensor_column(col, data)
     rows = [row.reshape(-1) for c in chunks for row in c]
     rows = [rows[i] for i in order.tolist()]
-    ragged = [max(s[i] for s in shapes) if len({s[i] for s in shapes}) == 1 else -1
-              for i in range(len(next(iter(shapes))))]
+    ragged = [
+        max(s[i] for s in shapes) if len({s[i] for s in shapes}) == 1 else -1
+        for i in range(len(next(iter(shapes))))
+    ]
     array = pa.array(rows, type=pa.list_(pa.from_numpy_dtype(chunks[0].dtype)))
     return pa.field(col, array.type, metadata={"shape": json.dumps(ragged)}), array
 

@@ -18,18 +18,28 @@ from scoring.model import ModelInfo
 
 log = logging.getLogger(__name__)
 
-PROVIDER_NAMES = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
-                  "cpu": "CPUExecutionProvider"}
+PROVIDER_NAMES = {
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
 GPU_PROVIDERS = ("cuda", "tensorrt")
-OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
-              "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
-INSTALL_HINT = ("Install the GPU build (pip install 'scoring[gpu]', which brings onnxruntime-gpu "
-                "in place of onnxruntime) and make sure the CUDA 12 and cuDNN 9 libraries it "
-                "needs can be loaded (pip install 'onnxruntime-gpu[cuda,cudnn]' ships them)")
+OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+INSTALL_HINT = (
+    "Install the GPU build (pip install 'scoring[gpu]', which brings onnxruntime-gpu "
+    "in place of onnxruntime) and make sure the CUDA 12 and cuDNN 9 libraries it "
+    "needs can be loaded (pip install 'onnxruntime-gpu[cuda,cudnn]' ships them)"
+)
 
 
 def requested_providers(cfg: ModelConfig, on_gpu: bool) -> list[str]:
     """The provider preference list for an actor; GPU providers only where a GPU is held."""
+    names: list[str]
     if cfg.providers:
         names = list(cfg.providers)
     else:
@@ -44,9 +54,9 @@ class Session:
     """One ORT session and what it really runs on."""
 
     sess: Any
-    providers: list[str]      # what ORT reports it uses, e.g. ["CPUExecutionProvider"]
-    device: str               # "cpu", "cuda:0" ...
-    fallback: str | None      # why a GPU actor runs on CPU, when allowed
+    providers: list[str]  # what ORT reports it uses, e.g. ["CPUExecutionProvider"]
+    device: str  # "cpu", "cuda:0" ...
+    fallback: str | None  # why a GPU actor runs on CPU, when allowed
     io_binding: bool
     warmup_error: str | None = None
 
@@ -62,8 +72,9 @@ class Session:
         return list(binding.copy_outputs_to_cpu())
 
 
-def build_session(path: str, info: ModelInfo, cfg: ModelConfig, *, threads: int,
-                  gpu_ids: list[int]) -> Session:
+def build_session(
+    path: str, info: ModelInfo, cfg: ModelConfig, *, threads: int, gpu_ids: list[int]
+) -> Session:
     """Build a session for the model at ``path`` with ``threads`` intra-op threads.
 
     ``gpu_ids`` are the GPUs Ray assigned to this actor (empty for CPU actors). Raises
@@ -96,9 +107,11 @@ def build_session(path: str, info: ModelInfo, cfg: ModelConfig, *, threads: int,
 
 def _provider_entry(name: str, cfg: ModelConfig) -> Any:
     if name == "cuda":
-        opts: dict[str, Any] = {"device_id": 0,  # Ray sets CUDA_VISIBLE_DEVICES: ours is always 0
-                                "cudnn_conv_algo_search": cfg.cuda.cudnn_conv_algo_search,
-                                "arena_extend_strategy": cfg.cuda.arena_extend_strategy}
+        opts: dict[str, Any] = {
+            "device_id": 0,  # Ray sets CUDA_VISIBLE_DEVICES: ours is always 0
+            "cudnn_conv_algo_search": cfg.cuda.cudnn_conv_algo_search,
+            "arena_extend_strategy": cfg.cuda.arena_extend_strategy,
+        }
         if cfg.cuda.gpu_mem_limit:
             opts["gpu_mem_limit"] = cfg.cuda.gpu_mem_limit
         return ("CUDAExecutionProvider", opts)
@@ -106,25 +119,35 @@ def _provider_entry(name: str, cfg: ModelConfig) -> Any:
         from scoring.model import cache_dir
 
         path = cfg.tensorrt.engine_cache_path or str(cache_dir() / "trt")
-        return ("TensorrtExecutionProvider", {"device_id": 0, "trt_engine_cache_enable": True,
-                                              "trt_engine_cache_path": path,
-                                              "trt_fp16_enable": cfg.tensorrt.fp16})
+        return (
+            "TensorrtExecutionProvider",
+            {
+                "device_id": 0,
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": path,
+                "trt_fp16_enable": cfg.tensorrt.fp16,
+            },
+        )
     return "CPUExecutionProvider"
 
 
-def _check_providers(names: list[str], got: list[str], available: set[str], cfg: ModelConfig,
-                     gpu_ids: list[int]) -> tuple[str, str | None]:
+def _check_providers(
+    names: list[str], got: list[str], available: set[str], cfg: ModelConfig, gpu_ids: list[int]
+) -> tuple[str, str | None]:
     gpu_wanted = [PROVIDER_NAMES[n] for n in names if n in GPU_PROVIDERS]
     if not gpu_wanted or any(p in got for p in gpu_wanted):
         return ("cuda:0" if gpu_wanted else "cpu"), None
     missing = [p for p in gpu_wanted if p not in available]
-    why = (f"this onnxruntime build has no {', '.join(missing)} (available: {sorted(available)})"
-           if missing else "ORT could not initialise it (CUDA or cuDNN libraries failed to load)")
-    reason = (f"the actor holds GPU {gpu_ids} and asked for {gpu_wanted}, but the session got "
-              f"{got}: {why}")
+    why = (
+        f"this onnxruntime build has no {', '.join(missing)} (available: {sorted(available)})"
+        if missing
+        else "ORT could not initialise it (CUDA or cuDNN libraries failed to load)"
+    )
+    reason = f"the actor holds GPU {gpu_ids} and asked for {gpu_wanted}, but the session got {got}: {why}"
     if not cfg.allow_cpu_fallback:
-        raise ProviderError(f"{reason}. {INSTALL_HINT}; or set model.allow_cpu_fallback: true "
-                            "to score on CPU anyway.")
+        raise ProviderError(
+            f"{reason}. {INSTALL_HINT}; or set model.allow_cpu_fallback: true to score on CPU anyway."
+        )
     log.warning("falling back to CPU: %s", reason)
     return "cpu", reason
 

@@ -21,15 +21,35 @@ import pyarrow.parquet as pq
 from scoring import storage
 from scoring.errors import StorageError
 
-SHARD_COLUMNS = pa.schema([
-    ("shard", pa.string()), ("rows", pa.int64()), ("rows_failed", pa.int64()),
-    ("bytes", pa.int64()), ("status", pa.string()), ("started_at", pa.timestamp("us", tz="UTC")),
-    ("finished_at", pa.timestamp("us", tz="UTC")), ("wall_s", pa.float64()),
-    ("read_s", pa.float64()), ("preprocess_s", pa.float64()), ("infer_s", pa.float64()),
-    ("write_s", pa.float64()), ("rows_per_s", pa.float64()), ("device", pa.string()),
-    ("node", pa.string()), ("actors", pa.string())])
-ERROR_COLUMNS = pa.schema([("shard", pa.string()), ("row", pa.int64()), ("stage", pa.string()),
-                           ("error", pa.string()), ("message", pa.string())])
+SHARD_COLUMNS = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("rows", pa.int64()),
+        ("rows_failed", pa.int64()),
+        ("bytes", pa.int64()),
+        ("status", pa.string()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("wall_s", pa.float64()),
+        ("read_s", pa.float64()),
+        ("preprocess_s", pa.float64()),
+        ("infer_s", pa.float64()),
+        ("write_s", pa.float64()),
+        ("rows_per_s", pa.float64()),
+        ("device", pa.string()),
+        ("node", pa.string()),
+        ("actors", pa.string()),
+    ]
+)
+ERROR_COLUMNS = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("row", pa.int64()),
+        ("stage", pa.string()),
+        ("error", pa.string()),
+        ("message", pa.string()),
+    ]
+)
 JOB_FILES = ("predictions", "_progress", "_shards.parquet", "_errors.parquet", "_job.json")
 
 
@@ -76,8 +96,10 @@ def prepare_output(out: str, mode: str, storage_options: dict[str, Any]) -> list
     if not present:
         return []
     if mode == "error":
-        raise StorageError(f"{out} already holds a job ({', '.join(present)}). Use --mode "
-                           "overwrite to replace it, --mode resume to finish it, or another output.uri.")
+        raise StorageError(
+            f"{out} already holds a job ({', '.join(present)}). Use --mode "
+            "overwrite to replace it, --mode resume to finish it, or another output.uri."
+        )
     if mode == "overwrite":
         for name in present:
             storage.remove(storage.join(out, name), storage_options)
@@ -110,15 +132,19 @@ def shard_rows(records: Sequence[dict[str, Any]]) -> pa.Table:
     return pa.table(cols, schema=SHARD_COLUMNS)
 
 
-def write_summary(out: str, records: Sequence[dict[str, Any]], job: dict[str, Any],
-                  storage_options: dict[str, Any]) -> None:
+def write_summary(
+    out: str, records: Sequence[dict[str, Any]], job: dict[str, Any], storage_options: dict[str, Any]
+) -> None:
     """Write ``_shards.parquet`` and ``_errors.parquet``, then ``_job.json`` last."""
     try:
-        storage.write_bytes_atomic(storage.join(out, "_shards.parquet"),
-                                   table_bytes(shard_rows(records)), storage_options)
-        storage.write_bytes_atomic(storage.join(out, "_errors.parquet"),
-                                   table_bytes(error_rows(records)), storage_options)
-        storage.write_bytes_atomic(storage.join(out, "_job.json"),
-                                   json.dumps(job, indent=2, default=str).encode(), storage_options)
+        storage.write_bytes_atomic(
+            storage.join(out, "_shards.parquet"), table_bytes(shard_rows(records)), storage_options
+        )
+        storage.write_bytes_atomic(
+            storage.join(out, "_errors.parquet"), table_bytes(error_rows(records)), storage_options
+        )
+        storage.write_bytes_atomic(
+            storage.join(out, "_job.json"), json.dumps(job, indent=2, default=str).encode(), storage_options
+        )
     except StorageError as exc:
         raise StorageError(f"writing the job summary under {out}: {exc}") from exc

@@ -24,9 +24,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 @dataclasses.dataclass(frozen=True)
 class Shard:
     index: int
-    uri: str                     # a Parquet file, or "<folder>[start:stop]" for image files
+    uri: str  # a Parquet file, or "<folder>[start:stop]" for image files
     files: tuple[str, ...] = ()  # image folder shards only
-    kind: str = "parquet"        # "parquet" | "image_files" | "image_parquet"
+    kind: str = "parquet"  # "parquet" | "image_files" | "image_parquet"
 
 
 def list_shards(cfg: InputConfig, storage_options: dict[str, Any]) -> list[Shard]:
@@ -41,9 +41,15 @@ def list_shards(cfg: InputConfig, storage_options: dict[str, Any]) -> list[Shard
         return [Shard(i, f, kind="image_parquet") for i, f in enumerate(files)]
     root = cfg.uri.rstrip("/")
     step = cfg.files_per_shard
-    return [Shard(i, f"{root}[{start}:{start + len(images[start:start + step])}]",
-                  tuple(images[start:start + step]), "image_files")
-            for i, start in enumerate(range(0, len(images), step))]
+    return [
+        Shard(
+            i,
+            f"{root}[{start}:{start + len(images[start : start + step])}]",
+            tuple(images[start : start + step]),
+            "image_files",
+        )
+        for i, start in enumerate(range(0, len(images), step))
+    ]
 
 
 def read_schema(uri: str, storage_options: dict[str, Any]) -> pa.Schema:
@@ -81,8 +87,12 @@ def read_parquet(uri: str, columns: Sequence[str], storage_options: dict[str, An
         present = [c for c in columns if c in file.schema_arrow.names]
         table = file.read(columns=present)
     except (OSError, pa.ArrowException, StorageError) as exc:
-        raise RowError("read", f"{uri}: cannot read Parquet shard: {exc}", type(exc).__name__,
-                       *_whole_file(uri, storage_options)) from exc
+        raise RowError(
+            "read",
+            f"{uri}: cannot read Parquet shard: {exc}",
+            type(exc).__name__,
+            *_whole_file(uri, storage_options),
+        ) from exc
     return table, int(size)
 
 

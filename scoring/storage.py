@@ -17,8 +17,15 @@ from typing import Any, TypeVar
 from scoring.errors import StorageError, translated
 
 # Protocol -> the extra that installs it. Only a hint: fsspec does the importing.
-PROTOCOL_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure",
-                   "abfs": "azure", "abfss": "azure"}
+PROTOCOL_EXTRAS = {
+    "s3": "s3",
+    "s3a": "s3",
+    "gs": "gcs",
+    "gcs": "gcs",
+    "az": "azure",
+    "abfs": "azure",
+    "abfss": "azure",
+}
 # These live in one process only; Ray workers would each see an empty filesystem.
 PROCESS_LOCAL_PROTOCOLS = ("memory",)
 T = TypeVar("T")
@@ -32,7 +39,8 @@ def split_uri(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[
     if protocol in PROCESS_LOCAL_PROTOCOLS:
         raise StorageError(
             f"{uri}: the {protocol}:// filesystem lives inside one process, so Ray workers "
-            "cannot see it. Use a local path, a shared path or object storage (s3://, gs://, az://).")
+            "cannot see it. Use a local path, a shared path or object storage (s3://, gs://, az://)."
+        )
     try:
         fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     except (ImportError, ValueError) as exc:
@@ -73,11 +81,13 @@ def list_files(uri: str, storage_options: dict[str, Any], suffixes: Iterable[str
             found = [path]
         else:
             raise StorageError(f"{uri}: no such file or folder. Check input.uri.")
-    files = sorted(p for p in found if p.lower().endswith(wanted)
-                   and not posixpath.basename(p).startswith(("_", ".")))
+    files = sorted(
+        p for p in found if p.lower().endswith(wanted) and not posixpath.basename(p).startswith(("_", "."))
+    )
     if not files:
-        raise StorageError(f"{uri}: found no files ending in {', '.join(wanted)}. Check input.uri "
-                           "and input.format.")
+        raise StorageError(
+            f"{uri}: found no files ending in {', '.join(wanted)}. Check input.uri and input.format."
+        )
     return [unstrip(fs, p) for p in files]
 
 
@@ -94,7 +104,7 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, base_delay: 
         except (OSError, TimeoutError, ConnectionError) as exc:
             if attempt == attempts - 1:
                 raise StorageError(f"{what}: failed after {attempts} attempts: {exc}") from exc
-            time.sleep(base_delay * (2 ** attempt) * (0.5 + random.random()))
+            time.sleep(base_delay * (2**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
 
 

@@ -43,8 +43,9 @@ class Group:
     feed: dict[str, np.ndarray]
 
 
-def plan_feeds(info: ModelInfo, columns: Mapping[str, str | list[str]], schema: pa.Schema,
-               where: str) -> list[Feed]:
+def plan_feeds(
+    info: ModelInfo, columns: Mapping[str, str | list[str]], schema: pa.Schema, where: str
+) -> list[Feed]:
     """Map every model input to its column(s) in ``schema`` and check element types.
 
     Raises ``ConfigError`` for ``input.columns`` keys that name no model input and
@@ -53,15 +54,19 @@ def plan_feeds(info: ModelInfo, columns: Mapping[str, str | list[str]], schema: 
     names = {s.name for s in info.inputs}
     unknown = sorted(set(columns) - names)
     if unknown:
-        raise ConfigError(f"config key 'input.columns' maps {unknown}, which are not model inputs; "
-                          f"the model's inputs are {sorted(names)}")
+        raise ConfigError(
+            f"config key 'input.columns' maps {unknown}, which are not model inputs; "
+            f"the model's inputs are {sorted(names)}"
+        )
     feeds = []
     for spec in info.inputs:
         if spec.kind != "tensor":
             raise InputError(f"model input '{spec.name}' is a {spec.kind}; only tensor inputs can be fed")
         if spec.shape is not None and len(spec.shape) == 0:
-            raise InputError(f"model input '{spec.name}' is a scalar with no batch axis; scoring "
-                             "feeds rows along axis 0. Re-export the model with a batch dimension.")
+            raise InputError(
+                f"model input '{spec.name}' is a scalar with no batch axis; scoring "
+                "feeds rows along axis 0. Re-export the model with a batch dimension."
+            )
         mapped = columns.get(spec.name, spec.name)
         cols = (mapped,) if isinstance(mapped, str) else tuple(mapped)
         rules = []
@@ -69,17 +74,21 @@ def plan_feeds(info: ModelInfo, columns: Mapping[str, str | list[str]], schema: 
             if col not in schema.names:
                 raise InputError(
                     f"{where}: no column '{col}' for model input '{spec.name}' (columns found: "
-                    f"{schema.names}). Map the input with input.columns: {{{spec.name}: <column>}}.")
+                    f"{schema.names}). Map the input with input.columns: {{{spec.name}: <column>}}."
+                )
             found = _element_type(schema.field(col).type)
             if isinstance(mapped, list) and not _is_scalar(schema.field(col).type):
-                raise InputError(f"{where}: column '{col}' is {schema.field(col).type}; columns "
-                                 f"stacked into input '{spec.name}' must be scalars")
+                raise InputError(
+                    f"{where}: column '{col}' is {schema.field(col).type}; columns "
+                    f"stacked into input '{spec.name}' must be scalars"
+                )
             rule = cast_rule(_numpy_name(found), spec.dtype)
             if rule is None:
                 raise InputError(
                     f"{where}: column '{col}' holds {found} but model input '{spec.name}' expects "
                     f"{spec.dtype}; converting would change values. Convert the column upstream, "
-                    "or feed this input from another column with input.columns.")
+                    "or feed this input from another column with input.columns."
+                )
             rules.append(rule)
         cast = "checked" if "checked" in rules else "safe" if "safe" in rules else "same"
         feeds.append(Feed(spec, cols, isinstance(mapped, list), cast))
@@ -119,9 +128,9 @@ def _numpy_name(t: pa.DataType) -> str:
 
 @dataclasses.dataclass
 class _Column:
-    values: np.ndarray            # every element of every row, flat, already cast
-    lengths: np.ndarray | int     # elements per row (an int when all rows agree)
-    offsets: np.ndarray | None    # start of each row in values (None when lengths is an int)
+    values: np.ndarray  # every element of every row, flat, already cast
+    lengths: np.ndarray | int  # elements per row (an int when all rows agree)
+    offsets: np.ndarray | None  # start of each row in values (None when lengths is an int)
 
 
 def prepare(table: pa.Table, feeds: Sequence[Feed]) -> tuple[list[Group], dict[int, str]]:
@@ -129,7 +138,7 @@ def prepare(table: pa.Table, feeds: Sequence[Feed]) -> tuple[list[Group], dict[i
     n = table.num_rows
     rejected: dict[int, str] = {}
     columns = [_column(table, f, rejected) for f in feeds]
-    shapes: list[dict[int, tuple[int, ...]]] = []   # per input: row length -> row shape
+    shapes: list[dict[int, tuple[int, ...]]] = []  # per input: row length -> row shape
     keys = np.zeros((n, len(feeds)), dtype=np.int64)
     for j, (feed, col) in enumerate(zip(feeds, columns)):
         lengths = np.full(n, col.lengths) if isinstance(col.lengths, int) else col.lengths
@@ -180,8 +189,7 @@ def fit_row_shape(length: int, spec: TensorSpec) -> tuple[tuple[int, ...] | None
     return None, why
 
 
-def _gather(col: _Column, rows: np.ndarray, n: int, length: int,
-            shape: tuple[int, ...]) -> np.ndarray:
+def _gather(col: _Column, rows: np.ndarray, n: int, length: int, shape: tuple[int, ...]) -> np.ndarray:
     k = len(rows)
     if col.offsets is None:
         block = col.values.reshape(n, length)
@@ -200,8 +208,7 @@ def _column(table: pa.Table, feed: Feed, rejected: dict[int, str]) -> _Column:
     return _flat(table.column(feed.columns[0]), dst, feed, feed.columns[0], rejected)
 
 
-def _flat(chunked: pa.ChunkedArray, dst: str, feed: Feed, name: str,
-          rejected: dict[int, str]) -> _Column:
+def _flat(chunked: pa.ChunkedArray, dst: str, feed: Feed, name: str, rejected: dict[int, str]) -> _Column:
     arr = chunked.combine_chunks() if chunked.num_chunks != 1 else chunked.chunk(0)
     n = len(arr)
     for r in np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False)).tolist():
@@ -216,8 +223,10 @@ def _flat(chunked: pa.ChunkedArray, dst: str, feed: Feed, name: str,
             lengths = lengths * size if isinstance(lengths, int) else lengths * size
         else:
             if not isinstance(lengths, int) or offsets is not None:
-                raise InputError(f"column {name}: nested variable-length lists are not supported; "
-                                 "use fixed_size_list for inner dimensions")
+                raise InputError(
+                    f"column {name}: nested variable-length lists are not supported; "
+                    "use fixed_size_list for inner dimensions"
+                )
             off = values.offsets.to_numpy()
             row_len = np.diff(off) * lengths
             lengths, values = row_len, values.flatten()
@@ -226,8 +235,9 @@ def _flat(chunked: pa.ChunkedArray, dst: str, feed: Feed, name: str,
     if values.null_count:
         row_of_element = _row_of_element(lengths, n)
         for r in np.unique(row_of_element[values.is_null().to_numpy(zero_copy_only=False)]).tolist():
-            rejected.setdefault(int(r), f"column {name} holds a null element; input "
-                                        f"'{feed.spec.name}' needs every value")
+            rejected.setdefault(
+                int(r), f"column {name} holds a null element; input '{feed.spec.name}' needs every value"
+            )
         values = pc.fill_null(values, "" if dst == "str" else 0)
     np_values = values.to_numpy(zero_copy_only=False)
     if feed.cast == "checked" and np_values.size:
@@ -235,8 +245,11 @@ def _flat(chunked: pa.ChunkedArray, dst: str, feed: Feed, name: str,
         if bad.any():
             rows = (row_of_element if row_of_element is not None else _row_of_element(lengths, n))[bad]
             for r in np.unique(rows).tolist():
-                rejected.setdefault(int(r), f"column {name} holds a value that {dst} input "
-                                            f"'{feed.spec.name}' cannot represent exactly")
+                rejected.setdefault(
+                    int(r),
+                    f"column {name} holds a value that {dst} input "
+                    f"'{feed.spec.name}' cannot represent exactly",
+                )
     if dst != "str" and np_values.dtype != np.dtype(dst):
         np_values = np_values.astype(dst)
     return _Column(np_values, lengths, offsets if not isinstance(lengths, int) else None)

@@ -21,28 +21,45 @@ def linear(path: Path, shape: list, out: int = 3, dtype: int = TensorProto.FLOAT
     """x [shape] -> y [batch, out] = flatten(x) @ W (W sized for the flattened row)."""
     k = int(np.prod([d for d in shape[1:]]))
     w = np.random.default_rng(seed).standard_normal((k, out)).astype(np.float32)
-    nodes = [helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
-             helper.make_node("Flatten", ["xf"], ["flat"], axis=1),
-             helper.make_node("MatMul", ["flat", "w"], ["y"])]
-    graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", dtype, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [shape[0], out])],
-                              [numpy_helper.from_array(w, "w")])
+    nodes = [
+        helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+        helper.make_node("Flatten", ["xf"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "w"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "linear",
+        [helper.make_tensor_value_info("x", dtype, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [shape[0], out])],
+        [numpy_helper.from_array(w, "w")],
+    )
     return save(graph, path)
 
 
 def two_inputs(path: Path) -> str:
     """a [batch, 2] float, b [batch] int64 -> s [batch] = sum(a) + b, d [batch, 2] = a * 2."""
-    nodes = [helper.make_node("ReduceSum", ["a", "axes"], ["sa"], keepdims=0),
-             helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
-             helper.make_node("Add", ["sa", "bf"], ["s"]),
-             helper.make_node("Mul", ["a", "two"], ["d"])]
+    nodes = [
+        helper.make_node("ReduceSum", ["a", "axes"], ["sa"], keepdims=0),
+        helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["sa", "bf"], ["s"]),
+        helper.make_node("Mul", ["a", "two"], ["d"]),
+    ]
     graph = helper.make_graph(
-        nodes, "two", [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 2]),
-                       helper.make_tensor_value_info("b", TensorProto.INT64, ["batch"])],
-        [helper.make_tensor_value_info("s", TensorProto.FLOAT, ["batch"]),
-         helper.make_tensor_value_info("d", TensorProto.FLOAT, ["batch", 2])],
-        [numpy_helper.from_array(np.array([1], np.int64), "axes"),
-         numpy_helper.from_array(np.array(2.0, np.float32), "two")])
+        nodes,
+        "two",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("b", TensorProto.INT64, ["batch"]),
+        ],
+        [
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, ["batch"]),
+            helper.make_tensor_value_info("d", TensorProto.FLOAT, ["batch", 2]),
+        ],
+        [
+            numpy_helper.from_array(np.array([1], np.int64), "axes"),
+            numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+        ],
+    )
     return save(graph, path)
 
 
@@ -50,9 +67,12 @@ def sequence_mean(path: Path) -> str:
     """tokens [batch, seq] float -> m [batch] = mean over seq (seq is dynamic)."""
     nodes = [helper.make_node("ReduceMean", ["tokens", "axes"], ["m"], keepdims=0)]
     graph = helper.make_graph(
-        nodes, "seq", [helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["batch", "seq"])],
+        nodes,
+        "seq",
+        [helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["batch", "seq"])],
         [helper.make_tensor_value_info("m", TensorProto.FLOAT, ["batch"])],
-        [numpy_helper.from_array(np.array([1], np.int64), "axes")])
+        [numpy_helper.from_array(np.array([1], np.int64), "axes")],
+    )
     return save(graph, path, opset=18)  # ReduceMean takes axes as an input from opset 18
 
 
@@ -60,8 +80,12 @@ def transposed_output(path: Path, declare_batch: bool) -> str:
     """x [batch, 3] -> t [3, batch] (the batch on axis 1), declared as such or not."""
     out_shape = [3, "batch"] if declare_batch else [3, "n"]
     nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0])]
-    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
-                              [helper.make_tensor_value_info("t", TensorProto.FLOAT, out_shape)])
+    graph = helper.make_graph(
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, out_shape)],
+    )
     return save(graph, path)
 
 
@@ -81,12 +105,28 @@ def sklearn_mixed(path: Path) -> tuple[str, object]:
     import pandas as pd
 
     frame = pd.DataFrame({"colour": colour, "n0": num[:, 0], "n1": num[:, 1]})
-    pipe = Pipeline([("pre", ColumnTransformer([("cat", OneHotEncoder(handle_unknown="ignore"), ["colour"]),
-                                                ("num", StandardScaler(), ["n0", "n1"])])),
-                     ("clf", LogisticRegression())]).fit(frame, y)
-    onx = convert_sklearn(pipe, initial_types=[("colour", StringTensorType([None, 1])),
-                                               ("n0", FloatTensorType([None, 1])),
-                                               ("n1", FloatTensorType([None, 1]))],
-                          target_opset={"": 17, "ai.onnx.ml": 3})
+    pipe = Pipeline(
+        [
+            (
+                "pre",
+                ColumnTransformer(
+                    [
+                        ("cat", OneHotEncoder(handle_unknown="ignore"), ["colour"]),
+                        ("num", StandardScaler(), ["n0", "n1"]),
+                    ]
+                ),
+            ),
+            ("clf", LogisticRegression()),
+        ]
+    ).fit(frame, y)
+    onx = convert_sklearn(
+        pipe,
+        initial_types=[
+            ("colour", StringTensorType([None, 1])),
+            ("n0", FloatTensorType([None, 1])),
+            ("n1", FloatTensorType([None, 1])),
+        ],
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    )
     Path(path).write_bytes(onx.SerializeToString())
     return str(path), pipe

@@ -20,14 +20,18 @@ from scoring.demo import make_cnn
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-def reference(data: bytes, size: tuple[int, int], resize: str, mode: str, layout: str,
-              short: int | None = None) -> np.ndarray:
+def reference(
+    data: bytes, size: tuple[int, int], resize: str, mode: str, layout: str, short: int | None = None
+) -> np.ndarray:
     """Written from the README's steps, without scoring's code."""
     img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
     if img.mode.startswith("I;16"):  # 16-bit greyscale: keep the high byte
         img = Image.fromarray((np.asarray(img) // 256).astype(np.uint8))
-    img = img.convert("RGBA").convert("L" if mode == "L" else "RGB") if img.mode in ("P", "RGBA", "LA") \
+    img = (
+        img.convert("RGBA").convert("L" if mode == "L" else "RGB")
+        if img.mode in ("P", "RGBA", "LA")
         else img.convert("L" if mode == "L" else "RGB")
+    )
     h, w = size
     if resize == "stretch":
         img = img.resize((w, h), Image.Resampling.BILINEAR)
@@ -67,11 +71,15 @@ def encode(arr: np.ndarray, fmt: str = "PNG", mode: str | None = None, exif_rota
 def samples() -> dict[str, bytes]:
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 255, (37, 53, 3), dtype=np.uint8)
-    return {"rgb.png": encode(rgb), "photo.jpg": encode(rgb, "JPEG"),
-            "grey.png": encode(rgb[..., 0]), "rgba.png": encode(rng.integers(0, 255, (30, 20, 4), dtype=np.uint8)),
-            "rotated.jpg": encode(rgb, "JPEG", exif_rotate=True),
-            "palette.png": encode(np.asarray(Image.fromarray(rgb).convert("P"))[..., None].squeeze(), mode="P"),
-            "deep.png": encode(rng.integers(0, 65535, (25, 25), dtype=np.uint16))}
+    return {
+        "rgb.png": encode(rgb),
+        "photo.jpg": encode(rgb, "JPEG"),
+        "grey.png": encode(rgb[..., 0]),
+        "rgba.png": encode(rng.integers(0, 255, (30, 20, 4), dtype=np.uint8)),
+        "rotated.jpg": encode(rgb, "JPEG", exif_rotate=True),
+        "palette.png": encode(np.asarray(Image.fromarray(rgb).convert("P"))[..., None].squeeze(), mode="P"),
+        "deep.png": encode(rng.integers(0, 65535, (25, 25), dtype=np.uint16)),
+    }
 
 
 @pytest.mark.parametrize("resize", ["stretch", "center_crop", "letterbox"])
@@ -83,7 +91,9 @@ def test_preprocessing_matches_an_independent_reference(resize: str, mode: str, 
         if name == "deep.png":
             continue  # 16-bit: checked on its own below
         got = images.normalise(images.decode(data, cfg, (24, 32))[None], cfg, layout, "float32")[0]
-        np.testing.assert_allclose(got, reference(data, (24, 32), resize, mode, layout), atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(
+            got, reference(data, (24, 32), resize, mode, layout), atol=1e-6, err_msg=name
+        )
 
 
 def test_exif_orientation_16_bit_and_center_crop_short_side() -> None:
@@ -93,7 +103,9 @@ def test_exif_orientation_16_bit_and_center_crop_short_side() -> None:
     raw = np.asarray(Image.open(io.BytesIO(samples()["deep.png"])))
     np.testing.assert_array_equal(deep, (raw.astype(np.uint32) >> 8).astype(np.uint8))
     cfg = ImageConfig(resize="center_crop", resize_short_side=40, mean=MEAN, std=STD)
-    got = images.normalise(images.decode(samples()["rgb.png"], cfg, (24, 24))[None], cfg, "NCHW", "float32")[0]
+    got = images.normalise(images.decode(samples()["rgb.png"], cfg, (24, 24))[None], cfg, "NCHW", "float32")[
+        0
+    ]
     expected = reference(samples()["rgb.png"], (24, 24), "center_crop", "RGB", "NCHW", short=40)
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
@@ -112,16 +124,26 @@ def test_image_folder_job_scores_every_file_once_and_rejects_broken_ones(run_job
         (sub / name.upper() if name == "photo.jpg" else sub / name).write_bytes(data)
     (folder / "d0" / "readme.txt").write_text("not listed")
     model = make_cnn(tmp_path / "cnn.onnx", size=32, classes=4)
-    result = run_job({"model": {"uri": model},
-                      "input": {"uri": str(folder), "format": "images", "files_per_shard": 4,
-                                "image": {"mean": MEAN, "std": STD}},
-                      "compute": {"batch_size": 3}})
+    result = run_job(
+        {
+            "model": {"uri": model},
+            "input": {
+                "uri": str(folder),
+                "format": "images",
+                "files_per_shard": 4,
+                "image": {"mean": MEAN, "std": STD},
+            },
+            "compute": {"batch_size": 3},
+        }
+    )
     assert result.ok, result.job["error"]
     preds = read_predictions(result.out)
     errors = read_errors(result.out)
     paths = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg"))
     assert len(paths) == 10
-    assert sorted(preds.column("path").to_pylist()) == sorted(p for p in paths if Path(p).name not in broken_files())
+    assert sorted(preds.column("path").to_pylist()) == sorted(
+        p for p in paths if Path(p).name not in broken_files()
+    )
     assert preds.num_rows + errors.num_rows == 10  # every file exactly once
     assert sorted(e["stage"] for e in errors.to_pylist()) == ["decode"] * 3
     assert all("cannot decode image" in e["message"] for e in errors.to_pylist())
@@ -137,16 +159,25 @@ def test_image_folder_job_scores_every_file_once_and_rejects_broken_ones(run_job
 
 def test_parquet_image_shards_keep_columns(run_job, tmp_path: Path) -> None:
     good = list(samples().values())[:4] + [broken_files()["truncated.jpg"]]
-    write_parquet(tmp_path / "shards" / "a.parquet",
-                  {"img": pa.array(good, pa.binary()), "key": pa.array(list("abcde"))})
+    write_parquet(
+        tmp_path / "shards" / "a.parquet",
+        {"img": pa.array(good, pa.binary()), "key": pa.array(list("abcde"))},
+    )
     model = make_cnn(tmp_path / "cnn.onnx", size=16, classes=2)
-    result = run_job({"model": {"uri": model},
-                      "input": {"uri": str(tmp_path / "shards"), "format": "images", "image_column": "img",
-                                "keep": ["key"], "image": {"resize": "letterbox"}}})
+    result = run_job(
+        {
+            "model": {"uri": model},
+            "input": {
+                "uri": str(tmp_path / "shards"),
+                "format": "images",
+                "image_column": "img",
+                "keep": ["key"],
+                "image": {"resize": "letterbox"},
+            },
+        }
+    )
     assert result.ok, result.job["error"]
     preds = read_predictions(result.out)
     assert preds.column_names == ["shard", "row", "key", "probs"]
     assert preds.column("key").to_pylist() == list("abcd")
     assert read_errors(result.out).column("row").to_pylist() == [4]
-
-

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import models
 import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import fixed_list, read_errors, read_predictions, write_parquet
-
-import models
 from onnx import TensorProto
+
 from scoring.demo import make_mlp, write_tables
 from scoring.errors import InputError, StorageError
 
@@ -25,10 +25,18 @@ def direct(model: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
 def test_predictions_equal_a_direct_ort_run_row_by_row(run_job, tmp_path: Path) -> None:
     model = make_mlp(tmp_path / "m.onnx", (8, 16, 4))
     write_tables(tmp_path / "data", files=3, rows=1000, features=8)
-    result = run_job({"model": {"uri": model},
-                      "input": {"uri": str(tmp_path / "data"), "format": "parquet",
-                                "columns": {"x": "features"}, "keep": ["id"]},
-                      "compute": {"actors": 2, "batch_size": 128}})
+    result = run_job(
+        {
+            "model": {"uri": model},
+            "input": {
+                "uri": str(tmp_path / "data"),
+                "format": "parquet",
+                "columns": {"x": "features"},
+                "keep": ["id"],
+            },
+            "compute": {"actors": 2, "batch_size": 128},
+        }
+    )
     assert result.ok, result.job["error"]
     preds = read_predictions(result.out)
     assert preds.num_rows == 3000
@@ -41,7 +49,9 @@ def test_predictions_equal_a_direct_ort_run_row_by_row(run_job, tmp_path: Path) 
     assert json.loads(preds.schema.field("probs").metadata[b"shape"]) == [4]
     shards = pq.read_table(Path(result.out) / "_shards.parquet").to_pylist()
     assert [s["rows"] for s in shards] == [1000, 1000, 1000]
-    assert all(s["status"] == "succeeded" and s["infer_s"] > 0 and s["wall_s"] >= s["infer_s"] for s in shards)
+    assert all(
+        s["status"] == "succeeded" and s["infer_s"] > 0 and s["wall_s"] >= s["infer_s"] for s in shards
+    )
     job = json.loads((Path(result.out) / "_job.json").read_text())
     assert job["status"] == "succeeded" and job["totals"]["rows"] == 3000
     assert job["model"]["sha256"] and job["providers"] == ["CPUExecutionProvider"]
@@ -53,10 +63,13 @@ def test_stacked_columns_several_inputs_and_int_cast(run_job, tmp_path: Path) ->
     a0, a1 = np.arange(5, dtype=np.float64), np.arange(5, dtype=np.float64) * 10
     b = np.arange(5, dtype=np.int32)  # int32 -> int64: allowed
     write_parquet(tmp_path / "d" / "p.parquet", {"a0": a0, "a1": a1, "b": b})
-    result = run_job({"model": {"uri": model},
-                      "input": {"uri": str(tmp_path / "d"), "format": "parquet",
-                                "columns": {"a": ["a0", "a1"]}},
-                      "output": {"outputs": {"total": "s"}}})
+    result = run_job(
+        {
+            "model": {"uri": model},
+            "input": {"uri": str(tmp_path / "d"), "format": "parquet", "columns": {"a": ["a0", "a1"]}},
+            "output": {"outputs": {"total": "s"}},
+        }
+    )
     assert result.ok
     preds = read_predictions(result.out)
     assert preds.column_names == ["shard", "row", "total"]
@@ -68,8 +81,13 @@ def test_string_input_and_zipmap_output_from_sklearn(run_job, tmp_path: Path) ->
 
     model, pipe = models.sklearn_mixed(tmp_path / "skl.onnx")
     rng = np.random.default_rng(3)
-    frame = pd.DataFrame({"colour": rng.choice(["red", "green", "blue"], 50),
-                          "n0": rng.standard_normal(50), "n1": rng.standard_normal(50)})
+    frame = pd.DataFrame(
+        {
+            "colour": rng.choice(["red", "green", "blue"], 50),
+            "n0": rng.standard_normal(50),
+            "n1": rng.standard_normal(50),
+        }
+    )
     write_parquet(tmp_path / "d" / "p.parquet", {c: frame[c].to_numpy() for c in frame})
     result = run_job({"model": {"uri": model}, "input": {"uri": str(tmp_path / "d"), "format": "parquet"}})
     assert result.ok, result.job["error"]
@@ -85,9 +103,13 @@ def test_reshape_to_per_row_shape_and_fixed_batch_of_one(run_job, tmp_path: Path
     model = models.linear(tmp_path / "img.onnx", [1, 1, 4, 4])  # fixed batch 1, rows of 16 values
     x = np.random.default_rng(0).standard_normal((7, 16)).astype(np.float32)
     write_parquet(tmp_path / "d" / "p.parquet", {"pixels": fixed_list(x)})
-    result = run_job({"model": {"uri": model},
-                      "input": {"uri": str(tmp_path / "d"), "format": "parquet", "columns": {"x": "pixels"}},
-                      "compute": {"batch_size": 4}})
+    result = run_job(
+        {
+            "model": {"uri": model},
+            "input": {"uri": str(tmp_path / "d"), "format": "parquet", "columns": {"x": "pixels"}},
+            "compute": {"batch_size": 4},
+        }
+    )
     assert result.ok, result.job["error"]
     got = np.stack(read_predictions(result.out).column("y").to_numpy(zero_copy_only=False))
     expected = np.concatenate([direct(model, {"x": r.reshape(1, 1, 4, 4)})[0] for r in x])
@@ -137,8 +159,10 @@ def test_corrupt_shard_and_schema_drift_are_rejected_and_the_job_goes_on(run_job
     assert len(drift) == 6 and "no column 'x' for model input 'x'" in drift[0]["message"]
     corrupt = [e for e in errors if e["shard"].endswith("c.parquet")]
     assert len(corrupt) == 1 and corrupt[0]["row"] is None and corrupt[0]["stage"] == "read"
-    statuses = {Path(s["shard"]).name: s["status"]
-                for s in pq.read_table(Path(result.out) / "_shards.parquet").to_pylist()}
+    statuses = {
+        Path(s["shard"]).name: s["status"]
+        for s in pq.read_table(Path(result.out) / "_shards.parquet").to_pylist()
+    }
     assert statuses == {"a.parquet": "succeeded", "b.parquet": "failed", "c.parquet": "failed"}
 
 
@@ -146,8 +170,13 @@ def test_too_many_rejected_rows_fail_the_job(run_job, tmp_path: Path) -> None:
     model = make_mlp(tmp_path / "m.onnx", (2, 2))
     for i in range(3):
         write_parquet(tmp_path / "d" / f"{i}.parquet", {"x": pa.array([[1.0]] * 5, pa.list_(pa.float32()))})
-    result = run_job({"model": {"uri": model}, "input": {"uri": str(tmp_path / "d"), "format": "parquet"},
-                      "errors": {"max_rejected_rows": 4}})
+    result = run_job(
+        {
+            "model": {"uri": model},
+            "input": {"uri": str(tmp_path / "d"), "format": "parquet"},
+            "errors": {"max_rejected_rows": 4},
+        }
+    )
     assert not result.ok
     assert "more than errors.max_rejected_rows=4" in result.job["error"]
     job = json.loads((Path(result.out) / "_job.json").read_text())
@@ -157,7 +186,9 @@ def test_too_many_rejected_rows_fail_the_job(run_job, tmp_path: Path) -> None:
 def test_up_front_errors_name_file_column_and_input(run_job, tmp_path: Path) -> None:
     model = make_mlp(tmp_path / "m.onnx", (2, 2))
     write_parquet(tmp_path / "d" / "p.parquet", {"x": pa.array(["a", "b"])})
-    with pytest.raises(InputError, match=r"p.parquet: column 'x' holds string but model input 'x' expects float32"):
+    with pytest.raises(
+        InputError, match=r"p.parquet: column 'x' holds string but model input 'x' expects float32"
+    ):
         run_job({"model": {"uri": model}, "input": {"uri": str(tmp_path / "d"), "format": "parquet"}})
     write_parquet(tmp_path / "e" / "p.parquet", {"feat": pa.array([1.0, 2.0])})
     with pytest.raises(InputError, match=r"no column 'x' for model input 'x' \(columns found: \['feat'\]\)"):
@@ -171,8 +202,10 @@ def test_up_front_errors_name_file_column_and_input(run_job, tmp_path: Path) -> 
 def test_output_modes(run_job, tmp_path: Path) -> None:
     model = make_mlp(tmp_path / "m.onnx", (4, 2))
     write_tables(tmp_path / "d", files=2, rows=10, features=4)
-    cfg = {"model": {"uri": model}, "input": {"uri": str(tmp_path / "d"), "format": "parquet",
-                                              "columns": {"x": "features"}}}
+    cfg = {
+        "model": {"uri": model},
+        "input": {"uri": str(tmp_path / "d"), "format": "parquet", "columns": {"x": "features"}},
+    }
     assert run_job(dict(cfg)).ok
     with pytest.raises(StorageError, match="already holds a job.*--mode overwrite"):
         run_job(dict(cfg))

@@ -1,0 +1,148 @@
+"""The command line as a user runs it: exit codes and messages, config precedence, inspect."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scoring.config import load_config
+from scoring.demo import make_mlp, write_tables
+from scoring.errors import ConfigError
+
+
+def scoring(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "scoring", *args], capture_output=True, text=True, env=full_env, timeout=300
+    )
+
+
+def config_file(tmp_path: Path, data: dict) -> str:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+BASE = {"model": {"uri": "m.onnx"}, "input": {"uri": "d", "format": "parquet"}, "output": {"uri": "o"}}
+
+
+def test_unknown_wrong_and_missing_keys_name_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'compute.batchsize'"):
+        load_config(data={**BASE, "compute": {"batchsize": 5}}, environ={})
+    with pytest.raises(ConfigError, match=r"config key 'compute.batch_size': .*integer.*found 'lots'"):
+        load_config(data=BASE, overrides=["compute.batch_size=lots"], environ={})
+    with pytest.raises(ConfigError, match=r"missing required config key 'input.format'"):
+        load_config(data={**BASE, "input": {"uri": "d"}}, environ={})
+    with pytest.raises(ConfigError, match=r"config key 'input.format': .*'parquet' or 'images'.*found 'csv'"):
+        load_config(data={**BASE, "input": {"uri": "d", "format": "csv"}}, environ={})
+
+
+def test_precedence_defaults_file_environment_set() -> None:
+    cfg = load_config(data=BASE, environ={})
+    assert cfg.compute.batch_size == 256
+    data = {**BASE, "compute": {"batch_size": 64}}
+    assert load_config(data=data, environ={}).compute.batch_size == 64
+    env = {"SCORING_COMPUTE__BATCH_SIZE": "32"}
+    assert load_config(data=data, environ=env).compute.batch_size == 32
+    cfg = load_config(data=data, environ=env, overrides=["compute.batch_size=16", "model.providers=[cpu]"])
+    assert cfg.compute.batch_size == 16 and cfg.model.providers == ["cpu"]
+
+
+def test_secrets_are_redacted() -> None:
+    cfg = load_config(
+        data={**BASE, "storage_options": {"key": "AK", "secret": "S", "endpoint_url": "http://x"}}, environ={}
+    )
+    assert cfg.redacted()["storage_options"] == {"key": "***", "secret": "***", "endpoint_url": "http://x"}
+
+
+def test_bad_config_exits_2_before_ray_starts(tmp_path: Path) -> None:
+    path = config_file(tmp_path, {**BASE, "compute": {"actorz": 2}})
+    proc = scoring("run", path)
+    assert proc.returncode == 2
+    assert "Error: invalid config" in proc.stderr and "unknown config key 'compute.actorz'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_and_corrupt_model_exit_2(tmp_path: Path) -> None:
+    write_tables(tmp_path / "d", files=1, rows=5, features=4)
+    data = {
+        **BASE,
+        "input": {"uri": str(tmp_path / "d"), "format": "parquet"},
+        "output": {"uri": str(tmp_path / "o")},
+        "model": {"uri": str(tmp_path / "nope.onnx")},
+    }
+    proc = scoring("validate", config_file(tmp_path, data))
+    assert proc.returncode == 2 and "cannot read model" in proc.stderr and "nope.onnx" in proc.stderr
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage" * 10)
+    proc = scoring("inspect", str(tmp_path / "bad.onnx"))
+    assert proc.returncode == 2 and "is not a valid ONNX model" in proc.stderr
+
+
+def test_inspect_text_and_json(tmp_path: Path) -> None:
+    model = make_mlp(tmp_path / "m.onnx", (5, 7, 3))
+    proc = scoring("inspect", model, "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 5], "kind": "tensor"}]
+    assert data["outputs"][0]["shape"] == ["batch", 3] and data["opset"] == {"ai.onnx": 17}
+    assert len(data["sha256"]) == 64 and "CPUExecutionProvider" in data["available_providers"]
+    text = scoring("inspect", model).stdout
+    assert "x                    float32    [batch, 5]" in text and "producer  scoring-demo" in text
+
+
+@pytest.mark.slow
+def test_run_validate_and_report_end_to_end(tmp_path: Path) -> None:
+    model = make_mlp(tmp_path / "m.onnx", (4, 3))
+    write_tables(tmp_path / "d", files=2, rows=50, features=4)
+    path = config_file(
+        tmp_path,
+        {
+            "model": {"uri": model},
+            "input": {"uri": str(tmp_path / "d"), "format": "parquet", "columns": {"x": "features"}},
+            "output": {"uri": str(tmp_path / "o")},
+        },
+    )
+    proc = scoring("validate", path)
+    assert proc.returncode == 0 and "ok: 2 shard(s)" in proc.stdout
+    proc = scoring("run", path, "--set", "compute.actors=1")
+    assert proc.returncode == 0, proc.stderr
+    assert "status: succeeded" in proc.stdout and "rows: 100 scored" in proc.stdout
+    proc = scoring("run", path)
+    assert proc.returncode == 2 and "already holds a job" in proc.stderr
+    proc = scoring("run", path, "--set", "compute.actors=5", "--mode", "overwrite")
+    assert proc.returncode == 2 and "needs 5 CPUs but the cluster has" in proc.stderr
+    html = tmp_path / "r.html"
+    proc = scoring("report", str(tmp_path / "o"), "--html", str(html))
+    assert proc.returncode == 0 and "status: succeeded" in proc.stdout
+    assert "<svg" in html.read_text() and "part-000.parquet" in html.read_text()
+
+
+@pytest.mark.slow
+def test_rejected_rows_past_the_limit_exit_1(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    model = make_mlp(tmp_path / "m.onnx", (3, 2))
+    (tmp_path / "d").mkdir()
+    pq.write_table(
+        pa.table({"x": pa.array([[1.0, 2.0]] * 4, pa.list_(pa.float32()))}), tmp_path / "d" / "a.parquet"
+    )
+    path = config_file(
+        tmp_path,
+        {
+            "model": {"uri": model},
+            "input": {"uri": str(tmp_path / "d"), "format": "parquet"},
+            "output": {"uri": str(tmp_path / "o")},
+            "errors": {"max_rejected_rows": 2},
+            "compute": {"actors": 1},
+        },
+    )
+    proc = scoring("run", path)
+    assert proc.returncode == 1 and "more than errors.max_rejected_rows=2" in proc.stderr
