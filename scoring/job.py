@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from scoring import cluster, images, sink, sources
+from scoring import cluster, images, sink, sources, storage
 from scoring.actor import JobSpec, decode_images, scorer_for
 from scoring.config import Config
 from scoring.errors import InputError, JobFailed, ScoringError
@@ -64,7 +64,10 @@ def run_job(cfg: Config, *, address: str | None = None, echo: Callable[[str], No
     started = time.time()
     spec, shards = check(cfg)
     so, out = cfg.storage_options, cfg.output.uri
+    storage.check_writable(out, so)
+    t0 = time.time()
     started_ray = cluster.connect(address)
+    ray_init_s = time.time() - t0
     import ray
 
     try:
@@ -86,6 +89,7 @@ def run_job(cfg: Config, *, address: str | None = None, echo: Callable[[str], No
         except ScoringError as exc:
             error = str(exc)
         job = _job_record(cfg, spec, records, started, t_ray, error)
+        job["totals"]["ray_init_s"] = ray_init_s
         sink.write_summary(out, records, job, so)
     finally:
         if started_ray:

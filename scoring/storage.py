@@ -132,6 +132,20 @@ def write_bytes_atomic(uri: str, data: bytes, storage_options: dict[str, Any]) -
             with_retries(lambda: fs.pipe_file(path, data), f"writing {uri}")
 
 
+def check_writable(uri: str, storage_options: dict[str, Any]) -> None:
+    """Write and delete a small probe under ``uri``: wrong credentials or a missing bucket fail
+    here, before any scoring, instead of in every actor."""
+    probe = join(uri, f"_scoring_probe_{uuid.uuid4().hex[:8]}")
+    try:
+        write_bytes_atomic(probe, b"", storage_options)
+        remove(probe, storage_options)
+    except StorageError as exc:
+        raise StorageError(
+            f"cannot write to output.uri {uri}: {exc}. Check the bucket, the path "
+            "and the credentials (storage_options or the environment)."
+        ) from exc
+
+
 def exists(uri: str, storage_options: dict[str, Any]) -> bool:
     fs, path = split_uri(uri, storage_options)
     with translated(StorageError, f"checking {uri}"):

@@ -1,0 +1,238 @@
+"""``make bench``: scoring's throughput as ratios against plain ONNX Runtime loops, in one run.
+
+For tables (MLP 64-256-256-10 over fixed_size_list<float32>[64] in 16 files) and images
+(224x224 JPEGs, a small CNN): (a) ORT alone on preloaded arrays, (b) a single-process streaming
+loop, (c) ``scoring run`` as a user runs it. Prints medians over ``--reps`` runs, c/b, start-up
+overhead beyond ``ray.init`` and the peak RSS of the whole process tree; tables also at 4x data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from scoring.demo import make_cnn, make_mlp, write_images, write_tables
+
+ROOT = Path(os.environ.get("BENCH_DIR", "bench-data")).resolve()
+THREADS = os.cpu_count() or 2
+
+
+def session(model: str, threads: int = THREADS) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def ort_alone_tables(model: str, files: list[str]) -> float:
+    columns = [pq.read_table(f).column("features").combine_chunks() for f in files[:4]]
+    x = np.concatenate([c.flatten().to_numpy().reshape(-1, 64) for c in columns])
+    sess = session(model)
+    t0 = time.perf_counter()
+    for i in range(0, len(x), 4096):
+        sess.run(None, {"x": x[i : i + 4096]})
+    return len(x) / (time.perf_counter() - t0)
+
+
+def loop_tables(model: str, files: list[str], out: Path) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    t0 = time.perf_counter()
+    sess, rows = session(model), 0
+    for i, f in enumerate(files):
+        t = pq.read_table(f)
+        x = t.column("features").combine_chunks().flatten().to_numpy().reshape(-1, 64)
+        probs = np.concatenate([sess.run(None, {"x": x[j : j + 4096]})[0] for j in range(0, len(x), 4096)])
+        flat = pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), 10)
+        pq.write_table(pa.table({"id": t.column("id"), "probs": flat}), out / f"{i}.parquet")
+        rows += len(x)
+    return rows / (time.perf_counter() - t0)
+
+
+def preprocess(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data)).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
+    x = np.asarray(img, dtype=np.float32) * (1 / 255.0)
+    return ((x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).astype(np.float32).transpose(2, 0, 1)
+
+
+def ort_alone_images(model: str, files: list[str]) -> float:
+    x = np.stack([preprocess(Path(f).read_bytes()) for f in files[:512]])
+    sess = session(model)
+    t0 = time.perf_counter()
+    for _ in range(4):
+        for i in range(0, len(x), 64):
+            sess.run(None, {"image": x[i : i + 64]})
+    return 4 * len(x) / (time.perf_counter() - t0)
+
+
+def loop_images(model: str, files: list[str], out: Path, per_shard: int = 1000) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    sess = session(model)
+    t0 = time.perf_counter()
+    for s in range(0, len(files), per_shard):
+        chunk = files[s : s + per_shard]
+        probs = []
+        for i in range(0, len(chunk), 64):
+            x = np.stack([preprocess(Path(f).read_bytes()) for f in chunk[i : i + 64]])
+            probs.append(sess.run(None, {"image": x})[0])
+        p = np.concatenate(probs)
+        pq.write_table(
+            pa.table(
+                {
+                    "path": chunk,
+                    "probs": pa.FixedSizeListArray.from_arrays(pa.array(p.reshape(-1)), p.shape[1]),
+                }
+            ),
+            out / f"{s}.parquet",
+        )
+    return len(files) / (time.perf_counter() - t0)
+
+
+def scoring_run(config: dict, rows: int) -> dict:
+    """Run ``scoring run`` in a subprocess; rows/s, overhead and peak RSS of the process tree."""
+    out = Path(config["output"]["uri"])
+    shutil.rmtree(out, ignore_errors=True)
+    path = out.with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(config))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scoring", "run", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    peak, first = 0, None
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        if first is None and (out / "predictions").exists() and any((out / "predictions").glob("*.parquet")):
+            first = time.perf_counter() - t0
+        time.sleep(0.1)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"scoring run failed with exit {proc.returncode}: {path}")
+    totals = json.loads((out / "_job.json").read_text())["totals"]
+    after_init = wall - totals["ray_init_s"]
+    return {
+        "command_rows_s": rows / wall,
+        "job_rows_s": rows / totals["wall_s"],
+        "after_init_rows_s": rows / after_init,
+        "ray_init_s": totals["ray_init_s"],
+        "overhead_s": (first or wall) - totals["ray_init_s"] - _first_shard_s(out),
+        "peak_gb": peak / 1e9,
+        "wall_s": wall,
+    }
+
+
+def _first_shard_s(out: Path) -> float:
+    """Scoring time of the first shard written: not overhead, the work itself."""
+    first = min(
+        (json.loads(p.read_text()) for p in (out / "_progress").glob("*.json")),
+        key=lambda r: r["finished_at"],
+    )
+    return first["wall_s"]
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def tables(reps: int, scale: int) -> None:
+    rows_per_file = 250_000 * scale
+    data = ROOT / f"tables-x{scale}"
+    if not data.exists():
+        write_tables(data, files=16, rows=rows_per_file, features=64)
+    files = sorted(str(p) for p in data.glob("*.parquet"))
+    rows = 16 * rows_per_file
+    model = make_mlp(ROOT / "mlp.onnx", (64, 256, 256, 10))
+    a = ort_alone_tables(model, files)
+    b = [loop_tables(model, files, ROOT / "loop-out") for _ in range(reps)]
+    cfg = {
+        "model": {"uri": model},
+        "input": {"uri": str(data), "format": "parquet", "columns": {"x": "features"}, "keep": ["id"]},
+        "output": {"uri": str(ROOT / "scoring-out")},
+        "compute": {"batch_size": 4096},
+    }
+    c = [scoring_run(cfg, rows) for _ in range(reps)]
+    report(f"tables, {rows:,} rows x 64 float32 in 16 files", "rows", a, b, c)
+
+
+def images(reps: int) -> None:
+    data = ROOT / "images"
+    if not data.exists():
+        write_images(data, count=8000, per_folder=1000)
+    files = sorted(str(p) for p in data.rglob("*.jpg"))
+    model = make_cnn(ROOT / "cnn.onnx", size=224, classes=10)
+    a = ort_alone_images(model, files)
+    b = [loop_images(model, files, ROOT / "loop-img-out") for _ in range(reps)]
+    cfg = {
+        "model": {"uri": model},
+        "input": {
+            "uri": str(data),
+            "format": "images",
+            "files_per_shard": 500,
+            "image": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        },
+        "output": {"uri": str(ROOT / "scoring-img-out")},
+        "compute": {"batch_size": 64},
+    }
+    c = [scoring_run(cfg, len(files)) for _ in range(reps)]
+    report(f"images, {len(files):,} JPEGs 224x224, small CNN", "img", a, b, c)
+
+
+def report(title: str, unit: str, a: float, b: list[float], c: list[dict]) -> None:
+    bm = med(b)
+    print(f"\n== {title} (median of {len(b)}) ==")
+    print(f"(a) ORT alone, preloaded arrays      {a:>12,.0f} {unit}/s")
+    print(f"(b) single-process loop              {bm:>12,.0f} {unit}/s")
+    for key, label in (
+        ("job_rows_s", "job, after Ray is up"),
+        ("after_init_rows_s", "command minus ray.init"),
+        ("command_rows_s", "whole command"),
+    ):
+        v = med([r[key] for r in c])
+        print(f"(c) scoring run, {label:<22}{v:>12,.0f} {unit}/s   c/b = {v / bm:.2f}")
+    print(
+        f"    ray.init {med([r['ray_init_s'] for r in c]):.2f}s; overhead beyond ray.init to the first "
+        f"prediction file (first shard's own time taken out) {med([r['overhead_s'] for r in c]):.2f}s; "
+        f"peak RSS of the process tree {med([r['peak_gb'] for r in c]):.2f} GB"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--only", choices=["tables", "images"], default=None)
+    parser.add_argument("--no-4x", action="store_true", help="skip the tables run at 4x data")
+    args = parser.parse_args()
+    ROOT.mkdir(parents=True, exist_ok=True)
+    if args.only in (None, "tables"):
+        tables(args.reps, 1)
+        if not args.no_4x:
+            tables(max(1, args.reps - 2), 4)
+    if args.only in (None, "images"):
+        images(args.reps)
+
+
+if __name__ == "__main__":
+    main()
