@@ -103,8 +103,9 @@ class ComputeConfig(_Section):
     cpus_per_actor: float = Field(default=1.0, gt=0)
     gpus_per_actor: float = Field(default=0.0, ge=0)
     batch_size: int = Field(default=256, gt=0)
-    # CPUs each image-decoding task reserves (images only).
-    decode_cpus: float = Field(default=1.0, gt=0)
+    # CPUs each image-decoding task reserves (images only). Half a CPU lets two decodes share a
+    # core while one waits on I/O: on 2 cores, 0.5 gave 0.93x the single-process loop, 1.0 0.78x.
+    decode_cpus: float = Field(default=0.5, gt=0)
 
 
 class ErrorsConfig(_Section):

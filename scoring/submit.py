@@ -1,0 +1,70 @@
+"""``scoring submit``: send a job to a Ray cluster through its Job API and follow it.
+
+The runtime environment ships this package (``py_modules``) and the config (``working_dir``);
+the cluster's Python must already have the dependencies (ray, onnxruntime, pyarrow, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+
+from scoring.errors import ConfigError, JobFailed
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def submit_job(
+    config: str,
+    address: str,
+    sets: Sequence[str],
+    *,
+    wait: bool,
+    echo: Callable[[str], None] = print,
+    poll_s: float = 1.0,
+) -> int:
+    """Submit ``config`` to ``address``; return the exit status (0 succeeded, 1 otherwise)."""
+    try:
+        from ray.job_submission import JobSubmissionClient
+    except ImportError as exc:
+        raise ConfigError(
+            f"scoring submit needs Ray's job client: pip install 'ray[default]' ({exc})"
+        ) from exc
+
+    import scoring
+
+    workdir = tempfile.mkdtemp(prefix="scoring-submit-")
+    shutil.copy(config, os.path.join(workdir, "job.yaml"))
+    overrides = " ".join(f"--set {shlex.quote(s)}" for s in sets)
+    entrypoint = f"python -m scoring run job.yaml {overrides}".strip()
+    try:
+        client = JobSubmissionClient(address)
+        job_id = client.submit_job(
+            entrypoint=entrypoint,
+            runtime_env={"working_dir": workdir, "py_modules": [os.path.dirname(scoring.__file__)]},
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise JobFailed(
+            f"cannot submit to {address}: {exc}. Is the address the Job API "
+            "(http://HEAD:8265) of a running cluster?"
+        ) from exc
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    echo(f"submitted job {job_id} to {address}")
+    if not wait:
+        return 0
+    shown = 0
+    while True:
+        status = str(client.get_job_status(job_id).value)
+        logs = client.get_job_logs(job_id)
+        if len(logs) > shown:
+            echo(logs[shown:].rstrip("\n"))
+            shown = len(logs)
+        if status in TERMINAL:
+            echo(f"job {job_id}: {status}")
+            return 0 if status == "SUCCEEDED" else 1
+        time.sleep(poll_s)
