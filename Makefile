@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test check bench gpu-check clean
+.PHONY: demo test check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,6 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
-
-gpu-check: $(STAMP)
-	$(BIN)/python bench/gpu_check.py
 
 clean:
 	rm -rf $(VENV) demo bench-data .pytest_cache .mypy_cache .ruff_cache

@@ -9,13 +9,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 
 def make_mlp(path: str | Path, sizes: tuple[int, ...] = (64, 256, 256, 10), seed: int = 0) -> str:
     """An MLP ``x [N, sizes[0]] -> probs [N, sizes[-1]]`` (ReLU between layers, softmax last)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -39,17 +42,11 @@ def make_mlp(path: str | Path, sizes: tuple[int, ...] = (64, 256, 256, 10), seed
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", sizes[-1]])],
         inits,
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="scoring-demo"
-    )
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return str(path)
+    return _save(graph, path)
 
 
 def make_cnn(path: str | Path, size: int = 224, classes: int = 10, seed: int = 0) -> str:
     """A small CNN ``image [N, 3, size, size] -> probs [N, classes]``: two strided convs, pool, dense."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -80,6 +77,14 @@ def make_cnn(path: str | Path, size: int = 224, classes: int = 10, seed: int = 0
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", classes])],
         inits,
     )
+    return _save(graph, path)
+
+
+def _save(graph: onnx.GraphProto, path: str | Path) -> str:
+    """Save ``graph`` as an opset-17 model (IR 8, which every onnxruntime >= 1.16 loads)."""
+    import onnx
+    from onnx import helper
+
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="scoring-demo"
     )
