@@ -23,7 +23,7 @@ from scoring.config import Config
 from scoring.errors import InputError, RowError
 from scoring.model import ModelInfo, local_model_path
 from scoring.predict import output_columns, run_groups
-from scoring.tensors import Feed, Group, plan_feeds, prepare
+from scoring.tensors import Feed, Group, feed_columns, plan_feeds, prepare
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +139,8 @@ class ShardScorer:
         self.session = build_session(path, spec.model, cfg.model, threads=int(threads), gpu_ids=gpu_ids)
         self.columns = output_columns(spec.model, cfg.output.outputs)
         self.feeds: dict[pa.Schema, list[Feed]] = {}
+        # Columns read from each table shard: the same for every shard of the job.
+        self.needed = list(dict.fromkeys([*feed_columns(spec.model, cfg.input.columns), *cfg.input.keep]))
         ctx = ray.get_runtime_context()
         self.node = ray.util.get_node_ip_address()
         self.actor = ctx.get_actor_id() or "driver"
@@ -155,10 +157,9 @@ class ShardScorer:
     def score_table(self, index: int, uri: str) -> dict[str, Any]:
         cfg = self.spec.config
         rec = self._record(index, uri, time.time())
-        needed = list(dict.fromkeys([*_feed_columns(self.spec, cfg.input.columns), *cfg.input.keep]))
         t0 = time.perf_counter()
         try:
-            table, rec["bytes"] = sources.read_parquet(uri, needed, cfg.storage_options)
+            table, rec["bytes"] = sources.read_parquet(uri, self.needed, cfg.storage_options)
         except RowError as exc:
             return self._fail(rec, exc)
         finally:
@@ -167,11 +168,6 @@ class ShardScorer:
         t0 = time.perf_counter()
         try:
             feeds = self._feeds(table.schema, uri)
-            missing = [c for c in cfg.input.keep if c not in table.schema.names]
-            if missing:
-                raise InputError(
-                    f"{uri}: no column {missing} listed in input.keep (columns found: {table.schema.names})"
-                )
         except InputError as exc:
             return self._fail(rec, RowError("read", str(exc), "InputError", 0, table.num_rows))
         groups, rejected = prepare(table, feeds)
@@ -275,7 +271,8 @@ class ShardScorer:
 
     def _feeds(self, schema: pa.Schema, uri: str) -> list[Feed]:
         if schema not in self.feeds:
-            self.feeds[schema] = plan_feeds(self.spec.model, self.spec.config.input.columns, schema, uri)
+            cfg = self.spec.config.input
+            self.feeds[schema] = plan_feeds(self.spec.model, cfg.columns, schema, uri, cfg.keep)
         return self.feeds[schema]
 
 
@@ -286,11 +283,3 @@ def scorer_for(spec: JobSpec) -> type[ShardScorer]:
     store (Ray cannot restart an actor whose arguments were lost, and warns about it).
     """
     return type("ShardScorer", (ShardScorer,), {"SPEC": spec})
-
-
-def _feed_columns(spec: JobSpec, columns: dict[str, str | list[str]]) -> list[str]:
-    out: list[str] = []
-    for inp in spec.model.inputs:
-        mapped = columns.get(inp.name, inp.name)
-        out.extend([mapped] if isinstance(mapped, str) else mapped)
-    return out

@@ -51,10 +51,7 @@ def check(cfg: Config) -> tuple[JobSpec, list[sources.Shard]]:
         return JobSpec(cfg, info, size, layout), shards
     first = shards[0].uri
     schema = sources.read_schema(first, so)
-    plan_feeds(info, cfg.input.columns, schema, first)
-    missing = [c for c in cfg.input.keep if c not in schema.names]
-    if missing:
-        raise InputError(f"{first}: no column {missing} listed in input.keep (columns found: {schema.names})")
+    plan_feeds(info, cfg.input.columns, schema, first, cfg.input.keep)
     return JobSpec(cfg, info), shards
 
 

@@ -43,10 +43,26 @@ class Group:
     feed: dict[str, np.ndarray]
 
 
+def input_columns(spec: TensorSpec, columns: Mapping[str, str | list[str]]) -> tuple[str, ...]:
+    """The column(s) feeding model input ``spec``: its ``input.columns`` entry, else its own name."""
+    mapped = columns.get(spec.name, spec.name)
+    return (mapped,) if isinstance(mapped, str) else tuple(mapped)
+
+
+def feed_columns(info: ModelInfo, columns: Mapping[str, str | list[str]]) -> list[str]:
+    """Every column some model input reads, in input order, without repeats."""
+    return list(dict.fromkeys(c for spec in info.inputs for c in input_columns(spec, columns)))
+
+
 def plan_feeds(
-    info: ModelInfo, columns: Mapping[str, str | list[str]], schema: pa.Schema, where: str
+    info: ModelInfo,
+    columns: Mapping[str, str | list[str]],
+    schema: pa.Schema,
+    where: str,
+    keep: Sequence[str] = (),
 ) -> list[Feed]:
-    """Map every model input to its column(s) in ``schema`` and check element types.
+    """Map every model input to its column(s) in ``schema`` and check element types, then check
+    that the ``keep`` columns exist.
 
     Raises ``ConfigError`` for ``input.columns`` keys that name no model input and
     ``InputError`` (naming ``where``, the column and the input) for missing or unconvertible columns.
@@ -68,7 +84,7 @@ def plan_feeds(
                 "feeds rows along axis 0. Re-export the model with a batch dimension."
             )
         mapped = columns.get(spec.name, spec.name)
-        cols = (mapped,) if isinstance(mapped, str) else tuple(mapped)
+        cols = input_columns(spec, columns)
         rules = []
         for col in cols:
             if col not in schema.names:
@@ -92,6 +108,9 @@ def plan_feeds(
             rules.append(rule)
         cast = "checked" if "checked" in rules else "safe" if "safe" in rules else "same"
         feeds.append(Feed(spec, cols, isinstance(mapped, list), cast))
+    missing = [c for c in keep if c not in schema.names]
+    if missing:
+        raise InputError(f"{where}: no column {missing} listed in input.keep (columns found: {schema.names})")
     return feeds
 
 
