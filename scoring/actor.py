@@ -10,6 +10,7 @@ Timing is measured here, where the work happens (see README "How timing is attri
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pickle
 import time
@@ -118,14 +119,14 @@ class ShardScorer:
 
     SPEC: JobSpec | None = None
 
-    def __init__(self, spec: JobSpec | None = None) -> None:
+    def __init__(self) -> None:
         import ray
 
         from scoring.session import build_session
 
-        spec = spec or self.SPEC
+        spec = self.SPEC
         if spec is None:
-            raise TypeError("ShardScorer needs a JobSpec: pass one or use scorer_for(spec)")
+            raise TypeError("ShardScorer needs a JobSpec: build the class with scorer_for(spec)")
         cfg = spec.config
         gpu_ids = [int(g) for g in ray.get_gpu_ids()] if cfg.compute.gpus_per_actor > 0 else []
         if not gpu_ids:
@@ -150,8 +151,6 @@ class ShardScorer:
             records = [self.score_images(pickle.loads(p)) for p in batch["payload"]]
         else:
             records = [self.score_table(int(i), str(u)) for i, u in zip(batch["index"], batch["uri"])]
-        import json
-
         return {"record": np.array([json.dumps(r) for r in records], dtype=object)}
 
     def score_table(self, index: int, uri: str) -> dict[str, Any]:
@@ -224,19 +223,19 @@ class ShardScorer:
         table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
         sink.write_predictions(cfg.output.uri, rec["index"], table, cfg.storage_options)
         rec["write_s"] = time.perf_counter() - t0
-        rec["rows_failed"] = sum(max(stop - start, 1) for start, stop, *_ in rec["errors"])
         rec["status"] = "succeeded" if not rec["errors"] else "partial"
         self._close(rec)
 
     def _fail(self, rec: dict[str, Any], exc: RowError) -> dict[str, Any]:
         rec["errors"].append([exc.row_start, exc.row_stop, exc.stage, exc.error, exc.message])
         rec["rows"] = max(rec["rows"], exc.row_stop, 0)
-        rec["rows_failed"] = max(exc.row_stop - exc.row_start, 1)
         rec["status"] = "failed"
         self._close(rec)
         return rec
 
     def _close(self, rec: dict[str, Any]) -> None:
+        # An error range of unknown rows (-1, -1: an unreadable file) counts as one row.
+        rec["rows_failed"] = sum(max(stop - start, 1) for start, stop, *_ in rec["errors"])
         rec["finished_at"] = time.time()
         rec["wall_s"] = rec["finished_at"] - rec["started_at"]
         scored = rec["rows"] - rec["rows_failed"]

@@ -15,12 +15,16 @@ Steps, in order (README repeats them):
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from scoring.config import ImageConfig
 from scoring.errors import InputError
 from scoring.model import TensorSpec
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 LETTERBOX_FILL = 114
 RESAMPLING = {"nearest": "NEAREST", "bilinear": "BILINEAR", "bicubic": "BICUBIC", "lanczos": "LANCZOS"}
@@ -88,7 +92,7 @@ def decode(data: bytes, cfg: ImageConfig, size: tuple[int, int]) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def _convert(img: Image.Image, mode: str) -> Image.Image:  # type: ignore[name-defined]  # noqa: F821
+def _convert(img: Image.Image, mode: str) -> Image.Image:
     from PIL import Image
 
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -104,7 +108,7 @@ def _convert(img: Image.Image, mode: str) -> Image.Image:  # type: ignore[name-d
     return img if img.mode == mode else img.convert(mode)
 
 
-def _resize(img: Image.Image, cfg: ImageConfig, size: tuple[int, int]) -> Image.Image:  # type: ignore[name-defined]  # noqa: F821
+def _resize(img: Image.Image, cfg: ImageConfig, size: tuple[int, int]) -> Image.Image:
     from PIL import Image
 
     method = getattr(Image.Resampling, RESAMPLING[cfg.interpolation])
@@ -128,18 +132,15 @@ def _resize(img: Image.Image, cfg: ImageConfig, size: tuple[int, int]) -> Image.
 
 def normalise(batch: np.ndarray, cfg: ImageConfig, layout: str, dtype: str) -> np.ndarray:
     """Step 5 for a uint8 batch [N, H, W, C]: scale, mean, std, layout, element type."""
+    if cfg.mode == "BGR":
+        batch = batch[..., ::-1]  # a view; mean and std are then given blue first
     if dtype == "uint8" and cfg.scale == 1.0 and cfg.mean == [0.0] and cfg.std == [1.0]:
         out = batch  # a model that takes raw bytes
     else:
         out = batch.astype(np.float32)
         out *= np.float32(cfg.scale)
-        if cfg.mode == "BGR":
-            out = out[..., ::-1]
-        # mean and std are listed in the order of the mode's channels (BGR: blue first).
         out -= np.asarray(cfg.mean, dtype=np.float32)
         out /= np.asarray(cfg.std, dtype=np.float32)
-    if cfg.mode == "BGR" and out is batch:
-        out = out[..., ::-1]
     if layout == "NCHW":
         out = out.transpose(0, 3, 1, 2)
     return np.ascontiguousarray(out, dtype=dtype)

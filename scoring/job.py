@@ -73,7 +73,8 @@ def run_job(cfg: Config, *, address: str | None = None, echo: Callable[[str], No
         done = sink.prepare_output(out, cfg.output.mode, so)
         uris = {s.uri for s in shards}
         records = [r for r in done if r["shard"] in uris]
-        todo = [s for s in shards if s.uri not in {r["shard"] for r in records}]
+        done_uris = {r["shard"] for r in records}
+        todo = [s for s in shards if s.uri not in done_uris]
         t_ray = time.time()
         echo(
             f"scoring {len(todo)} shard(s) ({len(records)} already done) with {pool.actors} "

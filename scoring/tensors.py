@@ -239,7 +239,7 @@ def _flat(chunked: pa.ChunkedArray, dst: str, feed: Feed, name: str, rejected: d
         if pa.types.is_fixed_size_list(values.type):
             size = values.type.list_size
             values = values.flatten()  # honours the array's offset
-            lengths = lengths * size if isinstance(lengths, int) else lengths * size
+            lengths = lengths * size
         else:
             if not isinstance(lengths, int) or offsets is not None:
                 raise InputError(
