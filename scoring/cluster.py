@@ -17,6 +17,8 @@ from typing import Any
 from scoring.config import ComputeConfig
 from scoring.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass(frozen=True)
 class Pool:
@@ -45,6 +47,28 @@ def connect(address: str | None) -> bool:
         ray.init(include_dashboard=False, **kwargs)
     configure_data()
     return True
+
+
+def shutdown() -> None:
+    """``ray.shutdown()`` for a Ray this process started, a second faster.
+
+    Ray stops its processes one at a time with SIGTERM and up to a second's grace each; the
+    autoscaler monitor of a local cluster uses all of it (measured: 1.0 of 1.4 s). It holds no
+    state worth a grace period, so it is killed first.
+    """
+    import ray
+
+    try:
+        from ray._private import ray_constants
+        from ray._private.worker import _global_node as node
+
+        monitors: list[Any] = node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []) if node else []
+        for info in monitors:
+            info.process.kill()
+            info.process.wait(timeout=5)
+    except Exception:  # a private API: if it moved, shut down the slow way
+        log.debug("could not stop Ray's monitor early", exc_info=True)
+    ray.shutdown()
 
 
 def configure_data() -> None:

@@ -190,7 +190,5 @@ def run_demo(directory: str, echo: Callable[[str], None] = print) -> int:
             status = status or (0 if result.ok else 1)
     finally:
         if started:
-            import ray
-
-            ray.shutdown()
+            cluster.shutdown()
     return status

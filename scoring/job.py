@@ -91,7 +91,7 @@ def run_job(cfg: Config, *, address: str | None = None, echo: Callable[[str], No
         sink.write_summary(out, records, job, so)
     finally:
         if started_ray:
-            ray.shutdown()
+            cluster.shutdown()
     return JobResult(out, job, records)
 
 

@@ -158,18 +158,17 @@ def prepare(table: pa.Table, feeds: Sequence[Feed]) -> tuple[list[Group], dict[i
     rejected: dict[int, str] = {}
     columns = [_column(table, f, rejected) for f in feeds]
     shapes: list[dict[int, tuple[int, ...]]] = []  # per input: row length -> row shape
-    keys = np.zeros((n, len(feeds)), dtype=np.int64)
-    for j, (feed, col) in enumerate(zip(feeds, columns)):
-        lengths = np.full(n, col.lengths) if isinstance(col.lengths, int) else col.lengths
-        keys[:, j] = lengths
+    for feed, col in zip(feeds, columns):
         table_shapes = {}
-        for length in np.unique(lengths).tolist():
+        distinct = [col.lengths] if isinstance(col.lengths, int) else np.unique(col.lengths).tolist()
+        for length in distinct:
             shape, reason = fit_row_shape(int(length), feed.spec)
-            if shape is None:
-                for r in np.flatnonzero(lengths == length).tolist():
-                    rejected.setdefault(r, f"column {'/'.join(feed.columns)} row has {reason}")
-            else:
+            if shape is not None:
                 table_shapes[int(length)] = shape
+                continue
+            bad = range(n) if isinstance(col.lengths, int) else np.flatnonzero(col.lengths == length).tolist()
+            for r in bad:
+                rejected.setdefault(r, f"column {'/'.join(feed.columns)} row has {reason}")
         shapes.append(table_shapes)
     valid = np.ones(n, dtype=bool)
     if rejected:
@@ -177,10 +176,17 @@ def prepare(table: pa.Table, feeds: Sequence[Feed]) -> tuple[list[Group], dict[i
     rows_ok = np.flatnonzero(valid)
     if rows_ok.size == 0:
         return [], rejected
-    uniq, inverse = np.unique(keys[rows_ok], axis=0, return_inverse=True)
+    if all(isinstance(col.lengths, int) for col in columns):
+        # Every row has the same shape (scalars, fixed-size lists): one group, no sorting.
+        keys = np.array([[col.lengths for col in columns]], dtype=np.int64)
+        members = [rows_ok]
+    else:
+        per_row = np.stack([np.broadcast_to(col.lengths, n) for col in columns], axis=1)
+        keys, inverse = np.unique(per_row[rows_ok], axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        members = [rows_ok[inverse == g] for g in range(len(keys))]
     groups = []
-    for g, key in enumerate(uniq):
-        rows = rows_ok if len(uniq) == 1 else rows_ok[inverse.reshape(-1) == g]
+    for key, rows in zip(keys, members):
         feed_arrays = {}
         for j, (feed, col) in enumerate(zip(feeds, columns)):
             shape = shapes[j][int(key[j])]
