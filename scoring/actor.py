@@ -143,8 +143,10 @@ class ShardScorer:
         # Columns read from each table shard: the same for every shard of the job.
         self.needed = list(dict.fromkeys([*feed_columns(spec.model, cfg.input.columns), *cfg.input.keep]))
         ctx = ray.get_runtime_context()
-        self.node = ray.util.get_node_ip_address()
+        # IP and node id: several nodes can share a machine (and an IP).
+        self.node = f"{ray.util.get_node_ip_address()}/{ctx.get_node_id()[:8]}"
         self.actor = ctx.get_actor_id() or "driver"
+        self.gpus = {"gpu_ids": gpu_ids, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if "payload" in batch:
@@ -265,6 +267,7 @@ class ShardScorer:
             "providers": s.providers,
             "fallback": s.fallback,
             "warmup_error": s.warmup_error,
+            **self.gpus,
             "errors": [],
         }
 

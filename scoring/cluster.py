@@ -38,13 +38,17 @@ def connect(address: str | None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address:
-        import scoring
+        if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+            import scoring
 
-        # Workers of an existing cluster may not have this package: ship it with the job.
-        runtime_env = {"py_modules": [os.path.dirname(scoring.__file__)]}
-        ray.init(address=address, runtime_env=runtime_env, **kwargs)
+            # Workers of an existing cluster may not have this package: ship it with the job.
+            # (A job sent by `scoring submit` already ships it; Ray refuses to ship it twice.)
+            kwargs["runtime_env"] = {"py_modules": [os.path.dirname(scoring.__file__)]}
+        ray.init(address=address, **kwargs)
     else:
-        ray.init(include_dashboard=False, **kwargs)
+        # "local": a new Ray of our own, even if a `ray start` cluster runs on this machine
+        # (address=None would join it, and any --address semantics would be lost).
+        ray.init(address="local", include_dashboard=False, **kwargs)
     configure_data()
     return True
 

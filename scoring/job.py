@@ -149,24 +149,25 @@ def _stream(
         cause = _scoring_cause(exc)
         if cause is None:
             raise
-        raise JobFailed(str(cause)) from exc
+        raise JobFailed(f"{type(cause).__name__}: {cause}") from exc
     return None
 
 
 def _scoring_cause(exc: BaseException) -> ScoringError | None:
-    """The ScoringError raised inside a task or actor, if that is what failed."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ScoringError):
-            return seen
-        cause = getattr(seen, "cause", None)
-        if isinstance(cause, ScoringError):
-            return cause
-        seen = seen.__cause__ or (cause if isinstance(cause, BaseException) else None)
-    text = str(exc)
-    marker = next((m for m in ("ProviderError: ", "ModelError: ", "StorageError: ") if m in text), None)
-    if marker:
-        return JobFailed(text[text.index(marker) :].splitlines()[0])
+    """The ScoringError raised inside a task or an actor's ``__init__``, if that is what failed.
+
+    A task's error arrives as ``RayTaskError`` with ``.cause``; an actor whose ``__init__``
+    raised arrives as ``ActorDiedError`` holding that ``RayTaskError`` as its first argument.
+    """
+    todo: list[BaseException] = [exc]
+    visited: set[int] = set()
+    while todo:
+        err = todo.pop()
+        if isinstance(err, ScoringError):
+            return err
+        visited.add(id(err))
+        nested = [getattr(err, "cause", None), err.__cause__, *getattr(err, "args", ())]
+        todo.extend(e for e in nested if isinstance(e, BaseException) and id(e) not in visited)
     return None
 
 

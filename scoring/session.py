@@ -136,7 +136,8 @@ def _check_providers(
 ) -> tuple[str, str | None]:
     gpu_wanted = [PROVIDER_NAMES[n] for n in names if n in GPU_PROVIDERS]
     if not gpu_wanted or any(p in got for p in gpu_wanted):
-        return ("cuda:0" if gpu_wanted else "cpu"), None
+        # Named by the GPU Ray assigned on this node; inside the actor it is device 0.
+        return (f"cuda:{gpu_ids[0]}" if gpu_wanted else "cpu"), None
     missing = [p for p in gpu_wanted if p not in available]
     why = (
         f"this onnxruntime build has no {', '.join(missing)} (available: {sorted(available)})"
@@ -149,7 +150,7 @@ def _check_providers(
             f"{reason}. {INSTALL_HINT}; or set model.allow_cpu_fallback: true to score on CPU anyway."
         )
     log.warning("falling back to CPU: %s", reason)
-    return "cpu", reason
+    return "cpu-fallback", reason
 
 
 def warm_up(session: Session, info: ModelInfo) -> str | None:

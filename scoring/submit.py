@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 
-from scoring.errors import ConfigError, JobFailed
+from scoring.errors import ConfigError
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -26,9 +26,11 @@ def submit_job(
     wait: bool,
     echo: Callable[[str], None] = print,
     poll_s: float = 1.0,
+    agent_wait_s: float = 60.0,
 ) -> int:
     """Submit ``config`` to ``address``; return the exit status (0 succeeded, 1 otherwise)."""
     try:
+        from ray.exceptions import AuthenticationError
         from ray.job_submission import JobSubmissionClient
     except ImportError as exc:
         raise ConfigError(
@@ -43,13 +45,27 @@ def submit_job(
     entrypoint = f"python -m scoring run job.yaml {overrides}".strip()
     try:
         client = JobSubmissionClient(address)
-        job_id = client.submit_job(
-            entrypoint=entrypoint,
-            runtime_env={"working_dir": workdir, "py_modules": [os.path.dirname(scoring.__file__)]},
-        )
+        runtime_env = {"working_dir": workdir, "py_modules": [os.path.dirname(scoring.__file__)]}
+        deadline = time.monotonic() + agent_wait_s
+        while True:
+            try:
+                job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+                break
+            except RuntimeError as exc:
+                # A head that has just started answers 500 "No available agent to submit job,
+                # please try again later" until its job agent registers (seconds).
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(poll_s)
+    except AuthenticationError as exc:
+        raise ConfigError(
+            f"cannot submit to {address}: the cluster requires a token ({_first_line(exc)}). "
+            "Set RAY_AUTH_MODE=token and make the cluster's token readable here: "
+            "~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH (`ray get-auth-token` on the head)"
+        ) from exc
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise JobFailed(
-            f"cannot submit to {address}: {exc}. Is the address the Job API "
+        raise ConfigError(
+            f"cannot submit to {address}: {_first_line(exc)}. Is the address the Job API "
             "(http://HEAD:8265) of a running cluster?"
         ) from exc
     finally:
@@ -68,3 +84,7 @@ def submit_job(
             echo(f"job {job_id}: {status}")
             return 0 if status == "SUCCEEDED" else 1
         time.sleep(poll_s)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

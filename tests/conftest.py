@@ -22,7 +22,7 @@ def ray_session() -> Any:
     from scoring import cluster
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING")
     cluster.connect(None)  # applies the Ray Data settings the CLI uses
     yield ray
     ray.shutdown()

@@ -1,0 +1,260 @@
+"""Clusters: GPU actors on Ray's logical GPUs, several nodes, and `scoring submit` to a real head.
+
+This machine has no GPU and its onnxruntime has no CUDA provider, which is exactly the case of
+CUDA libraries that fail to load: a GPU actor must refuse, or fall back only when allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import read_predictions
+
+from scoring.demo import make_mlp, write_tables
+
+pytestmark = pytest.mark.cluster
+
+
+def table_job(tmp_path: Path, **compute: Any) -> dict[str, Any]:
+    model = make_mlp(tmp_path / "m.onnx", (8, 16, 4))
+    write_tables(tmp_path / "data", files=4, rows=500, features=8)
+    return {
+        "model": {"uri": model},
+        "input": {"uri": str(tmp_path / "data"), "format": "parquet", "columns": {"x": "features"}},
+        "output": {"uri": str(tmp_path / "out")},
+        "compute": compute,
+    }
+
+
+def progress(out: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((Path(out) / "_progress").glob("*.json"))]
+
+
+def assert_matches_direct_run(cfg: dict[str, Any], out: str | Path) -> None:
+    source = pq.read_table(cfg["input"]["uri"])
+    x = np.stack(source.column("features").to_numpy(zero_copy_only=False)).astype(np.float32)
+    sess = ort.InferenceSession(cfg["model"]["uri"], providers=["CPUExecutionProvider"])
+    (expected,) = sess.run(None, {"x": x})
+    preds = read_predictions(out)
+    assert preds.num_rows == len(x)
+    got = np.stack(preds.column("probs").to_numpy(zero_copy_only=False))
+    # Shards sort as the files do and rows within them: the same order as the source table.
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gpu_actor_whose_session_lands_on_cpu_fails_with_what_to_install(run_job, tmp_path: Path) -> None:
+    result = run_job(table_job(tmp_path, actors=2, gpus_per_actor=0.5, cpus_per_actor=0.5))
+    assert not result.ok
+    error = result.job["error"]
+    assert error.startswith("ProviderError: the actor holds GPU [")
+    assert "got ['CPUExecutionProvider']" in error and "onnxruntime-gpu" in error
+    assert "model.allow_cpu_fallback: true" in error
+    job = json.loads((Path(result.out) / "_job.json").read_text())
+    assert job["status"] == "failed" and job["totals"]["rows"] == 0
+    assert not list((Path(result.out) / "predictions").glob("*.parquet"))
+
+
+def test_allowed_cpu_fallback_is_recorded_and_gpus_are_pinned(run_job, tmp_path: Path) -> None:
+    cfg = table_job(tmp_path, actors=2, gpus_per_actor=1, cpus_per_actor=0.5)
+    cfg["model"]["allow_cpu_fallback"] = True
+    result = run_job(cfg)
+    assert result.ok, result.job["error"]
+    assert_matches_direct_run(cfg, result.out)
+    job = json.loads((Path(result.out) / "_job.json").read_text())
+    assert job["cpu_fallback"] and "CUDAExecutionProvider" in job["cpu_fallback"][0]
+    shards = pq.read_table(Path(result.out) / "_shards.parquet").to_pylist()
+    assert {s["device"] for s in shards} == {"cpu-fallback"}
+    # Each actor holds one of the two logical GPUs and sees only it, as device 0 would be.
+    seen = {(r["actors"], tuple(r["gpu_ids"]), r["cuda_visible_devices"]) for r in progress(result.out)}
+    for _, gpu_ids, visible in seen:
+        assert len(gpu_ids) == 1 and visible == str(gpu_ids[0])
+    by_actor = {actor: gpu_ids for actor, gpu_ids, _ in seen}
+    assert len(set(by_actor.values())) == len(by_actor)  # no two actors share a whole GPU
+
+
+def test_cpu_actors_on_a_gpu_node_see_no_gpu(run_job, tmp_path: Path) -> None:
+    result = run_job(table_job(tmp_path, actors=2))  # the session's Ray has 2 logical GPUs
+    assert result.ok, result.job["error"]
+    records = progress(result.out)
+    assert {(tuple(r["gpu_ids"]), r["cuda_visible_devices"], r["device"]) for r in records} == {
+        ((), "", "cpu")
+    }
+
+
+def test_a_gpu_request_the_cluster_cannot_meet_is_refused_before_scoring(run_job, tmp_path: Path) -> None:
+    from scoring.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"compute.actors=3 x compute.gpus_per_actor=1 needs 3 GPUs"):
+        run_job(table_job(tmp_path, actors=3, gpus_per_actor=1, cpus_per_actor=0.5))
+    assert not (tmp_path / "out" / "_job.json").exists()
+
+
+# -- several nodes -------------------------------------------------------------------------------
+
+
+def scoring_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "scoring", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def three_nodes() -> Any:
+    """A head with no CPUs and two worker nodes (1 CPU and 1 logical GPU each) on this machine."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1, num_gpus=1)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+def test_actors_spread_over_nodes_and_shards_name_their_node(three_nodes: Any, tmp_path: Path) -> None:
+    cfg = table_job(tmp_path, actors=2, cpus_per_actor=1, gpus_per_actor=1)
+    cfg["model"]["allow_cpu_fallback"] = True
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = scoring_cli("run", str(path), "--address", three_nodes.address)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_matches_direct_run(cfg, cfg["output"]["uri"])
+    shards = pq.read_table(Path(cfg["output"]["uri"]) / "_shards.parquet").to_pylist()
+    nodes = {s["node"] for s in shards}
+    # One actor per worker node (each has one CPU and one GPU); nodes share this machine's IP,
+    # so the node id after the slash is what tells them apart.
+    assert len(nodes) == 2 and len({s["actors"] for s in shards}) == 2
+    worker_ids = {n.node_id[:8] for n in three_nodes.worker_nodes}
+    assert {n.split("/")[1] for n in nodes} == worker_ids
+    assert all(
+        r["gpu_ids"] == [0] and r["cuda_visible_devices"] == "0" for r in progress(cfg["output"]["uri"])
+    )
+
+
+# -- scoring submit ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """`ray start --head` with its dashboard (the Job API) on 127.0.0.1, stopped afterwards.
+
+    Started from this interpreter's environment, as a user starts it from an activated venv.
+    Every port is a free one: the dashboard agent's default (52365) may be held by another
+    Ray on this machine, and the Job API then answers "No available agent" forever.
+    """
+    log = tmp_path_factory.mktemp("head") / "head.log"
+    port, dash = free_port(), free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    ray = str(Path(sys.executable).parent / "ray")
+    cmd = [ray, "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1"]
+    cmd += [f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={free_port()}"]
+    cmd += ["--num-cpus=2", "--disable-usage-stats", "--block"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 120
+        while not _job_api_up(address):
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"ray start --head did not come up:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        yield address
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _job_api_up(address: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{address}/api/version", timeout=2):
+            return True
+    except OSError as exc:  # 401 (a token is required) also means it is up
+        return getattr(exc, "code", None) == 401
+
+
+TOKEN = {"RAY_AUTH_MODE": "token"}  # Ray 2.60's `ray start` enables token auth by default
+
+
+def test_submit_runs_the_job_on_the_cluster_and_follows_it(ray_head: str, tmp_path: Path) -> None:
+    cfg = table_job(tmp_path)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = scoring_cli(
+        "submit", str(path), "--address", ray_head, "--set", "compute.batch_size=64", env=TOKEN
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    job_id = proc.stdout.split("submitted job ", 1)[1].split()[0]
+    assert f"job {job_id}: SUCCEEDED" in proc.stdout
+    assert "status: succeeded" in proc.stdout  # the job's own log, followed
+    assert_matches_direct_run(cfg, cfg["output"]["uri"])
+    job = json.loads((Path(cfg["output"]["uri"]) / "_job.json").read_text())
+    assert job["config"]["compute"]["batch_size"] == 64  # --set reached the job
+
+
+def test_submit_exits_1_when_the_job_fails_and_0_without_waiting(
+    ray_head: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = table_job(tmp_path)
+    cfg["model"]["uri"] = str(tmp_path / "missing.onnx")
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = scoring_cli("submit", str(path), "--address", ray_head, env=TOKEN)
+    assert proc.returncode == 1
+    assert "missing.onnx" in proc.stdout and ": FAILED" in proc.stdout
+
+    proc = scoring_cli("submit", str(path), "--address", ray_head, "--no-wait", env=TOKEN)
+    assert proc.returncode == 0 and "submitted job " in proc.stdout and "FAILED" not in proc.stdout
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    _wait_all_jobs(ray_head)
+
+
+def test_submit_without_the_token_or_to_nothing_says_what_to_do(ray_head: str, tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(table_job(tmp_path)))
+    proc = scoring_cli("submit", str(path), "--address", ray_head, env={"RAY_AUTH_MODE": "disabled"})
+    assert proc.returncode == 2
+    assert "RAY_AUTH_MODE=token" in proc.stderr and ray_head in proc.stderr
+    nothing = f"http://127.0.0.1:{free_port()}"
+    proc = scoring_cli("submit", str(path), "--address", nothing, env=TOKEN)
+    assert proc.returncode == 2
+    assert f"cannot submit to {nothing}" in proc.stderr and "http://HEAD:8265" in proc.stderr
+
+
+def _wait_all_jobs(address: str) -> None:
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    deadline = time.time() + 120
+    while any(not j.status.is_terminal() for j in client.list_jobs()) and time.time() < deadline:
+        time.sleep(1)
