@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test check bench clean
+.PHONY: demo test check bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+
+# On a machine with an NVIDIA GPU: swaps onnxruntime for onnxruntime-gpu in .venv, then checks.
+gpu-check: $(STAMP)
+	$(BIN)/python -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" \
+	  || ($(BIN)/python -m pip uninstall -q -y onnxruntime && $(BIN)/python -m pip install -q -e '.[gpu]')
+	$(BIN)/python bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) demo bench-data .pytest_cache .mypy_cache .ruff_cache

@@ -32,27 +32,30 @@ ROOT = Path(os.environ.get("BENCH_DIR", "bench-data")).resolve()
 THREADS = os.cpu_count() or 2
 
 
-def session(model: str, threads: int = THREADS) -> ort.InferenceSession:
+def session(model: str, threads: int = THREADS, providers: list[str] | None = None) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, opts, providers=providers or ["CPUExecutionProvider"])
 
 
-def ort_alone_tables(model: str, files: list[str]) -> float:
+def ort_alone_tables(
+    model: str, files: list[str], providers: list[str] | None = None, threads: int = THREADS
+) -> float:
     columns = [pq.read_table(f).column("features").combine_chunks() for f in files[:4]]
     x = np.concatenate([c.flatten().to_numpy().reshape(-1, 64) for c in columns])
-    sess = session(model)
+    sess = session(model, threads, providers)
+    sess.run(None, {"x": x[:4096]})  # warm-up (CUDA kernels, arena)
     t0 = time.perf_counter()
     for i in range(0, len(x), 4096):
         sess.run(None, {"x": x[i : i + 4096]})
     return len(x) / (time.perf_counter() - t0)
 
 
-def loop_tables(model: str, files: list[str], out: Path) -> float:
+def loop_tables(model: str, files: list[str], out: Path, providers: list[str] | None = None) -> float:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     t0 = time.perf_counter()
-    sess, rows = session(model), 0
+    sess, rows = session(model, providers=providers), 0
     for i, f in enumerate(files):
         t = pq.read_table(f)
         x = t.column("features").combine_chunks().flatten().to_numpy().reshape(-1, 64)
@@ -71,9 +74,10 @@ def preprocess(data: bytes) -> np.ndarray:
     return ((x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).astype(np.float32).transpose(2, 0, 1)
 
 
-def ort_alone_images(model: str, files: list[str]) -> float:
+def ort_alone_images(model: str, files: list[str], providers: list[str] | None = None) -> float:
     x = np.stack([preprocess(Path(f).read_bytes()) for f in files[:512]])
-    sess = session(model)
+    sess = session(model, providers=providers)
+    sess.run(None, {"image": x[:64]})  # warm-up
     t0 = time.perf_counter()
     for _ in range(4):
         for i in range(0, len(x), 64):
@@ -81,10 +85,12 @@ def ort_alone_images(model: str, files: list[str]) -> float:
     return 4 * len(x) / (time.perf_counter() - t0)
 
 
-def loop_images(model: str, files: list[str], out: Path, per_shard: int = 1000) -> float:
+def loop_images(
+    model: str, files: list[str], out: Path, per_shard: int = 1000, providers: list[str] | None = None
+) -> float:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    sess = session(model)
+    sess = session(model, providers=providers)
     t0 = time.perf_counter()
     for s in range(0, len(files), per_shard):
         chunk = files[s : s + per_shard]
