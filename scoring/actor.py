@@ -240,7 +240,7 @@ class ShardScorer:
         rec["rows_failed"] = sum(max(stop - start, 1) for start, stop, *_ in rec["errors"])
         rec["finished_at"] = time.time()
         rec["wall_s"] = rec["finished_at"] - rec["started_at"]
-        scored = rec["rows"] - rec["rows_failed"]
+        scored = max(rec["rows"] - rec["rows_failed"], 0)
         rec["rows_per_s"] = scored / rec["wall_s"] if rec["wall_s"] > 0 else 0.0
         sink.write_progress(self.spec.config.output.uri, rec, self.spec.config.storage_options)
 

@@ -87,12 +87,9 @@ def read_parquet(uri: str, columns: Sequence[str], storage_options: dict[str, An
         present = [c for c in columns if c in file.schema_arrow.names]
         table = file.read(columns=present)
     except (OSError, pa.ArrowException, StorageError) as exc:
-        raise RowError(
-            "read",
-            f"{uri}: cannot read Parquet shard: {exc}",
-            type(exc).__name__,
-            *_whole_file(uri, storage_options),
-        ) from exc
+        # Fetching failed (retries spent): asking again for the footer would only wait again.
+        rows = (-1, -1) if isinstance(exc, StorageError) else _whole_file(uri, storage_options)
+        raise RowError("read", f"{uri}: cannot read Parquet shard: {exc}", type(exc).__name__, *rows) from exc
     return table, int(size)
 
 

@@ -91,10 +91,11 @@ def list_files(uri: str, storage_options: dict[str, Any], suffixes: Iterable[str
     return [unstrip(fs, p) for p in files]
 
 
-def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, base_delay: float = 0.2) -> T:
+def with_retries(fn: Callable[[], T], what: str, attempts: int = 3, base_delay: float = 0.2) -> T:
     """Call ``fn``, retrying transient storage errors with exponential backoff and jitter.
 
-    Missing objects and permission errors are not transient and are raised at once.
+    On top of the filesystem's own retries (s3fs: 5 tries, each with botocore's), so a few
+    rounds are enough. Missing objects and permission errors are not transient: raised at once.
     """
     for attempt in range(attempts):
         try:

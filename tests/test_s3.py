@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +79,6 @@ def test_tables_s3_to_s3_with_the_model_in_a_bucket(run_job, s3: Any, tables: Pa
         preds = pq.read_table(f)
     assert preds.column("id").to_pylist() == list(range(200, 400))
     assert preds.column("shard")[0].as_py() == "s3://data/tables/part-001.parquet"
-    import json
-
     job_json = json.loads(fs.cat_file("results/t1/_job.json"))
     assert job_json["status"] == "succeeded" and job_json["totals"]["rows"] == 600
     assert job_json["config"]["storage_options"]["secret"] == "***"
@@ -144,3 +147,233 @@ def test_missing_bucket_prefix_and_model_fail_before_scoring(run_job, s3: Any, t
 def test_process_local_filesystems_are_refused(run_job, tables: Path) -> None:
     with pytest.raises(StorageError, match=r"memory:// filesystem lives inside one process"):
         run_job(job(str(tables / "tables"), "memory://out", str(tables / "mlp.onnx"), "http://127.0.0.1:1"))
+
+
+# -- credentials -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3_with_auth(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A second moto server, in its own process, that checks signatures against IAM keys.
+
+    Set up without auth (an IAM user with an s3:* policy, a bucket, a model and data), then
+    switched to authenticate every request. Yields (endpoint, the user's real keys).
+    """
+    import boto3
+    import s3fs
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_http(f"{endpoint}/moto-api/")
+        anon = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+        anon |= {"aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
+        iam = boto3.client("iam", **anon)
+        iam.create_user(UserName="scorer")
+        key = iam.create_access_key(UserName="scorer")["AccessKey"]
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+        }
+        iam.put_user_policy(UserName="scorer", PolicyName="s3", PolicyDocument=json.dumps(policy))
+        boto3.client("s3", **anon).create_bucket(Bucket="secure")
+        request = urllib.request.Request(
+            f"{endpoint}/moto-api/reset-auth",
+            data=b"0",
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
+        urllib.request.urlopen(request, timeout=10).close()  # from now on every request is checked
+        keys = {"key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+        local = tmp_path_factory.mktemp("secure")
+        make_mlp(local / "mlp.onnx", (8, 4))
+        write_tables(local / "tables", files=2, rows=100, features=8)
+        fs = s3fs.S3FileSystem(endpoint_url=endpoint, **keys)
+        upload(fs, local / "mlp.onnx", "secure/mlp.onnx")
+        upload(fs, local / "tables", "secure/tables")
+        yield endpoint, keys
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _wait_http(url: str) -> None:
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_right_keys_score_and_wrong_keys_fail_before_scoring_naming_the_uri(
+    run_job, s3_with_auth: Any, tmp_path: Path
+) -> None:
+    endpoint, keys = s3_with_auth
+    cfg = {
+        "model": {"uri": "s3://secure/mlp.onnx"},
+        "input": {"uri": "s3://secure/tables/", "format": "parquet", "columns": {"x": "features"}},
+        "output": {"uri": "s3://secure/out"},
+        "storage_options": {"endpoint_url": endpoint, **keys},
+    }
+    assert run_job(json.loads(json.dumps(cfg))).ok  # the server accepts these keys
+
+    cfg["storage_options"]["secret"] = "not-the-secret"
+    with pytest.raises(ModelError) as info:
+        run_job(json.loads(json.dumps(cfg)))
+    message = str(info.value)
+    assert "s3://secure/mlp.onnx" in message and "permission denied" in message
+    assert "Check credentials" in message and info.value.exit_code == 2
+
+    cfg["model"]["uri"] = str(tmp_path / "local.onnx")  # model readable: the input is next
+    make_mlp(tmp_path / "local.onnx", (8, 4))
+    with pytest.raises(
+        StorageError, match=r"listing s3://secure/tables/: permission denied.*Check credentials"
+    ):
+        run_job(json.loads(json.dumps(cfg)))
+    assert not (tmp_path / "out").exists()
+
+
+# -- transient faults ----------------------------------------------------------------------------
+
+
+SLOW_DOWN = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+
+
+class FlakyProxy:
+    """An HTTP proxy on 127.0.0.1 in front of the S3 server that injects faults into GETs.
+
+    ``faults[suffix]`` lists what the next GETs of a key ending in ``suffix`` get: ``"drop"``
+    (the connection closes with no reply), ``"503"`` (S3's SlowDown), ``"forever"`` (503 from
+    then on); after the list, requests pass. ``gets[suffix]`` counts the GETs seen.
+    """
+
+    def __init__(self, upstream: str, faults: dict[str, list[str]]) -> None:
+        import collections
+        import http.client
+        import http.server
+        import threading
+
+        self.faults = {k: list(v) for k, v in faults.items()}
+        self.gets: collections.Counter[str] = collections.Counter()
+        proxy = self
+        host, port = upstream.removeprefix("http://").split(":")
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # answers "Expect: 100-continue", as S3 does
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _body(self) -> bytes | None:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    chunks = []
+                    while size := int(self.rfile.readline().split(b";")[0], 16):
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                    self.rfile.readline()
+                    return b"".join(chunks)
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else None
+
+            def _forward(self) -> None:
+                if self.command == "GET" and (fault := proxy._fault(self.path.split("?")[0])):
+                    if fault == "drop":
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
+                    body = SLOW_DOWN
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                data = self._body()
+                conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                skip = ("host", "connection", "keep-alive", "transfer-encoding")
+                conn.request(
+                    self.command,
+                    self.path,
+                    body=data,
+                    headers={k: v for k, v in self.headers.items() if k.lower() not in skip},
+                )
+                reply = conn.getresponse()
+                payload = reply.read()
+                self.send_response(reply.status)
+                for k, v in reply.getheaders():
+                    if k.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(k, v)
+                # A HEAD reply has no body but the object's length, which clients rely on.
+                size = reply.getheader("Content-Length") if self.command == "HEAD" else len(payload)
+                self.send_header("Content-Length", str(size or 0))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _fault(self, path: str) -> str | None:
+        for suffix, plan in self.faults.items():
+            if path.endswith(suffix):
+                self.gets[suffix] += 1
+                if plan and plan[0] == "forever":
+                    return "503"
+                return plan.pop(0) if plan else None
+        return None
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_transient_errors_are_retried_and_a_shard_that_still_fails_is_reported(
+    run_job, s3: Any, tables: Path
+) -> None:
+    endpoint, fs = s3
+    upload(fs, tables / "tables", "data/flaky")
+    # s3fs tries 5 times before scoring's own retry sees an error; botocore's retries are
+    # turned off here (max_attempts 1) to keep the test short. Six faults: s3fs gives up once.
+    flaky = ["drop", "503", "drop", "503", "drop", "503"]
+    proxy = FlakyProxy(endpoint, {"flaky/part-001.parquet": flaky, "flaky/part-002.parquet": ["forever"]})
+    cfg = job("s3://data/flaky/", "s3://results/flaky", "s3://models/mlp.onnx", proxy.endpoint)
+    cfg["storage_options"]["config_kwargs"] = {"retries": {"max_attempts": 1}}
+    try:
+        result = run_job(cfg)
+    finally:
+        proxy.close()
+    assert proxy.gets["flaky/part-001.parquet"] == 7  # five faults, scoring retries, one more, then ok
+    with fs.open("results/flaky/_shards.parquet") as f:
+        shards = {s["shard"].rsplit("/", 1)[1]: s for s in pq.read_table(f).to_pylist()}
+    assert shards["part-000.parquet"]["status"] == "succeeded"
+    assert shards["part-001.parquet"]["status"] == "succeeded" and shards["part-001.parquet"]["rows"] == 200
+    assert shards["part-002.parquet"]["status"] == "failed"
+    with fs.open("results/flaky/_errors.parquet") as f:
+        (error,) = pq.read_table(f).to_pylist()
+    assert error["shard"] == "s3://data/flaky/part-002.parquet" and error["stage"] == "read"
+    assert "failed after 3 attempts" in error["message"] and "reduce your request rate" in error["message"]
+    preds = []
+    for key in fs.ls("results/flaky/predictions"):
+        with fs.open(key) as f:
+            preds += pq.read_table(f).column("id").to_pylist()
+    assert sorted(preds) == list(range(400))  # nothing lost, nothing twice
+    assert result.job["totals"]["rows_failed"] >= 1
