@@ -112,14 +112,21 @@ def loop_images(
 
 
 def scoring_run(config: dict, rows: int) -> dict:
-    """Run ``scoring run`` in a subprocess; rows/s, overhead and peak RSS of the process tree."""
-    out = Path(config["output"]["uri"])
-    shutil.rmtree(out, ignore_errors=True)
-    path = out.with_suffix(".yaml")
+    """Run ``scoring run`` in a subprocess; rows/s, overhead and peak RSS of the process tree.
+
+    The overhead (to the first prediction file) is measured for local outputs only.
+    """
+    from scoring import storage
+
+    uri, so = config["output"]["uri"], config.get("storage_options", {})
+    out = Path(uri) if "://" not in uri else None
+    if out is not None:
+        shutil.rmtree(out, ignore_errors=True)
+    path = ROOT / f"{uri.rstrip('/').rsplit('/', 1)[-1]}.yaml"
     path.write_text(yaml.safe_dump(config))
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scoring", "run", str(path)],
+        [sys.executable, "-m", "scoring", "run", str(path), "--mode", "overwrite"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -131,23 +138,33 @@ def scoring_run(config: dict, rows: int) -> dict:
             peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
         except psutil.Error:
             pass
-        if first is None and (out / "predictions").exists() and any((out / "predictions").glob("*.parquet")):
+        if first is None and out is not None and any((out / "predictions").glob("*.parquet")):
             first = time.perf_counter() - t0
         time.sleep(0.1)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"scoring run failed with exit {proc.returncode}: {path}")
-    totals = json.loads((out / "_job.json").read_text())["totals"]
+    totals = json.loads(storage.read_bytes(storage.join(uri, "_job.json"), so))["totals"]
     after_init = wall - totals["ray_init_s"]
+    overhead = float("nan")
+    if out is not None:
+        overhead = (first or wall) - totals["ray_init_s"] - _first_shard_s(out)
     return {
         "command_rows_s": rows / wall,
-        "job_rows_s": rows / totals["wall_s"],
+        "job_rows_s": rows / (totals["wall_s"] - totals["ray_init_s"]),
         "after_init_rows_s": rows / after_init,
         "ray_init_s": totals["ray_init_s"],
-        "overhead_s": (first or wall) - totals["ray_init_s"] - _first_shard_s(out),
+        "overhead_s": overhead,
         "peak_gb": peak / 1e9,
         "wall_s": wall,
     }
+
+
+def loop_command(model: str, files: list[str], out: Path) -> float:
+    """The streaming loop as a user runs it: a fresh Python process, imports included."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, __file__, "--loop-tables", model, str(out), *files], check=True)
+    return sum(pq.read_metadata(f).num_rows for f in files) / (time.perf_counter() - t0)
 
 
 def _first_shard_s(out: Path) -> float:
@@ -173,6 +190,7 @@ def tables(reps: int, scale: int) -> None:
     model = make_mlp(ROOT / "mlp.onnx", (64, 256, 256, 10))
     a = ort_alone_tables(model, files)
     b = [loop_tables(model, files, ROOT / "loop-out") for _ in range(reps)]
+    b_cmd = [loop_command(model, files, ROOT / "loop-out") for _ in range(reps)]
     cfg = {
         "model": {"uri": model},
         "input": {"uri": str(data), "format": "parquet", "columns": {"x": "features"}, "keep": ["id"]},
@@ -180,7 +198,7 @@ def tables(reps: int, scale: int) -> None:
         "compute": {"batch_size": 4096},
     }
     c = [scoring_run(cfg, rows) for _ in range(reps)]
-    report(f"tables, {rows:,} rows x 64 float32 in 16 files", "rows", a, b, c)
+    report(f"tables, {rows:,} rows x 64 float32 in 16 files", "rows", a, b, c, b_cmd)
 
 
 def images(reps: int) -> None:
@@ -206,20 +224,100 @@ def images(reps: int) -> None:
     report(f"images, {len(files):,} JPEGs 224x224, small CNN", "img", a, b, c)
 
 
-def report(title: str, unit: str, a: float, b: list[float], c: list[dict]) -> None:
+def s3_vs_local(reps: int) -> None:
+    """The same tables job from and to a loopback S3 server (moto, its own process) and local disk."""
+    import socket
+
+    import s3fs
+
+    data = ROOT / "tables-x1"
+    if not data.exists():
+        write_tables(data, files=16, rows=250_000, features=64)
+    files = sorted(data.glob("*.parquet"))[:8]
+    rows = 8 * 250_000
+    model = make_mlp(ROOT / "mlp.onnx", (64, 256, 256, 10))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        keys = {"key": "bench", "secret": "bench"}
+        for _ in range(100):
+            try:
+                fs = s3fs.S3FileSystem(endpoint_url=endpoint, **keys)
+                fs.mkdir("bench")
+                break
+            except Exception:
+                time.sleep(0.2)
+        for f in files:
+            fs.put(str(f), f"bench/tables/{f.name}")
+        fs.put(model, "bench/mlp.onnx")
+        local_data = ROOT / "tables-x1-8"
+        if not local_data.exists():
+            local_data.mkdir()
+            for f in files:
+                os.link(f, local_data / f.name)
+        base = {"input": {"format": "parquet", "columns": {"x": "features"}, "keep": ["id"]}}
+        base["compute"] = {"batch_size": 4096}
+        local = {**base, "model": {"uri": model}, "output": {"uri": str(ROOT / "s3-local-out")}}
+        local["input"] = {**base["input"], "uri": str(local_data)}
+        remote = {
+            **base,
+            "model": {"uri": "s3://bench/mlp.onnx"},
+            "output": {"uri": "s3://bench/out"},
+            "storage_options": {"endpoint_url": endpoint, **keys},
+        }
+        remote["input"] = {**base["input"], "uri": "s3://bench/tables/"}
+        lo, s3, server_cpu = [], [], []
+        moto = psutil.Process(server.pid)
+        for _ in range(reps):
+            lo.append(scoring_run(local, rows))
+            before = sum(moto.cpu_times()[:2])
+            s3.append(scoring_run(remote, rows))
+            server_cpu.append(sum(moto.cpu_times()[:2]) - before)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    print(
+        f"\n== tables from and to S3 (moto on 127.0.0.1) vs local disk, {rows:,} rows (median of {reps}) =="
+    )
+    for key, label in (
+        ("job_rows_s", "job minus ray.init"),
+        ("after_init_rows_s", "command minus ray.init"),
+    ):
+        a, b = med([r[key] for r in lo]), med([r[key] for r in s3])
+        print(f"{label:<24} local {a:>10,.0f} rows/s   s3 {b:>10,.0f} rows/s   s3/local = {b / a:.2f}")
+    wall = med([r["wall_s"] for r in s3])
+    print(
+        f"the S3 server itself used {med(server_cpu):.1f} CPU-s of the s3 run's {wall:.1f} s "
+        f"({med(server_cpu) / wall / THREADS:.0%} of this machine's {THREADS} cores)"
+    )
+
+
+def report(
+    title: str, unit: str, a: float, b: list[float], c: list[dict], b_cmd: list[float] | None = None
+) -> None:
     bm = med(b)
     print(f"\n== {title} (median of {len(b)}) ==")
-    print(f"(a) ORT alone, preloaded arrays      {a:>12,.0f} {unit}/s")
-    print(f"(b) single-process loop              {bm:>12,.0f} {unit}/s")
+    print(f"(a)  ORT alone, preloaded arrays        {a:>12,.0f} {unit}/s")
+    print(f"(b)  single-process loop, timed inside  {bm:>12,.0f} {unit}/s")
+    if b_cmd:
+        print(f"(b') the loop as a command (python ...) {med(b_cmd):>12,.0f} {unit}/s")
     for key, label in (
-        ("job_rows_s", "job, after Ray is up"),
+        ("job_rows_s", "job minus ray.init"),
         ("after_init_rows_s", "command minus ray.init"),
         ("command_rows_s", "whole command"),
     ):
         v = med([r[key] for r in c])
-        print(f"(c) scoring run, {label:<22}{v:>12,.0f} {unit}/s   c/b = {v / bm:.2f}")
+        vs_cmd = f"   c/b' = {v / med(b_cmd):.2f}" if b_cmd else ""
+        print(f"(c)  scoring run, {label:<22}{v:>12,.0f} {unit}/s   c/b = {v / bm:.2f}{vs_cmd}")
     print(
-        f"    ray.init {med([r['ray_init_s'] for r in c]):.2f}s; overhead beyond ray.init to the first "
+        f"     ray.init {med([r['ray_init_s'] for r in c]):.2f}s; overhead beyond ray.init to the first "
         f"prediction file (first shard's own time taken out) {med([r['overhead_s'] for r in c]):.2f}s; "
         f"peak RSS of the process tree {med([r['peak_gb'] for r in c]):.2f} GB"
     )
@@ -228,9 +326,14 @@ def report(title: str, unit: str, a: float, b: list[float], c: list[dict]) -> No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--only", choices=["tables", "images"], default=None)
+    parser.add_argument("--only", choices=["tables", "images", "s3"], default=None)
     parser.add_argument("--no-4x", action="store_true", help="skip the tables run at 4x data")
+    parser.add_argument("--loop-tables", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.loop_tables:  # MODEL OUT FILE...: one run of (b) in this fresh process
+        model, out, *files = args.loop_tables
+        loop_tables(model, files, Path(out))
+        return
     ROOT.mkdir(parents=True, exist_ok=True)
     if args.only in (None, "tables"):
         tables(args.reps, 1)
@@ -238,6 +341,8 @@ def main() -> None:
             tables(max(1, args.reps - 2), 4)
     if args.only in (None, "images"):
         images(args.reps)
+    if args.only in (None, "s3"):
+        s3_vs_local(args.reps)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ A shard is the unit of input, progress, timing and resume: one Parquet file, or 
 from __future__ import annotations
 
 import dataclasses
-import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,7 +81,7 @@ def read_parquet(uri: str, columns: Sequence[str], storage_options: dict[str, An
         else:
             data = storage.read_bytes(uri, storage_options)  # one GET; retried when transient
             size = len(data)
-            file = pq.ParquetFile(io.BytesIO(data))
+            file = pq.ParquetFile(pa.BufferReader(data))  # zero-copy, unlike io.BytesIO
         # Missing columns are left for the caller to report by name (see tensors.plan_feeds).
         present = [c for c in columns if c in file.schema_arrow.names]
         table = file.read(columns=present)
