@@ -26,6 +26,10 @@ from scoring.model import ModelInfo, local_model_path
 from scoring.predict import output_columns, run_groups
 from scoring.tensors import Feed, Group, feed_columns, plan_feeds, prepare
 
+# Rows of a table shard in memory at once (at least compute.batch_size): an actor's memory
+# stays flat whatever the file size.
+CHUNK_ROWS = 65536
+
 
 @dataclasses.dataclass(frozen=True)
 class JobSpec:
@@ -156,25 +160,40 @@ class ShardScorer:
         return {"record": np.array([json.dumps(r) for r in records], dtype=object)}
 
     def score_table(self, index: int, uri: str) -> dict[str, Any]:
+        """Read, score and write one Parquet shard, ``CHUNK_ROWS`` rows at a time."""
         cfg = self.spec.config
         rec = self._record(index, uri, time.time())
         t0 = time.perf_counter()
         try:
-            table, rec["bytes"] = sources.read_parquet(uri, self.needed, cfg.storage_options)
+            shard = sources.open_parquet(uri, self.needed, cfg.storage_options)
         except RowError as exc:
-            return self._fail(rec, exc)
-        finally:
             rec["read_s"] = time.perf_counter() - t0
-        rec["rows"] = table.num_rows
-        t0 = time.perf_counter()
+            return self._fail(rec, exc)
+        rec["read_s"], rec["rows"], rec["bytes"] = time.perf_counter() - t0, shard.rows, shard.size
         try:
-            feeds = self._feeds(table.schema, uri)
+            feeds = self._feeds(shard.schema, uri)
         except InputError as exc:
-            return self._fail(rec, RowError("read", str(exc), "InputError", 0, table.num_rows))
-        groups, rejected = prepare(table, feeds)
-        rec["preprocess_s"] = time.perf_counter() - t0
-        keep = table.select(cfg.input.keep) if cfg.input.keep else None
-        self._finish(rec, groups, {r: ("preprocess", m) for r, m in rejected.items()}, keep)
+            return self._fail(rec, RowError("read", str(exc), "InputError", 0, shard.rows))
+        parts: list[pa.Table] = []
+        rejected: dict[int, tuple[str, str]] = {}
+        chunks, offset = shard.chunks(max(CHUNK_ROWS, cfg.compute.batch_size)), 0
+        try:
+            while True:
+                t0 = time.perf_counter()
+                chunk = next(chunks, None)
+                rec["read_s"] += time.perf_counter() - t0
+                if chunk is None:
+                    break
+                t0 = time.perf_counter()
+                groups, bad = prepare(chunk, feeds)
+                rec["preprocess_s"] += time.perf_counter() - t0
+                rejected.update({offset + r: ("preprocess", m) for r, m in bad.items()})
+                keep = chunk.select(cfg.input.keep) if cfg.input.keep else None
+                parts.append(self._predict(rec, groups, keep, offset, rejected))
+                offset += chunk.num_rows
+        except RowError as exc:  # corrupt data past the footer: the whole shard, nothing written
+            return self._fail(rec, exc)
+        self._finish(rec, parts, rejected)
         return rec
 
     def score_images(self, shard: dict[str, Any]) -> dict[str, Any]:
@@ -196,35 +215,52 @@ class ShardScorer:
         if keep is None:
             paths = pa.array(shard["paths"], pa.string()) if shard["paths"] else None
             keep = pa.table({"path": paths}) if paths is not None else None
-        self._finish(rec, groups, {}, keep)
+        rejected: dict[int, tuple[str, str]] = {}
+        self._finish(rec, [self._predict(rec, groups, keep, 0, rejected)], rejected)
         return rec
 
-    def _finish(
+    def _predict(
         self,
         rec: dict[str, Any],
         groups: list[Group],
-        rejected: dict[int, tuple[str, str]],
         keep: pa.Table | None,
-    ) -> None:
+        offset: int,
+        rejected: dict[int, tuple[str, str]],
+    ) -> pa.Table:
+        """Score ``groups`` (rows of a chunk starting at shard row ``offset``) into prediction rows."""
         cfg = self.spec.config
         preds = run_groups(self.session, self.spec.model, groups, self.columns, cfg.compute.batch_size)
-        rec["infer_s"] = preds.infer_s
-        rejected.update({r: ("infer", m) for r, m in preds.rejected.items()})
-        for row, (stage, message) in sorted(rejected.items()):
-            rec["errors"].append([row, row + 1, stage, "RowError", message])
+        rec["infer_s"] += preds.infer_s
+        rejected.update({offset + r: ("infer", m) for r, m in preds.rejected.items()})
         t0 = time.perf_counter()
         rows = pa.array(preds.rows, pa.int64())
         fields = [pa.field("shard", pa.string()), pa.field("row", pa.int64())]
-        arrays: list[pa.Array] = [pa.repeat(pa.scalar(rec["shard"]), len(rows)), rows]
+        arrays: list[pa.Array] = [
+            pa.repeat(pa.scalar(rec["shard"]), len(rows)),
+            pa.array(preds.rows + offset),
+        ]
         if keep is not None:
             for field, column in zip(keep.schema, keep.columns):
                 fields.append(field)
                 arrays.append(column.take(rows))
         fields += preds.fields
         arrays += preds.columns
-        table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+        rec["write_s"] += time.perf_counter() - t0
+        return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+    def _finish(
+        self, rec: dict[str, Any], parts: list[pa.Table], rejected: dict[int, tuple[str, str]]
+    ) -> None:
+        """Write the shard's predictions as one object, then its progress marker."""
+        cfg = self.spec.config
+        for row, (stage, message) in sorted(rejected.items()):
+            rec["errors"].append([row, row + 1, stage, "RowError", message])
+        t0 = time.perf_counter()
+        if not parts:  # an empty shard: no chunk, but the file still gets its columns
+            parts = [self._predict(rec, [], None, 0, rejected)]
+        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
         sink.write_predictions(cfg.output.uri, rec["index"], table, cfg.storage_options)
-        rec["write_s"] = time.perf_counter() - t0
+        rec["write_s"] += time.perf_counter() - t0
         rec["status"] = "succeeded" if not rec["errors"] else "partial"
         self._close(rec)
 

@@ -7,7 +7,7 @@ A shard is the unit of input, progress, timing and resume: one Parquet file, or 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -90,6 +90,58 @@ def read_parquet(uri: str, columns: Sequence[str], storage_options: dict[str, An
         rows = (-1, -1) if isinstance(exc, StorageError) else _whole_file(uri, storage_options)
         raise RowError("read", f"{uri}: cannot read Parquet shard: {exc}", type(exc).__name__, *rows) from exc
     return table, int(size)
+
+
+@dataclasses.dataclass
+class ParquetShard:
+    """An open Parquet shard, read in chunks so an actor's memory does not grow with file size."""
+
+    uri: str
+    file: Any  # pq.ParquetFile
+    columns: list[str]  # those asked for that the file has
+    size: int
+
+    @property
+    def rows(self) -> int:
+        return int(self.file.metadata.num_rows)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self.file.schema_arrow
+
+    def chunks(self, rows: int) -> Iterator[pa.Table]:
+        """Tables of up to ``rows`` rows; ``RowError`` (the whole shard) if the data is corrupt."""
+        try:
+            for batch in self.file.iter_batches(batch_size=rows, columns=self.columns):
+                yield pa.Table.from_batches([batch])
+        except (OSError, pa.ArrowException) as exc:
+            raise RowError(
+                "read", f"{self.uri}: cannot read Parquet shard: {exc}", type(exc).__name__, 0, self.rows
+            ) from exc
+
+
+def open_parquet(uri: str, columns: Sequence[str], storage_options: dict[str, Any]) -> ParquetShard:
+    """Open one Parquet shard for reading ``columns`` (those it has; missing ones are left for
+    the caller to report by name). Raises ``RowError`` like ``read_parquet``.
+
+    Local files are read as needed; a remote object is fetched whole in one GET (retried when
+    transient) and decoded chunk by chunk from memory.
+    """
+    import pyarrow.parquet as pq
+
+    fs, path = storage.split_uri(uri, storage_options)
+    try:
+        if storage.is_local(fs):
+            size, file = fs.size(path), pq.ParquetFile(path)
+        else:
+            data = storage.read_bytes(uri, storage_options)
+            size, file = len(data), pq.ParquetFile(pa.BufferReader(data))  # zero-copy, unlike io.BytesIO
+    except (OSError, pa.ArrowException, StorageError) as exc:
+        # Fetching failed (retries spent): asking again for the footer would only wait again.
+        rows = (-1, -1) if isinstance(exc, StorageError) else _whole_file(uri, storage_options)
+        raise RowError("read", f"{uri}: cannot read Parquet shard: {exc}", type(exc).__name__, *rows) from exc
+    present = [c for c in columns if c in file.schema_arrow.names]
+    return ParquetShard(uri, file, present, int(size))
 
 
 def _whole_file(uri: str, storage_options: dict[str, Any]) -> tuple[int, int]:

@@ -244,7 +244,8 @@ def _flat(chunked: pa.ChunkedArray, dst: str, feed: Feed, name: str, rejected: d
     while not _is_scalar(values.type):
         if pa.types.is_fixed_size_list(values.type):
             size = values.type.list_size
-            values = values.flatten()  # honours the array's offset
+            # Not flatten(): it drops the slots of null rows, and every row must keep its place.
+            values = values.values.slice(values.offset * size, len(values) * size)
             lengths = lengths * size
         else:
             if not isinstance(lengths, int) or offsets is not None:
@@ -254,7 +255,8 @@ def _flat(chunked: pa.ChunkedArray, dst: str, feed: Feed, name: str, rejected: d
                 )
             off = values.offsets.to_numpy()
             row_len = np.diff(off) * lengths
-            lengths, values = row_len, values.flatten()
+            # The child values between the first and last offset, null rows' slots included.
+            lengths, values = row_len, values.values.slice(int(off[0]), int(off[-1] - off[0]) if n else 0)
             offsets = np.concatenate([[0], np.cumsum(row_len[:-1])]) if n else np.zeros(0, np.int64)
     row_of_element = None
     if values.null_count:

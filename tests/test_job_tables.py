@@ -231,3 +231,44 @@ def test_output_with_batch_on_axis_one(run_job, tmp_path: Path, declare: bool) -
     else:  # it does not: rejected, never misaligned
         errors = read_errors(result.out).to_pylist()
         assert len(errors) == 4 and "does not give one entry per row" in errors[0]["message"]
+
+
+def test_a_shard_larger_than_a_chunk_is_scored_in_pieces_with_rows_in_place(run_job, tmp_path: Path) -> None:
+    from scoring.actor import CHUNK_ROWS
+
+    n = 2 * CHUNK_ROWS + 1000  # three chunks
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    bad = [5, CHUNK_ROWS + 7, 2 * CHUNK_ROWS + 999]  # a null row in every chunk
+    values = [None if i in bad else row for i, row in enumerate(x.tolist())]
+    write_parquet(
+        tmp_path / "data" / "big.parquet",
+        {"id": np.arange(n) * 10, "features": pa.array(values, pa.list_(pa.float32(), 8))},
+    )
+    model = make_mlp(tmp_path / "m.onnx", (8, 16, 4))
+    result = run_job(
+        {
+            "model": {"uri": model},
+            "input": {
+                "uri": str(tmp_path / "data"),
+                "format": "parquet",
+                "columns": {"x": "features"},
+                "keep": ["id"],
+            },
+            "compute": {"batch_size": 1000},
+        }
+    )
+    assert result.ok, result.job["error"]
+    preds = read_predictions(result.out)
+    good = np.setdiff1d(np.arange(n), bad)
+    assert preds.column("row").to_pylist() == good.tolist()
+    assert preds.column("id").to_pylist() == (good * 10).tolist()  # keep columns stay aligned
+    (expected,) = direct(model, {"x": x[good]})
+    got = np.stack(preds.column("probs").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    errors = read_errors(result.out)
+    assert errors.column("row").to_pylist() == bad and set(errors.column("stage").to_pylist()) == {
+        "preprocess"
+    }
+    (shard,) = pq.read_table(Path(result.out) / "_shards.parquet").to_pylist()
+    assert shard["rows"] == n and shard["rows_failed"] == 3 and shard["status"] == "partial"
