@@ -174,9 +174,10 @@ class ShardScorer:
             feeds = self._feeds(shard.schema, uri)
         except InputError as exc:
             return self._fail(rec, RowError("read", str(exc), "InputError", 0, shard.rows))
-        parts: list[pa.Table] = []
         rejected: dict[int, tuple[str, str]] = {}
+        writer = sink.PredictionFile(cfg.output.uri, index, cfg.storage_options)
         chunks, offset = shard.chunks(max(CHUNK_ROWS, cfg.compute.batch_size)), 0
+        empty_keep = None
         try:
             while True:
                 t0 = time.perf_counter()
@@ -189,11 +190,16 @@ class ShardScorer:
                 rec["preprocess_s"] += time.perf_counter() - t0
                 rejected.update({offset + r: ("preprocess", m) for r, m in bad.items()})
                 keep = chunk.select(cfg.input.keep) if cfg.input.keep else None
-                parts.append(self._predict(rec, groups, keep, offset, rejected))
+                self._predict(rec, groups, keep, offset, rejected, writer)
+                empty_keep = keep.slice(0, 0) if keep is not None else None
                 offset += chunk.num_rows
+            self._finish(rec, writer, rejected, empty_keep)
         except RowError as exc:  # corrupt data past the footer: the whole shard, nothing written
+            writer.abort()
             return self._fail(rec, exc)
-        self._finish(rec, parts, rejected)
+        except BaseException:
+            writer.abort()
+            raise
         return rec
 
     def score_images(self, shard: dict[str, Any]) -> dict[str, Any]:
@@ -216,7 +222,13 @@ class ShardScorer:
             paths = pa.array(shard["paths"], pa.string()) if shard["paths"] else None
             keep = pa.table({"path": paths}) if paths is not None else None
         rejected: dict[int, tuple[str, str]] = {}
-        self._finish(rec, [self._predict(rec, groups, keep, 0, rejected)], rejected)
+        writer = sink.PredictionFile(cfg.output.uri, rec["index"], cfg.storage_options)
+        try:
+            self._predict(rec, groups, keep, 0, rejected, writer)
+            self._finish(rec, writer, rejected, keep)
+        except BaseException:
+            writer.abort()
+            raise
         return rec
 
     def _predict(
@@ -226,12 +238,16 @@ class ShardScorer:
         keep: pa.Table | None,
         offset: int,
         rejected: dict[int, tuple[str, str]],
-    ) -> pa.Table:
-        """Score ``groups`` (rows of a chunk starting at shard row ``offset``) into prediction rows."""
+        writer: sink.PredictionFile,
+        empty_ok: bool = False,
+    ) -> None:
+        """Score ``groups`` (rows of a chunk starting at shard row ``offset``) and write them."""
         cfg = self.spec.config
         preds = run_groups(self.session, self.spec.model, groups, self.columns, cfg.compute.batch_size)
         rec["infer_s"] += preds.infer_s
         rejected.update({offset + r: ("infer", m) for r, m in preds.rejected.items()})
+        if len(preds.rows) == 0 and not empty_ok:
+            return  # nothing to add (a shard with no row scored gets one empty part in _finish)
         t0 = time.perf_counter()
         rows = pa.array(preds.rows, pa.int64())
         fields = [pa.field("shard", pa.string()), pa.field("row", pa.int64())]
@@ -245,21 +261,24 @@ class ShardScorer:
                 arrays.append(column.take(rows))
         fields += preds.fields
         arrays += preds.columns
+        writer.write(pa.Table.from_arrays(arrays, schema=pa.schema(fields)))
         rec["write_s"] += time.perf_counter() - t0
-        return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
     def _finish(
-        self, rec: dict[str, Any], parts: list[pa.Table], rejected: dict[int, tuple[str, str]]
+        self,
+        rec: dict[str, Any],
+        writer: sink.PredictionFile,
+        rejected: dict[int, tuple[str, str]],
+        keep: pa.Table | None = None,
     ) -> None:
-        """Write the shard's predictions as one object, then its progress marker."""
-        cfg = self.spec.config
+        """Make the shard's predictions visible as one complete object, then its progress marker."""
         for row, (stage, message) in sorted(rejected.items()):
             rec["errors"].append([row, row + 1, stage, "RowError", message])
         t0 = time.perf_counter()
-        if not parts:  # an empty shard: no chunk, but the file still gets its columns
-            parts = [self._predict(rec, [], None, 0, rejected)]
-        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-        sink.write_predictions(cfg.output.uri, rec["index"], table, cfg.storage_options)
+        if writer.writer is None:  # no row scored: the file still gets its columns
+            empty_keep = keep.slice(0, 0) if keep is not None else None
+            self._predict(rec, [], empty_keep, 0, rejected, writer, empty_ok=True)
+        writer.commit()
         rec["write_s"] += time.perf_counter() - t0
         rec["status"] = "succeeded" if not rec["errors"] else "partial"
         self._close(rec)

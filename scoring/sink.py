@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,10 +76,50 @@ def _is_text(t: pa.DataType) -> bool:
     return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t))
 
 
-def write_predictions(out: str, index: int, table: pa.Table, storage_options: dict[str, Any]) -> str:
-    uri = predictions_uri(out, index)
-    storage.write_bytes_atomic(uri, table_bytes(table), storage_options)
-    return uri
+class PredictionFile:
+    """One shard's predictions, written part by part and visible only once complete.
+
+    Locally the parts go into a temporary file beside the target, renamed on ``commit``, so
+    nothing accumulates in memory. For object storage the compressed Parquet bytes collect in
+    memory and go up in one put (retried when transient): an object store shows an object only
+    once its upload completes.
+    """
+
+    def __init__(self, out: str, index: int, storage_options: dict[str, Any]) -> None:
+        self.uri, self.storage_options = predictions_uri(out, index), storage_options
+        fs, self.path = storage.split_uri(self.uri, storage_options)
+        self.tmp: str | None = None
+        self.handle: Any
+        if storage.is_local(fs):
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            self.tmp = f"{self.path}.{uuid.uuid4().hex[:8]}.tmp"
+            self.handle = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+        else:
+            self.handle = io.BytesIO()
+        self.writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if self.writer is None:
+            text = [f.name for f in table.schema if _is_text(f.type)]
+            self.writer = pq.ParquetWriter(self.handle, table.schema, use_dictionary=text)
+        self.writer.write_table(table)
+
+    def commit(self) -> None:
+        if self.writer is None:
+            raise ValueError(f"{self.uri}: nothing was written")
+        self.writer.close()
+        if self.tmp is not None:
+            self.handle.close()
+            os.replace(self.tmp, self.path)
+        else:
+            storage.write_bytes_atomic(self.uri, self.handle.getvalue(), self.storage_options)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.handle.close()
+        if self.tmp is not None and os.path.exists(self.tmp):
+            os.remove(self.tmp)
 
 
 def write_progress(out: str, record: dict[str, Any], storage_options: dict[str, Any]) -> None:
