@@ -132,7 +132,9 @@ def open_parquet(uri: str, columns: Sequence[str], storage_options: dict[str, An
     fs, path = storage.split_uri(uri, storage_options)
     try:
         if storage.is_local(fs):
-            size, file = fs.size(path), pq.ParquetFile(path)
+            # A buffered stream: without it pyarrow reads whole column chunks ahead (measured:
+            # 277 MB held for a 256 MB file, 5 MB with it, at the same speed).
+            size, file = fs.size(path), pq.ParquetFile(path, buffer_size=8 << 20, pre_buffer=False)
         else:
             data = storage.read_bytes(uri, storage_options)
             size, file = len(data), pq.ParquetFile(pa.BufferReader(data))  # zero-copy, unlike io.BytesIO
