@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 
 class ScoringError(Exception):
@@ -66,6 +67,11 @@ class RowError(ScoringError):
         self.error = error or type(self).__name__
         self.row_start = row_start
         self.row_stop = row_stop
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # It travels between Ray stages (a shard that could not be read); the default pickling
+        # would call __init__ with the message alone.
+        return (type(self), (self.stage, self.message, self.error, self.row_start, self.row_stop))
 
 
 @contextlib.contextmanager

@@ -181,3 +181,24 @@ def test_parquet_image_shards_keep_columns(run_job, tmp_path: Path) -> None:
     assert preds.column_names == ["shard", "row", "key", "probs"]
     assert preds.column("key").to_pylist() == list("abcd")
     assert read_errors(result.out).column("row").to_pylist() == [4]
+
+
+def test_an_unreadable_parquet_image_shard_is_a_failed_shard_not_a_crash(run_job, tmp_path: Path) -> None:
+    write_parquet(
+        tmp_path / "shards" / "a.parquet", {"img": pa.array(list(samples().values())[:2], pa.binary())}
+    )
+    (tmp_path / "shards" / "b.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
+    result = run_job(
+        {
+            "model": {"uri": make_cnn(tmp_path / "cnn.onnx", size=16, classes=2)},
+            "input": {"uri": str(tmp_path / "shards"), "format": "images", "image_column": "img"},
+        }
+    )
+    assert result.ok, result.job["error"]  # one unreadable file: within max_rejected_rows
+    shards = {
+        Path(s["shard"]).name: s for s in pq.read_table(Path(result.out) / "_shards.parquet").to_pylist()
+    }
+    assert shards["a.parquet"]["status"] == "succeeded" and shards["b.parquet"]["status"] == "failed"
+    (error,) = read_errors(result.out).to_pylist()
+    assert error["stage"] == "read" and "b.parquet: cannot read Parquet shard" in error["message"]
+    assert read_predictions(result.out).num_rows == 2
