@@ -175,32 +175,27 @@ class ShardScorer:
         except InputError as exc:
             return self._fail(rec, RowError("read", str(exc), "InputError", 0, shard.rows))
         rejected: dict[int, tuple[str, str]] = {}
-        writer = sink.PredictionFile(cfg.output.uri, index, cfg.storage_options)
         chunks, offset = shard.chunks(max(CHUNK_ROWS, cfg.compute.batch_size)), 0
-        empty_keep = None
-        try:
-            while True:
-                t0 = time.perf_counter()
-                chunk = next(chunks, None)
-                rec["read_s"] += time.perf_counter() - t0
-                if chunk is None:
-                    break
-                t0 = time.perf_counter()
-                groups, bad = prepare(chunk, feeds)
-                rec["preprocess_s"] += time.perf_counter() - t0
-                rejected.update({offset + r: ("preprocess", m) for r, m in bad.items()})
-                keep = chunk.select(cfg.input.keep) if cfg.input.keep else None
-                self._predict(rec, groups, keep, offset, rejected, writer)
-                empty_keep = keep.slice(0, 0) if keep is not None else None
-                offset += chunk.num_rows
-            self._finish(rec, writer, rejected, empty_keep)
-        except RowError as exc:  # corrupt data past the footer: the whole shard, nothing written
-            writer.abort()
-            return self._fail(rec, exc)
-        except BaseException:
-            writer.abort()
-            raise
-        return rec
+        keep, corrupt = None, None
+        with sink.PredictionFile(cfg.output.uri, index, cfg.storage_options) as writer:
+            try:
+                while True:
+                    t0 = time.perf_counter()
+                    chunk = next(chunks, None)
+                    rec["read_s"] += time.perf_counter() - t0
+                    if chunk is None:
+                        break
+                    t0 = time.perf_counter()
+                    groups, bad = prepare(chunk, feeds)
+                    rec["preprocess_s"] += time.perf_counter() - t0
+                    rejected.update({offset + r: ("preprocess", m) for r, m in bad.items()})
+                    keep = chunk.select(cfg.input.keep) if cfg.input.keep else None
+                    self._predict(rec, groups, keep, offset, rejected, writer)
+                    offset += chunk.num_rows
+                self._finish(rec, writer, rejected, keep)
+            except RowError as exc:  # corrupt data past the footer: the whole shard, nothing written
+                corrupt = exc
+        return self._fail(rec, corrupt) if corrupt else rec
 
     def score_images(self, shard: dict[str, Any]) -> dict[str, Any]:
         cfg = self.spec.config
@@ -222,13 +217,9 @@ class ShardScorer:
             paths = pa.array(shard["paths"], pa.string()) if shard["paths"] else None
             keep = pa.table({"path": paths}) if paths is not None else None
         rejected: dict[int, tuple[str, str]] = {}
-        writer = sink.PredictionFile(cfg.output.uri, rec["index"], cfg.storage_options)
-        try:
+        with sink.PredictionFile(cfg.output.uri, rec["index"], cfg.storage_options) as writer:
             self._predict(rec, groups, keep, 0, rejected, writer)
             self._finish(rec, writer, rejected, keep)
-        except BaseException:
-            writer.abort()
-            raise
         return rec
 
     def _predict(
@@ -271,7 +262,9 @@ class ShardScorer:
         rejected: dict[int, tuple[str, str]],
         keep: pa.Table | None = None,
     ) -> None:
-        """Make the shard's predictions visible as one complete object, then its progress marker."""
+        """Make the shard's predictions visible as one complete object, then its progress marker.
+
+        ``keep``: the shard's (last chunk's) keep columns, for the columns of an empty file."""
         for row, (stage, message) in sorted(rejected.items()):
             rec["errors"].append([row, row + 1, stage, "RowError", message])
         t0 = time.perf_counter()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,7 +76,8 @@ def _is_text(t: pa.DataType) -> bool:
 
 
 class PredictionFile:
-    """One shard's predictions, written part by part and visible only once complete.
+    """One shard's predictions, written part by part and visible only once complete; used as a
+    context manager, a file not committed is removed on the way out.
 
     Locally the parts go into a temporary file beside the target, renamed on ``commit``, so
     nothing accumulates in memory. For object storage the compressed Parquet bytes collect in
@@ -91,12 +91,19 @@ class PredictionFile:
         self.tmp: str | None = None
         self.handle: Any
         if storage.is_local(fs):
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            self.tmp = f"{self.path}.{uuid.uuid4().hex[:8]}.tmp"
+            self.tmp = storage.local_temp(self.path)
             self.handle = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
         else:
             self.handle = io.BytesIO()
         self.writer: pq.ParquetWriter | None = None
+        self.committed = False
+
+    def __enter__(self) -> PredictionFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.committed:  # an error, or a shard given up: no trace of the file
+            self.abort()
 
     def write(self, table: pa.Table) -> None:
         if self.writer is None:
@@ -113,6 +120,7 @@ class PredictionFile:
             os.replace(self.tmp, self.path)
         else:
             storage.write_bytes_atomic(self.uri, self.handle.getvalue(), self.storage_options)
+        self.committed = True
 
     def abort(self) -> None:
         if self.writer is not None:

@@ -64,32 +64,16 @@ def read_schema(uri: str, storage_options: dict[str, Any]) -> pa.Schema:
 
 
 def read_parquet(uri: str, columns: Sequence[str], storage_options: dict[str, Any]) -> tuple[pa.Table, int]:
-    """Read those of ``columns`` that exist in one Parquet shard; returns the table and its size.
+    """Read those of ``columns`` that exist in one Parquet shard, whole; the table and its size.
 
     Raises ``RowError`` (stage "read") for a corrupt or unreadable file; its rows are the whole
     shard when the footer can still be read, else unknown (-1).
     """
-    import pyarrow.parquet as pq
-
-    fs, path = storage.split_uri(uri, storage_options)
+    shard = open_parquet(uri, columns, storage_options)
     try:
-        if storage.is_local(fs):
-            # memory_map: the OS pages the file in; fixed-size-list columns then reach numpy
-            # without a copy.
-            size = fs.size(path)
-            file = pq.ParquetFile(path, memory_map=True)
-        else:
-            data = storage.read_bytes(uri, storage_options)  # one GET; retried when transient
-            size = len(data)
-            file = pq.ParquetFile(pa.BufferReader(data))  # zero-copy, unlike io.BytesIO
-        # Missing columns are left for the caller to report by name (see tensors.plan_feeds).
-        present = [c for c in columns if c in file.schema_arrow.names]
-        table = file.read(columns=present)
-    except (OSError, pa.ArrowException, StorageError) as exc:
-        # Fetching failed (retries spent): asking again for the footer would only wait again.
-        rows = (-1, -1) if isinstance(exc, StorageError) else _whole_file(uri, storage_options)
-        raise RowError("read", f"{uri}: cannot read Parquet shard: {exc}", type(exc).__name__, *rows) from exc
-    return table, int(size)
+        return shard.file.read(columns=shard.columns), shard.size
+    except (OSError, pa.ArrowException) as exc:
+        raise shard.corrupt(exc) from exc
 
 
 @dataclasses.dataclass
@@ -115,14 +99,19 @@ class ParquetShard:
             for batch in self.file.iter_batches(batch_size=rows, columns=self.columns):
                 yield pa.Table.from_batches([batch])
         except (OSError, pa.ArrowException) as exc:
-            raise RowError(
-                "read", f"{self.uri}: cannot read Parquet shard: {exc}", type(exc).__name__, 0, self.rows
-            ) from exc
+            raise self.corrupt(exc) from exc
+
+    def corrupt(self, exc: Exception) -> RowError:
+        """The shard's data past the footer could not be decoded: every row is rejected."""
+        return RowError(
+            "read", f"{self.uri}: cannot read Parquet shard: {exc}", type(exc).__name__, 0, self.rows
+        )
 
 
 def open_parquet(uri: str, columns: Sequence[str], storage_options: dict[str, Any]) -> ParquetShard:
     """Open one Parquet shard for reading ``columns`` (those it has; missing ones are left for
-    the caller to report by name). Raises ``RowError`` like ``read_parquet``.
+    the caller to report by name). Raises ``RowError`` (stage "read") for an unreadable file: its
+    rows are the whole shard when the footer can still be read, else unknown (-1).
 
     Local files are read as needed; a remote object is fetched whole in one GET (retried when
     transient) and decoded chunk by chunk from memory.

@@ -115,6 +115,12 @@ def read_bytes(uri: str, storage_options: dict[str, Any]) -> bytes:
         return with_retries(lambda: fs.cat_file(path), f"reading {uri}")
 
 
+def local_temp(path: str) -> str:
+    """A fresh temporary name beside local ``path`` (its folder created), to rename onto it."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    return f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+
+
 def write_bytes_atomic(uri: str, data: bytes, storage_options: dict[str, Any]) -> None:
     """Write ``data`` so that readers see either nothing or the whole object.
 
@@ -124,8 +130,7 @@ def write_bytes_atomic(uri: str, data: bytes, storage_options: dict[str, Any]) -
     fs, path = split_uri(uri, storage_options)
     with translated(StorageError, f"writing {uri}"):
         if is_local(fs):
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+            tmp = local_temp(path)
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
