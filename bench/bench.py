@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -180,6 +181,31 @@ def med(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def tables_job(data: str, model: str, out: str, keep: tuple[str, ...] = ("id",), **compute: Any) -> dict:
+    """The config of a tables job over ``features`` (fixed_size_list<float32>[64])."""
+    return {
+        "model": {"uri": model},
+        "input": {"uri": data, "format": "parquet", "columns": {"x": "features"}, "keep": list(keep)},
+        "output": {"uri": out},
+        "compute": {"batch_size": 4096, **compute},
+    }
+
+
+def images_job(data: str, model: str, out: str, files_per_shard: int, **compute: Any) -> dict:
+    """The config of an image-folder job with ImageNet normalisation."""
+    return {
+        "model": {"uri": model},
+        "input": {
+            "uri": data,
+            "format": "images",
+            "files_per_shard": files_per_shard,
+            "image": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        },
+        "output": {"uri": out},
+        "compute": {"batch_size": 64, **compute},
+    }
+
+
 def tables(reps: int, scale: int) -> None:
     rows_per_file = 250_000 * scale
     data = ROOT / f"tables-x{scale}"
@@ -191,12 +217,7 @@ def tables(reps: int, scale: int) -> None:
     a = ort_alone_tables(model, files)
     b = [loop_tables(model, files, ROOT / "loop-out") for _ in range(reps)]
     b_cmd = [loop_command(model, files, ROOT / "loop-out") for _ in range(reps)]
-    cfg = {
-        "model": {"uri": model},
-        "input": {"uri": str(data), "format": "parquet", "columns": {"x": "features"}, "keep": ["id"]},
-        "output": {"uri": str(ROOT / "scoring-out")},
-        "compute": {"batch_size": 4096},
-    }
+    cfg = tables_job(str(data), model, str(ROOT / "scoring-out"))
     c = [scoring_run(cfg, rows) for _ in range(reps)]
     report(f"tables, {rows:,} rows x 64 float32 in 16 files", "rows", a, b, c, b_cmd)
 
@@ -209,17 +230,7 @@ def images(reps: int) -> None:
     model = make_cnn(ROOT / "cnn.onnx", size=224, classes=10)
     a = ort_alone_images(model, files)
     b = [loop_images(model, files, ROOT / "loop-img-out") for _ in range(reps)]
-    cfg = {
-        "model": {"uri": model},
-        "input": {
-            "uri": str(data),
-            "format": "images",
-            "files_per_shard": 500,
-            "image": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-        },
-        "output": {"uri": str(ROOT / "scoring-img-out")},
-        "compute": {"batch_size": 64},
-    }
+    cfg = images_job(str(data), model, str(ROOT / "scoring-img-out"), files_per_shard=500)
     c = [scoring_run(cfg, len(files)) for _ in range(reps)]
     report(f"images, {len(files):,} JPEGs 224x224, small CNN", "img", a, b, c)
 
@@ -262,17 +273,9 @@ def s3_vs_local(reps: int) -> None:
             local_data.mkdir()
             for f in files:
                 os.link(f, local_data / f.name)
-        base = {"input": {"format": "parquet", "columns": {"x": "features"}, "keep": ["id"]}}
-        base["compute"] = {"batch_size": 4096}
-        local = {**base, "model": {"uri": model}, "output": {"uri": str(ROOT / "s3-local-out")}}
-        local["input"] = {**base["input"], "uri": str(local_data)}
-        remote = {
-            **base,
-            "model": {"uri": "s3://bench/mlp.onnx"},
-            "output": {"uri": "s3://bench/out"},
-            "storage_options": {"endpoint_url": endpoint, **keys},
-        }
-        remote["input"] = {**base["input"], "uri": "s3://bench/tables/"}
+        local = tables_job(str(local_data), model, str(ROOT / "s3-local-out"))
+        remote = tables_job("s3://bench/tables/", "s3://bench/mlp.onnx", "s3://bench/out")
+        remote["storage_options"] = {"endpoint_url": endpoint, **keys}
         lo, s3, server_cpu = [], [], []
         moto = psutil.Process(server.pid)
         for _ in range(reps):

@@ -36,6 +36,11 @@ def kind(cpu: bool) -> str:
     return "CPU (--cpu: a check of the script, not of a GPU)" if cpu else "GPU"
 
 
+def gpu_compute(cpu: bool, gpus: int) -> dict:
+    """One actor per GPU (with --cpu: one CPU actor)."""
+    return {"gpus_per_actor": 0 if cpu else 1, "actors": gpus}
+
+
 def predictions(out: Path) -> np.ndarray:
     table = pq.read_table(out / "predictions").sort_by([("shard", "ascending"), ("row", "ascending")])
     return np.stack(table.column("probs").to_numpy(zero_copy_only=False))
@@ -79,12 +84,10 @@ def tables(cpu: bool, reps: int, gpus: int) -> list[str]:
     model = make_mlp(ROOT / "mlp.onnx", (64, 256, 256, 10))
     a = bench.ort_alone_tables(model, files, providers=providers(cpu))
     b = [bench.loop_tables(model, files, ROOT / "loop-out", providers=providers(cpu)) for _ in range(reps)]
-    cfg = {
-        "model": {"uri": model, "allow_cpu_fallback": cpu},
-        "input": {"uri": str(data), "format": "parquet", "columns": {"x": "features"}},
-        "output": {"uri": str(ROOT / "tables-out")},
-        "compute": {"batch_size": 8192, "gpus_per_actor": 0 if cpu else 1, "actors": gpus},
-    }
+    cfg = bench.tables_job(
+        str(data), model, str(ROOT / "tables-out"), keep=(), batch_size=8192, **gpu_compute(cpu, gpus)
+    )
+    cfg["model"]["allow_cpu_fallback"] = cpu
     c = [bench.scoring_run(cfg, 8 * 250_000) for _ in range(reps)]
     bench.report(f"{kind(cpu)} tables, 2,000,000 rows x 64 float32, MLP", "rows", a, b, c)
     return check_run(ROOT / "tables-out", cpu) + agree(ROOT / "tables-out", cfg, "tables")
@@ -99,17 +102,8 @@ def images(cpu: bool, reps: int, gpus: int) -> list[str]:
     a = bench.ort_alone_images(model, files, providers=providers(cpu))
     out = ROOT / "loop-img-out"
     b = [bench.loop_images(model, files, out, providers=providers(cpu)) for _ in range(reps)]
-    cfg = {
-        "model": {"uri": model, "allow_cpu_fallback": cpu},
-        "input": {
-            "uri": str(data),
-            "format": "images",
-            "files_per_shard": 250,
-            "image": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-        },
-        "output": {"uri": str(ROOT / "images-out")},
-        "compute": {"batch_size": 64, "gpus_per_actor": 0 if cpu else 1, "actors": gpus},
-    }
+    cfg = bench.images_job(str(data), model, str(ROOT / "images-out"), 250, **gpu_compute(cpu, gpus))
+    cfg["model"]["allow_cpu_fallback"] = cpu
     c = [bench.scoring_run(cfg, len(files)) for _ in range(reps)]
     bench.report(f"{kind(cpu)} images, 4,000 JPEGs 224x224, small CNN, decode on CPU tasks", "img", a, b, c)
     return check_run(ROOT / "images-out", cpu) + agree(ROOT / "images-out", cfg, "images")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,13 @@ def run_job(ray_session: Any, tmp_path: Path) -> Any:
         return run(load_config(data=data, environ={}), echo=lambda _: None, **kw)
 
     return go
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now, for a server a test starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def write_parquet(path: Path, columns: dict[str, Any]) -> str:

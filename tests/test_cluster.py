@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import onnxruntime as ort
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import read_predictions
+from conftest import free_port, read_predictions
 
 from scoring.demo import make_mlp, write_tables
 
@@ -158,12 +157,6 @@ def test_actors_spread_over_nodes_and_shards_name_their_node(three_nodes: Any, t
 
 
 # -- scoring submit ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import free_port
 
 from scoring.demo import make_cnn, make_mlp, write_images, write_tables
 from scoring.errors import ModelError, StorageError
@@ -27,9 +28,7 @@ def s3() -> Any:
     import s3fs
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -150,12 +149,6 @@ def test_process_local_filesystems_are_refused(run_job, tables: Path) -> None:
 
 
 # -- credentials -----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
