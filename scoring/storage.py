@@ -112,7 +112,7 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 3, base_delay: 
 def read_bytes(uri: str, storage_options: dict[str, Any]) -> bytes:
     fs, path = split_uri(uri, storage_options)
     with translated(StorageError, f"reading {uri}"):
-        return with_retries(lambda: fs.cat_file(path), f"reading {uri}")
+        return with_retries(lambda: fs.cat_file(path, start=0), f"reading {uri}")
 
 
 def local_temp(path: str) -> str:
