@@ -9,11 +9,14 @@ Timing is measured here, where the work happens (see README "How timing is attri
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import pickle
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -119,7 +122,13 @@ def _decode_shard(index: int, uri: str, files: list[str], kind: str, spec: JobSp
 
 class ShardScorer:
     """Ray Data callable class: ``__init__`` builds and warms the session, ``__call__`` scores
-    the shards of a batch (one row each) and returns one JSON record per shard."""
+    the shards of a batch (one row each) and returns one JSON record per shard.
+
+    Ray runs up to ``compute.shards_in_flight`` calls of one actor at once, in threads. Fetching an
+    object and uploading predictions run outside ``turn``; everything that uses the session
+    (decoding chunks, tensors, inference, building parts) runs inside it, one shard at a time,
+    so inference never competes with itself for the actor's CPUs or GPU.
+    """
 
     SPEC: JobSpec | None = None
 
@@ -141,6 +150,7 @@ class ShardScorer:
             threads = max(1, int(cfg.compute.cpus_per_actor))
         path = local_model_path(spec.model.uri, spec.model.sha256, cfg.storage_options)
         self.spec = spec
+        self.lock = threading.Lock()
         self.session = build_session(path, spec.model, cfg.model, threads=int(threads), gpu_ids=gpu_ids)
         self.columns = output_columns(spec.model, cfg.output.outputs)
         self.feeds: dict[pa.Schema, list[Feed]] = {}
@@ -170,32 +180,39 @@ class ShardScorer:
             rec["read_s"] = time.perf_counter() - t0
             return self._fail(rec, exc)
         rec["read_s"], rec["rows"], rec["bytes"] = time.perf_counter() - t0, shard.rows, shard.size
-        try:
-            feeds = self._feeds(shard.schema, uri)
-        except InputError as exc:
-            return self._fail(rec, RowError("read", str(exc), "InputError", 0, shard.rows))
         rejected: dict[int, tuple[str, str]] = {}
-        chunks, offset = shard.chunks(max(CHUNK_ROWS, cfg.compute.batch_size)), 0
-        keep, corrupt = None, None
-        with sink.PredictionFile(cfg.output.uri, index, cfg.storage_options) as writer:
-            try:
-                while True:
-                    t0 = time.perf_counter()
-                    chunk = next(chunks, None)
-                    rec["read_s"] += time.perf_counter() - t0
-                    if chunk is None:
-                        break
-                    t0 = time.perf_counter()
-                    groups, bad = prepare(chunk, feeds)
-                    rec["preprocess_s"] += time.perf_counter() - t0
-                    rejected.update({offset + r: ("preprocess", m) for r, m in bad.items()})
-                    keep = chunk.select(cfg.input.keep) if cfg.input.keep else None
-                    self._predict(rec, groups, keep, offset, rejected, writer)
-                    offset += chunk.num_rows
-                self._finish(rec, writer, rejected, keep)
-            except RowError as exc:  # corrupt data past the footer: the whole shard, nothing written
-                corrupt = exc
-        return self._fail(rec, corrupt) if corrupt else rec
+        keep = None
+        try:
+            with sink.PredictionFile(cfg.output.uri, index, cfg.storage_options) as writer:
+                with self.turn(rec):
+                    try:
+                        feeds = self._feeds(shard.schema, uri)
+                    except InputError as exc:
+                        raise RowError("read", str(exc), "InputError", 0, shard.rows) from exc
+                    chunks, offset = shard.chunks(max(CHUNK_ROWS, cfg.compute.batch_size)), 0
+                    for chunk in _timed(chunks, rec):
+                        t0 = time.perf_counter()
+                        groups, bad = prepare(chunk, feeds)
+                        rec["preprocess_s"] += time.perf_counter() - t0
+                        rejected.update({offset + r: ("preprocess", m) for r, m in bad.items()})
+                        keep = chunk.select(cfg.input.keep) if cfg.input.keep else None
+                        self._predict(rec, groups, keep, offset, rejected, writer)
+                        offset += chunk.num_rows
+                    if writer.writer is None:  # no row scored: the file still gets its columns
+                        empty_keep = keep.slice(0, 0) if keep is not None else None
+                        self._predict(rec, [], empty_keep, 0, rejected, writer, empty_ok=True)
+                self._finish(rec, writer, rejected)
+        except RowError as exc:  # unusable columns, or corrupt data past the footer: nothing written
+            return self._fail(rec, exc)
+        return rec
+
+    @contextlib.contextmanager
+    def turn(self, rec: dict[str, Any]) -> Iterator[None]:
+        """This shard's turn at the session; the time spent waiting for it goes to ``wait_s``."""
+        t0 = time.perf_counter()
+        with self.lock:
+            rec["wait_s"] += time.perf_counter() - t0
+            yield
 
     def score_images(self, shard: dict[str, Any]) -> dict[str, Any]:
         cfg = self.spec.config
@@ -204,22 +221,22 @@ class ShardScorer:
             return self._fail(rec, shard["failed"])
         for key in ("rows", "bytes", "read_s", "preprocess_s"):
             rec[key] = shard[key]
-        t0 = time.perf_counter()
-        spec = self.spec.model.inputs[0]
-        tensor = images.normalise(
-            shard["images"], cfg.input.image, self.spec.image_layout or "NCHW", spec.dtype
-        )
-        rec["preprocess_s"] += time.perf_counter() - t0
-        groups = [Group(shard["ok_rows"], {spec.name: tensor})] if len(tensor) else []
         rec["errors"].extend(shard["errors"])
         keep = shard["keep"]
         if keep is None:
             paths = pa.array(shard["paths"], pa.string()) if shard["paths"] else None
             keep = pa.table({"path": paths}) if paths is not None else None
+        spec = self.spec.model.inputs[0]
         rejected: dict[int, tuple[str, str]] = {}
         with sink.PredictionFile(cfg.output.uri, rec["index"], cfg.storage_options) as writer:
-            self._predict(rec, groups, keep, 0, rejected, writer)
-            self._finish(rec, writer, rejected, keep)
+            with self.turn(rec):
+                t0 = time.perf_counter()
+                layout = self.spec.image_layout or "NCHW"
+                tensor = images.normalise(shard["images"], cfg.input.image, layout, spec.dtype)
+                rec["preprocess_s"] += time.perf_counter() - t0
+                groups = [Group(shard["ok_rows"], {spec.name: tensor})] if len(tensor) else []
+                self._predict(rec, groups, keep, 0, rejected, writer, empty_ok=True)
+            self._finish(rec, writer, rejected)
         return rec
 
     def _predict(
@@ -256,21 +273,12 @@ class ShardScorer:
         rec["write_s"] += time.perf_counter() - t0
 
     def _finish(
-        self,
-        rec: dict[str, Any],
-        writer: sink.PredictionFile,
-        rejected: dict[int, tuple[str, str]],
-        keep: pa.Table | None = None,
+        self, rec: dict[str, Any], writer: sink.PredictionFile, rejected: dict[int, tuple[str, str]]
     ) -> None:
-        """Make the shard's predictions visible as one complete object, then its progress marker.
-
-        ``keep``: the shard's (last chunk's) keep columns, for the columns of an empty file."""
+        """Make the shard's predictions visible as one complete object, then its progress marker."""
         for row, (stage, message) in sorted(rejected.items()):
             rec["errors"].append([row, row + 1, stage, "RowError", message])
         t0 = time.perf_counter()
-        if writer.writer is None:  # no row scored: the file still gets its columns
-            empty_keep = keep.slice(0, 0) if keep is not None else None
-            self._predict(rec, [], empty_keep, 0, rejected, writer, empty_ok=True)
         writer.commit()
         rec["write_s"] += time.perf_counter() - t0
         rec["status"] = "succeeded" if not rec["errors"] else "partial"
@@ -308,6 +316,7 @@ class ShardScorer:
             "preprocess_s": 0.0,
             "infer_s": 0.0,
             "write_s": 0.0,
+            "wait_s": 0.0,
             "rows_per_s": 0.0,
             "device": s.device,
             "node": self.node,
@@ -324,6 +333,17 @@ class ShardScorer:
             cfg = self.spec.config.input
             self.feeds[schema] = plan_feeds(self.spec.model, cfg.columns, schema, uri, cfg.keep)
         return self.feeds[schema]
+
+
+def _timed(chunks: Iterator[pa.Table], rec: dict[str, Any]) -> Iterator[pa.Table]:
+    """``chunks``, with the time spent reading each one added to ``read_s``."""
+    while True:
+        t0 = time.perf_counter()
+        chunk = next(chunks, None)
+        rec["read_s"] += time.perf_counter() - t0
+        if chunk is None:
+            return
+        yield chunk
 
 
 def scorer_for(spec: JobSpec) -> type[ShardScorer]:

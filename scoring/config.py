@@ -106,6 +106,9 @@ class ComputeConfig(_Section):
     # CPUs each image-decoding task reserves (images only). Half a CPU lets two decodes share a
     # core while one waits on I/O: on 2 cores, 0.5 gave 0.93x the single-process loop, 1.0 0.78x.
     decode_cpus: float = Field(default=0.5, gt=0)
+    # Shards an actor holds at once: one at the session while the next is fetched and the one
+    # before is uploaded. 1 = one at a time, least memory (a remote shard is held whole).
+    shards_in_flight: int = Field(default=2, ge=1)
 
 
 class ErrorsConfig(_Section):

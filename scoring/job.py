@@ -128,7 +128,14 @@ def _stream(
         scorer_for(spec),
         batch_size=1,
         batch_format="numpy",
-        compute=ActorPoolStrategy(size=pool.actors, max_tasks_in_flight_per_actor=2),
+        # Several shards per actor at once, in threads: one scored while the next is fetched
+        # (ShardScorer.turn keeps inference to one shard at a time).
+        compute=ActorPoolStrategy(
+            size=pool.actors,
+            max_tasks_in_flight_per_actor=cfg.compute.shards_in_flight,
+            max_concurrent_calls_per_actor=cfg.compute.shards_in_flight,
+            enable_true_multi_threading=True,
+        ),
         num_cpus=pool.cpus_per_actor,
         num_gpus=pool.gpus_per_actor or None,
     )

@@ -58,14 +58,14 @@ def summary(job: dict[str, Any], records: Sequence[dict[str, Any]]) -> str:
         )
         lines.append(
             f"{'shard':<48} {'rows':>8} {'bad':>5} {'wall_s':>7} {'read':>6} "
-            f"{'prep':>6} {'infer':>6} {'write':>6} {'rows/s':>9} device"
+            f"{'prep':>6} {'infer':>6} {'write':>6} {'wait':>6} {'rows/s':>9} device"
         )
         for r in sorted(records, key=lambda r: -r["wall_s"])[:20]:
             name = r["shard"] if len(r["shard"]) <= 48 else "..." + r["shard"][-45:]
             lines.append(
                 f"{name:<48} {r['rows']:>8} {r['rows_failed']:>5} {r['wall_s']:>7.2f} "
                 + " ".join(f"{r[s]:>6.2f}" for s in STAGES)
-                + f" {r['rows_per_s']:>9,.0f} {r['device']}"
+                + f" {r.get('wait_s', 0.0):>6.2f} {r['rows_per_s']:>9,.0f} {r['device']}"
             )
         if len(records) > 20:
             lines.append(f"... {len(records) - 20} more in _shards.parquet")

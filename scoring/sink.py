@@ -36,6 +36,7 @@ SHARD_COLUMNS = pa.schema(
         ("preprocess_s", pa.float64()),
         ("infer_s", pa.float64()),
         ("write_s", pa.float64()),
+        ("wait_s", pa.float64()),
         ("rows_per_s", pa.float64()),
         ("device", pa.string()),
         ("node", pa.string()),

@@ -272,3 +272,39 @@ def test_a_shard_larger_than_a_chunk_is_scored_in_pieces_with_rows_in_place(run_
     }
     (shard,) = pq.read_table(Path(result.out) / "_shards.parquet").to_pylist()
     assert shard["rows"] == n and shard["rows_failed"] == 3 and shard["status"] == "partial"
+
+
+@pytest.mark.parametrize("in_flight", [None, 1])
+def test_an_actor_reads_its_next_shard_while_it_scores_one(
+    run_job, tmp_path: Path, in_flight: int | None
+) -> None:
+    """Two shards in flight per actor by default: the second waits for the session
+    (``wait_s``), not for the first shard's whole call; the predictions are a serial run's.
+    ``compute.shards_in_flight: 1`` takes them strictly one at a time."""
+    rng = np.random.default_rng(5)
+    xs = [rng.normal(size=(60_000, 8)).astype(np.float32) for _ in range(4)]
+    for i, x in enumerate(xs):
+        write_parquet(tmp_path / "data" / f"{i}.parquet", {"features": fixed_list(x)})
+    model = make_mlp(tmp_path / "m.onnx", (8, 64, 4))
+    result = run_job(
+        {
+            "model": {"uri": model},
+            "input": {"uri": str(tmp_path / "data"), "format": "parquet", "columns": {"x": "features"}},
+            "compute": {} if in_flight is None else {"shards_in_flight": in_flight},
+        }
+    )
+    assert result.ok, result.job["error"]
+    preds = read_predictions(result.out)
+    got = np.stack(preds.column("probs").to_numpy(zero_copy_only=False))
+    (expected,) = direct(model, {"x": np.concatenate(xs)})
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    shards = pq.read_table(Path(result.out) / "_shards.parquet").to_pylist()
+    assert len({s["actors"] for s in shards}) == 1
+    spans = sorted((s["started_at"], s["finished_at"]) for s in shards)
+    overlapping = max(sum(a <= t < b for a, b in spans) for t, _ in spans)
+    assert overlapping == (in_flight or 2)
+    waited = [s for s in shards if s["wait_s"] > 0.01]
+    assert bool(waited) == (in_flight is None), shards
+    for s in waited:  # its wall time holds the wait, beside the work
+        work = s["read_s"] + s["preprocess_s"] + s["infer_s"] + s["write_s"]
+        assert s["wall_s"] >= work + s["wait_s"] - 0.01
