@@ -235,10 +235,22 @@ def images(reps: int) -> None:
     report(f"images, {len(files):,} JPEGs 224x224, small CNN", "img", a, b, c)
 
 
-def s3_vs_local(reps: int) -> None:
-    """The same tables job from and to a loopback S3 server (moto, its own process) and local disk."""
+def _free_port() -> int:
     import socket
 
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# The relay's link: one S3 connection in a cloud region, roughly (see bench/relay.py).
+LINK_MBPS, LINK_LATENCY_S = 150, 0.02
+
+
+def s3_vs_local(reps: int) -> None:
+    """The same tables job from and to a loopback S3 server (moto, its own process) and local disk;
+    then from S3 behind a relay that adds a network's bandwidth and latency, with one and with two
+    shards in flight per actor."""
     import s3fs
 
     data = ROOT / "tables-x1"
@@ -247,13 +259,15 @@ def s3_vs_local(reps: int) -> None:
     files = sorted(data.glob("*.parquet"))[:8]
     rows = 8 * 250_000
     model = make_mlp(ROOT / "mlp.onnx", (64, 256, 256, 10))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port, relay_port = _free_port(), _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+    )
+    relay = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("relay.py")), str(relay_port), str(port)]
+        + [str(LINK_MBPS), str(LINK_LATENCY_S)]
     )
     try:
         endpoint = f"http://127.0.0.1:{port}"
@@ -276,16 +290,26 @@ def s3_vs_local(reps: int) -> None:
         local = tables_job(str(local_data), model, str(ROOT / "s3-local-out"))
         remote = tables_job("s3://bench/tables/", "s3://bench/mlp.onnx", "s3://bench/out")
         remote["storage_options"] = {"endpoint_url": endpoint, **keys}
+        slow = {}
+        for n in (1, 2):
+            slow[n] = tables_job(
+                "s3://bench/tables/", "s3://bench/mlp.onnx", f"s3://bench/slow-{n}", shards_in_flight=n
+            )
+            slow[n]["storage_options"] = {"endpoint_url": f"http://127.0.0.1:{relay_port}", **keys}
         lo, s3, server_cpu = [], [], []
+        far: dict[int, list[dict]] = {1: [], 2: []}
         moto = psutil.Process(server.pid)
         for _ in range(reps):
             lo.append(scoring_run(local, rows))
             before = sum(moto.cpu_times()[:2])
             s3.append(scoring_run(remote, rows))
             server_cpu.append(sum(moto.cpu_times()[:2]) - before)
+            for n, cfg in slow.items():
+                far[n].append(scoring_run(cfg, rows))
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for proc in (relay, server):
+            proc.terminate()
+            proc.wait(timeout=30)
     print(
         f"\n== tables from and to S3 (moto on 127.0.0.1) vs local disk, {rows:,} rows (median of {reps}) =="
     )
@@ -299,6 +323,11 @@ def s3_vs_local(reps: int) -> None:
     print(
         f"the S3 server itself used {med(server_cpu):.1f} CPU-s of the s3 run's {wall:.1f} s "
         f"({med(server_cpu) / wall / THREADS:.0%} of this machine's {THREADS} cores)"
+    )
+    one, two = (med([r["job_rows_s"] for r in far[n]]) for n in (1, 2))
+    print(
+        f"S3 behind a {LINK_MBPS} MB/s, {LINK_LATENCY_S * 1000:.0f} ms relay, job minus ray.init: "
+        f"1 shard in flight {one:,.0f} rows/s, 2 in flight {two:,.0f} rows/s ({two / one:.2f}x)"
     )
 
 

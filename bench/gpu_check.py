@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -128,7 +129,7 @@ def main() -> int:
     if not args.cpu:
         import ray  # only to count the GPUs Ray will see, the way the job will
 
-        ray.init(address="local", include_dashboard=False, logging_level="ERROR")
+        ray.init(address="local", include_dashboard=False, logging_level=logging.ERROR)
         gpus = max(1, int(ray.cluster_resources().get("GPU", 0)))
         ray.shutdown()
         print(f"onnxruntime {ort.__version__}, providers {available}; {gpus} GPU(s), one actor each")
