@@ -113,7 +113,9 @@ def loop_images(
 
 
 def scoring_run(config: dict, rows: int) -> dict:
-    """Run ``scoring run`` in a subprocess; rows/s, overhead and peak RSS of the process tree.
+    """Run ``scoring run`` in a subprocess; rows/s, overhead, peak RSS of the process tree and
+    how busy the machine's CPUs were while shards were scored (every process, an S3 server's
+    included).
 
     The overhead (to the first prediction file) is measured for local outputs only.
     """
@@ -133,6 +135,7 @@ def scoring_run(config: dict, rows: int) -> dict:
     )
     peak, first = 0, None
     root = psutil.Process(proc.pid)
+    samples = [_cpu_sample()]
     while proc.poll() is None:
         try:
             tree = [root, *root.children(recursive=True)]
@@ -142,10 +145,16 @@ def scoring_run(config: dict, rows: int) -> dict:
         if first is None and out is not None and any((out / "predictions").glob("*.parquet")):
             first = time.perf_counter() - t0
         time.sleep(0.1)
+        samples.append(_cpu_sample())
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"scoring run failed with exit {proc.returncode}: {path}")
     totals = json.loads(storage.read_bytes(storage.join(uri, "_job.json"), so))["totals"]
+    shards = pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(uri, "_shards.parquet"), so)))
+    start = shards.column("started_at").to_numpy().min().astype("datetime64[us]").astype(float) / 1e6
+    end = shards.column("finished_at").to_numpy().max().astype("datetime64[us]").astype(float) / 1e6
+    during = [s for s in samples if start <= s[0] <= end] or samples
+    busy = (during[-1][1] - during[0][1]) / max(during[-1][2] - during[0][2], 1e-9)
     after_init = wall - totals["ray_init_s"]
     overhead = float("nan")
     if out is not None:
@@ -158,7 +167,14 @@ def scoring_run(config: dict, rows: int) -> dict:
         "overhead_s": overhead,
         "peak_gb": peak / 1e9,
         "wall_s": wall,
+        "busy": busy,
     }
+
+
+def _cpu_sample() -> tuple[float, float, float]:
+    """(time, CPU-seconds busy, CPU-seconds in all) of the whole machine so far."""
+    t = psutil.cpu_times()
+    return time.time(), sum(t) - t.idle - t.iowait, sum(t)
 
 
 def loop_command(model: str, files: list[str], out: Path) -> float:
@@ -321,8 +337,9 @@ def s3_vs_local(reps: int) -> None:
         print(f"{label:<24} local {a:>10,.0f} rows/s   s3 {b:>10,.0f} rows/s   s3/local = {b / a:.2f}")
     wall = med([r["wall_s"] for r in s3])
     print(
-        f"the S3 server itself used {med(server_cpu):.1f} CPU-s of the s3 run's {wall:.1f} s "
-        f"({med(server_cpu) / wall / THREADS:.0%} of this machine's {THREADS} cores)"
+        f"the S3 server itself used {med(server_cpu):.1f} CPU-s of the s3 run's {wall:.1f} s; "
+        f"the {THREADS} cores were {med([r['busy'] for r in lo]):.0%} busy in the local run, "
+        f"{med([r['busy'] for r in s3]):.0%} in the s3 run, from the first shard's start to the last's end"
     )
     one, two = (med([r["job_rows_s"] for r in far[n]]) for n in (1, 2))
     print(

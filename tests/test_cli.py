@@ -44,6 +44,16 @@ def test_unknown_wrong_and_missing_keys_name_the_key() -> None:
         load_config(data={**BASE, "input": {"uri": "d", "format": "csv"}}, environ={})
 
 
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).parents[1].glob("configs/*.yaml")), ids=lambda p: p.name
+)
+def test_example_configs_are_valid(path: Path) -> None:
+    cfg = load_config(path, environ={})
+    assert cfg.model.uri and cfg.input.uri and cfg.output.uri
+    with pytest.raises(ConfigError, match=r"compute.shards_in_flight.*greater than or equal to 1"):
+        load_config(path, overrides=["compute.shards_in_flight=0"], environ={})
+
+
 def test_precedence_defaults_file_environment_set() -> None:
     cfg = load_config(data=BASE, environ={})
     assert cfg.compute.batch_size == 256
