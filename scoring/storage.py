@@ -112,9 +112,26 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 3, base_delay: 
 def read_bytes(uri: str, storage_options: dict[str, Any]) -> bytes:
     fs, path = split_uri(uri, storage_options)
     with translated(StorageError, f"reading {uri}"):
-        # start=0: one GET. Without a range, s3fs reads an object past its block size (50 MiB)
-        # as a HEAD plus parallel ranged GETs joined by a copy: twice the CPU on both ends.
-        return with_retries(lambda: fs.cat_file(path, start=0), f"reading {uri}")
+        return with_retries(lambda: _whole(fs, path), f"reading {uri}")
+
+
+def _whole(fs: Any, path: str) -> bytes:
+    """The whole object in one GET.
+
+    With no range, s3fs reads an object past its block size (50 MiB) as a HEAD plus parallel
+    ranged GETs joined by a copy: twice the CPU on both ends. The open range ``start=0`` is one
+    GET, but on an empty object S3 and GCS refuse it (HTTP 416): that case reads as empty.
+    """
+    try:
+        return bytes(fs.cat_file(path, start=0))
+    except OSError:
+        try:
+            empty = fs.size(path) == 0
+        except OSError:
+            empty = False
+        if empty:
+            return b""
+        raise
 
 
 def local_temp(path: str) -> str:
