@@ -66,14 +66,18 @@ def progress_uri(out: str, index: int) -> str:
 def table_bytes(table: pa.Table) -> bytes:
     """Parquet bytes. Dictionary encoding only for text columns: on float predictions it costs
     about as much as the rest of the write together and then falls back to plain anyway."""
-    text = [f.name for f in table.schema if _is_text(f.type)]
     buf = io.BytesIO()
-    pq.write_table(table, buf, use_dictionary=text)
+    pq.write_table(table, buf, use_dictionary=_text_columns(table.schema))
     return buf.getvalue()
 
 
-def _is_text(t: pa.DataType) -> bool:
-    return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t))
+def _text_columns(schema: pa.Schema) -> list[str]:
+    """The columns worth dictionary encoding (see ``table_bytes``)."""
+    return [
+        f.name
+        for f in schema
+        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_dictionary(f.type)
+    ]
 
 
 class PredictionFile:
@@ -108,8 +112,9 @@ class PredictionFile:
 
     def write(self, table: pa.Table) -> None:
         if self.writer is None:
-            text = [f.name for f in table.schema if _is_text(f.type)]
-            self.writer = pq.ParquetWriter(self.handle, table.schema, use_dictionary=text)
+            self.writer = pq.ParquetWriter(
+                self.handle, table.schema, use_dictionary=_text_columns(table.schema)
+            )
         self.writer.write_table(table)
 
     def commit(self) -> None:
