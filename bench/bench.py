@@ -150,15 +150,18 @@ def scoring_run(config: dict, rows: int) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"scoring run failed with exit {proc.returncode}: {path}")
     totals = json.loads(storage.read_bytes(storage.join(uri, "_job.json"), so))["totals"]
-    shards = pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(uri, "_shards.parquet"), so)))
-    start = shards.column("started_at").to_numpy().min().astype("datetime64[us]").astype(float) / 1e6
-    end = shards.column("finished_at").to_numpy().max().astype("datetime64[us]").astype(float) / 1e6
+    table = pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(uri, "_shards.parquet"), so)))
+    shards = table.select(["started_at", "finished_at", "wall_s"]).to_pylist()
+    start = min(r["started_at"] for r in shards).timestamp()
+    end = max(r["finished_at"] for r in shards).timestamp()
     during = [s for s in samples if start <= s[0] <= end] or samples
     busy = (during[-1][1] - during[0][1]) / max(during[-1][2] - during[0][2], 1e-9)
     after_init = wall - totals["ray_init_s"]
     overhead = float("nan")
     if out is not None:
-        overhead = (first or wall) - totals["ray_init_s"] - _first_shard_s(out)
+        # The first shard written took its own scoring time: the work itself, not overhead.
+        first_shard_s = min(shards, key=lambda r: r["finished_at"])["wall_s"]
+        overhead = (first or wall) - totals["ray_init_s"] - first_shard_s
     return {
         "command_rows_s": rows / wall,
         "job_rows_s": rows / (totals["wall_s"] - totals["ray_init_s"]),
@@ -182,15 +185,6 @@ def loop_command(model: str, files: list[str], out: Path) -> float:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, __file__, "--loop-tables", model, str(out), *files], check=True)
     return sum(pq.read_metadata(f).num_rows for f in files) / (time.perf_counter() - t0)
-
-
-def _first_shard_s(out: Path) -> float:
-    """Scoring time of the first shard written: not overhead, the work itself."""
-    first = min(
-        (json.loads(p.read_text()) for p in (out / "_progress").glob("*.json")),
-        key=lambda r: r["finished_at"],
-    )
-    return first["wall_s"]
 
 
 def med(values: list[float]) -> float:
