@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def features_job(data: str | Path, model: str, keep: Sequence[str] = (), **compute: Any) -> dict[str, Any]:
+    """A tables job feeding column ``features`` to model input ``x`` (output and actors are
+    left to ``run_job``'s defaults unless set)."""
+    job: dict[str, Any] = {
+        "model": {"uri": model},
+        "input": {"uri": str(data), "format": "parquet", "columns": {"x": "features"}},
+    }
+    if keep:
+        job["input"]["keep"] = list(keep)
+    if compute:
+        job["compute"] = compute
+    return job
 
 
 def write_parquet(path: Path, columns: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import free_port, read_predictions
+from conftest import features_job, free_port, read_predictions
 
 from scoring.demo import make_mlp, write_tables
 
@@ -32,8 +32,7 @@ def table_job(
     model = make_mlp(tmp_path / "m.onnx", (8, hidden, hidden, 4))
     write_tables(tmp_path / "data", files=files, rows=rows, features=8)
     return {
-        "model": {"uri": model},
-        "input": {"uri": str(tmp_path / "data"), "format": "parquet", "columns": {"x": "features"}},
+        **features_job(tmp_path / "data", model),
         "output": {"uri": str(tmp_path / "out")},
         "compute": compute,
     }

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import fixed_list, read_errors, read_predictions, write_parquet
+from conftest import features_job, fixed_list, read_errors, read_predictions, write_parquet
 from onnx import TensorProto
 
 from scoring.demo import make_mlp, write_tables
@@ -25,18 +25,7 @@ def direct(model: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
 def test_predictions_equal_a_direct_ort_run_row_by_row(run_job, tmp_path: Path) -> None:
     model = make_mlp(tmp_path / "m.onnx", (8, 16, 4))
     write_tables(tmp_path / "data", files=3, rows=1000, features=8)
-    result = run_job(
-        {
-            "model": {"uri": model},
-            "input": {
-                "uri": str(tmp_path / "data"),
-                "format": "parquet",
-                "columns": {"x": "features"},
-                "keep": ["id"],
-            },
-            "compute": {"actors": 2, "batch_size": 128},
-        }
-    )
+    result = run_job(features_job(tmp_path / "data", model, keep=["id"], actors=2, batch_size=128))
     assert result.ok, result.job["error"]
     preds = read_predictions(result.out)
     assert preds.num_rows == 3000
@@ -202,10 +191,7 @@ def test_up_front_errors_name_file_column_and_input(run_job, tmp_path: Path) -> 
 def test_output_modes(run_job, tmp_path: Path) -> None:
     model = make_mlp(tmp_path / "m.onnx", (4, 2))
     write_tables(tmp_path / "d", files=2, rows=10, features=4)
-    cfg = {
-        "model": {"uri": model},
-        "input": {"uri": str(tmp_path / "d"), "format": "parquet", "columns": {"x": "features"}},
-    }
+    cfg = features_job(tmp_path / "d", model)
     assert run_job(dict(cfg)).ok
     with pytest.raises(StorageError, match="already holds a job.*--mode overwrite"):
         run_job(dict(cfg))
@@ -246,18 +232,7 @@ def test_a_shard_larger_than_a_chunk_is_scored_in_pieces_with_rows_in_place(run_
         {"id": np.arange(n) * 10, "features": pa.array(values, pa.list_(pa.float32(), 8))},
     )
     model = make_mlp(tmp_path / "m.onnx", (8, 16, 4))
-    result = run_job(
-        {
-            "model": {"uri": model},
-            "input": {
-                "uri": str(tmp_path / "data"),
-                "format": "parquet",
-                "columns": {"x": "features"},
-                "keep": ["id"],
-            },
-            "compute": {"batch_size": 1000},
-        }
-    )
+    result = run_job(features_job(tmp_path / "data", model, keep=["id"], batch_size=1000))
     assert result.ok, result.job["error"]
     preds = read_predictions(result.out)
     good = np.setdiff1d(np.arange(n), bad)
@@ -286,13 +261,8 @@ def test_an_actor_reads_its_next_shard_while_it_scores_one(
     for i, x in enumerate(xs):
         write_parquet(tmp_path / "data" / f"{i}.parquet", {"features": fixed_list(x)})
     model = make_mlp(tmp_path / "m.onnx", (8, 64, 4))
-    result = run_job(
-        {
-            "model": {"uri": model},
-            "input": {"uri": str(tmp_path / "data"), "format": "parquet", "columns": {"x": "features"}},
-            "compute": {} if in_flight is None else {"shards_in_flight": in_flight},
-        }
-    )
+    compute = {} if in_flight is None else {"shards_in_flight": in_flight}
+    result = run_job(features_job(tmp_path / "data", model, **compute))
     assert result.ok, result.job["error"]
     preds = read_predictions(result.out)
     got = np.stack(preds.column("probs").to_numpy(zero_copy_only=False))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import free_port
+from conftest import features_job, free_port
 
 from scoring import storage
 from scoring.demo import make_cnn, make_mlp, write_images, write_tables
@@ -61,8 +61,7 @@ def tables(s3: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def job(src: str, out: str, model: str, endpoint: str) -> dict[str, Any]:
     return {
-        "model": {"uri": model},
-        "input": {"uri": src, "format": "parquet", "columns": {"x": "features"}, "keep": ["id"]},
+        **features_job(src, model, keep=["id"]),
         "output": {"uri": out},
         "storage_options": options(endpoint),
     }
@@ -219,8 +218,7 @@ def test_right_keys_score_and_wrong_keys_fail_before_scoring_naming_the_uri(
 ) -> None:
     endpoint, keys = s3_with_auth
     cfg = {
-        "model": {"uri": "s3://secure/mlp.onnx"},
-        "input": {"uri": "s3://secure/tables/", "format": "parquet", "columns": {"x": "features"}},
+        **features_job("s3://secure/tables/", "s3://secure/mlp.onnx"),
         "output": {"uri": "s3://secure/out"},
         "storage_options": {"endpoint_url": endpoint, **keys},
     }
