@@ -83,8 +83,8 @@ def plan_feeds(
                 f"model input '{spec.name}' is a scalar with no batch axis; scoring "
                 "feeds rows along axis 0. Re-export the model with a batch dimension."
             )
-        mapped = columns.get(spec.name, spec.name)
         cols = input_columns(spec, columns)
+        stacked = isinstance(columns.get(spec.name), list)  # scalar columns stacked into one input
         rules = []
         for col in cols:
             if col not in schema.names:
@@ -93,7 +93,7 @@ def plan_feeds(
                     f"{schema.names}). Map the input with input.columns: {{{spec.name}: <column>}}."
                 )
             found = _element_type(schema.field(col).type)
-            if isinstance(mapped, list) and not _is_scalar(schema.field(col).type):
+            if stacked and not _is_scalar(schema.field(col).type):
                 raise InputError(
                     f"{where}: column '{col}' is {schema.field(col).type}; columns "
                     f"stacked into input '{spec.name}' must be scalars"
@@ -107,7 +107,7 @@ def plan_feeds(
                 )
             rules.append(rule)
         cast = "checked" if "checked" in rules else "safe" if "safe" in rules else "same"
-        feeds.append(Feed(spec, cols, isinstance(mapped, list), cast))
+        feeds.append(Feed(spec, cols, stacked, cast))
     missing = [c for c in keep if c not in schema.names]
     if missing:
         raise InputError(f"{where}: no column {missing} listed in input.keep (columns found: {schema.names})")
