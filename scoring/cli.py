@@ -31,6 +31,11 @@ def _errors(fn: F) -> F:
                 raise
             click.echo(f"Error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:  # a second Ctrl-C: stopped without the summary
+            if os.environ.get("SCORING_DEBUG") == "1":
+                raise
+            click.echo("interrupted; run again with --mode resume to finish", err=True)
+            sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
 
@@ -63,12 +68,15 @@ def cli() -> None:
 @_errors
 def run(config: str, sets: tuple[str, ...], address: str | None, mode: str | None) -> None:
     """Run a job with the driver in this process."""
-    from scoring.job import run_job
+    from scoring.job import interrupted_message, run_job
     from scoring.report import summary
 
     cfg = _load(config, sets, mode)
     result = run_job(cfg, address=address, echo=click.echo)
     click.echo(summary(result.job, result.records))
+    if result.job["status"] == "interrupted":
+        click.echo(interrupted_message(result), err=True)
+        sys.exit(130)
     if not result.ok:
         click.echo(f"Error: {result.job['error']}", err=True)
         sys.exit(1)
@@ -105,13 +113,10 @@ def inspect(model_uri: str, as_json: bool) -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @_errors
 def validate(config: str, sets: tuple[str, ...]) -> None:
-    """Check config, model and the first shard against each other; score nothing."""
-    from scoring.job import check
+    """Check config, model and input as a run would, then score the first rows here; write nothing."""
+    from scoring.validate import format_preview, validate
 
-    spec, shards = check(_load(config, sets))
-    click.echo(
-        f"ok: {len(shards)} shard(s); model inputs " + ", ".join(i.describe() for i in spec.model.inputs)
-    )
+    click.echo(format_preview(validate(_load(config, sets))))
 
 
 @cli.command()

@@ -1,10 +1,9 @@
-"""Ray: joining or starting a cluster, and sizing the actor pool so the job cannot deadlock.
+"""Ray: joining or starting a cluster, and sizing the worker pool so the job cannot deadlock.
 
 Ray Data's documented pattern hangs when the actors hold every CPU slot and the tasks the
-pipeline still needs (reads, image decodes) are never scheduled (ray-project/ray#44687). The
-plan here is checked against the cluster's resources before anything starts: table shards are
-read inside the actors (no other task is needed), and image jobs keep ``compute.decode_cpus``
-free for decode tasks.
+pipeline still needs (reads, image decodes) are never scheduled (ray-project/ray#44687). Here a
+worker reads, decodes and writes its shards itself, so no other task is needed, and the pool is
+checked against the cluster's resources (or this machine's, before a local Ray starts).
 """
 
 from __future__ import annotations
@@ -25,7 +24,32 @@ class Pool:
     actors: int
     cpus_per_actor: float
     gpus_per_actor: float
-    decode_cpus: float  # CPUs held back for decode tasks (0 for tables)
+
+
+def starts_locally(address: str | None) -> bool:
+    """Whether ``connect(address)`` would start a Ray of its own on this machine."""
+    import ray
+
+    return not ray.is_initialized() and not (address or os.environ.get("RAY_ADDRESS"))
+
+
+def local_cpus() -> float:
+    """This machine's CPUs as Ray counts them (cgroup limits included)."""
+    try:
+        from ray._private.utils import get_num_cpus
+
+        return float(get_num_cpus())
+    except Exception:  # a private API: if it moved, count as Python does
+        return float(os.cpu_count() or 1)
+
+
+def resources(runner: str) -> dict[str, float]:
+    """The CPUs and GPUs a runner can place workers on: the Ray cluster's, or this machine's."""
+    if runner == "ray":
+        import ray
+
+        return dict(ray.cluster_resources())
+    return {"CPU": local_cpus()}
 
 
 def connect(address: str | None) -> bool:
@@ -33,7 +57,6 @@ def connect(address: str | None) -> bool:
     import ray
 
     if ray.is_initialized():
-        configure_data()
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
@@ -49,7 +72,6 @@ def connect(address: str | None) -> bool:
         # "local": a new Ray of our own, even if a `ray start` cluster runs on this machine
         # (address=None would join it, and any --address semantics would be lost).
         ray.init(address="local", include_dashboard=False, **kwargs)
-    configure_data()
     return True
 
 
@@ -75,26 +97,13 @@ def shutdown() -> None:
     ray.shutdown()
 
 
-def configure_data() -> None:
-    """Ray Data settings for this driver: our own progress lines instead of Ray's."""
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False  # the job prints one line per shard instead
-    ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    # It would only repeat, once per job, that we turned the bars off on purpose.
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-
-
-def plan_pool(cfg: ComputeConfig, resources: dict[str, float], images: bool) -> Pool:
-    """Size the actor pool for ``resources`` (``ray.cluster_resources()``).
+def plan_pool(cfg: ComputeConfig, resources: dict[str, float]) -> Pool:
+    """Size the worker pool for ``resources`` (``ray.cluster_resources()``, or this machine's).
 
     Raises ``ConfigError`` when the request cannot be scheduled: the job would wait forever.
     """
     cpus = float(resources.get("CPU", 0))
     gpus = float(resources.get("GPU", 0))
-    decode = cfg.decode_cpus if images else 0.0
     if cfg.gpus_per_actor > 0 and gpus == 0:
         raise ConfigError(
             f"compute.gpus_per_actor is {cfg.gpus_per_actor} but the cluster has no "
@@ -105,13 +114,12 @@ def plan_pool(cfg: ComputeConfig, resources: dict[str, float], images: bool) -> 
         if cfg.gpus_per_actor > 0:
             actors = int(gpus / cfg.gpus_per_actor + 1e-9)
         else:
-            actors = int((cpus - decode) / cfg.cpus_per_actor + 1e-9)
+            actors = int(cpus / cfg.cpus_per_actor + 1e-9)
         actors = max(actors, 1)
-    need_cpu = actors * cfg.cpus_per_actor + decode
+    need_cpu = actors * cfg.cpus_per_actor
     if need_cpu > cpus + 1e-9:
-        extra = f" + {decode:g} for image decoding" if decode else ""
         raise ConfigError(
-            f"compute.actors={actors} x compute.cpus_per_actor={cfg.cpus_per_actor:g}{extra} needs "
+            f"compute.actors={actors} x compute.cpus_per_actor={cfg.cpus_per_actor:g} needs "
             f"{need_cpu:g} CPUs but the cluster has {cpus:g}: the job would wait forever. Lower "
             "compute.actors or compute.cpus_per_actor (fractions are allowed)."
         )
@@ -121,4 +129,4 @@ def plan_pool(cfg: ComputeConfig, resources: dict[str, float], images: bool) -> 
             f"needs {actors * cfg.gpus_per_actor:g} GPUs but the cluster has {gpus:g}; "
             "lower compute.actors or compute.gpus_per_actor"
         )
-    return Pool(actors, cfg.cpus_per_actor, cfg.gpus_per_actor, decode)
+    return Pool(actors, cfg.cpus_per_actor, cfg.gpus_per_actor)

@@ -88,6 +88,9 @@ class InputConfig(_Section):
     columns: dict[str, str | list[str]] = {}
     keep: list[str] = []
     files_per_shard: int = Field(default=1024, gt=0)
+    # Parquet files with more rows are split at row-group boundaries into shards of about this
+    # many rows, so one big file is scored by every actor instead of one.
+    rows_per_shard: int = Field(default=1_000_000, gt=0)
     image_column: str = "image"
     image: ImageConfig = ImageConfig()
 
@@ -95,7 +98,7 @@ class InputConfig(_Section):
 class OutputConfig(_Section):
     uri: str
     mode: Literal["error", "overwrite", "resume"] = "error"
-    outputs: dict[str, str] = {}
+    outputs: dict[str, str] | None = None  # None: every output; {}: none (postprocess columns only)
 
 
 class ComputeConfig(_Section):
@@ -103,9 +106,6 @@ class ComputeConfig(_Section):
     cpus_per_actor: float = Field(default=1.0, gt=0)
     gpus_per_actor: float = Field(default=0.0, ge=0)
     batch_size: int = Field(default=256, gt=0)
-    # CPUs each image-decoding task reserves (images only). Half a CPU lets two decodes share a
-    # core while one waits on I/O: on 2 cores, 0.5 gave 0.93x the single-process loop, 1.0 0.78x.
-    decode_cpus: float = Field(default=0.5, gt=0)
     # Shards an actor holds at once: one at the session while the next is fetched and the one
     # before is uploaded. 1 = one at a time, least memory (a remote shard is held whole).
     shards_in_flight: int = Field(default=2, ge=1)
@@ -130,12 +130,24 @@ class Config(_Section):
         return data
 
 
+def _secret(key: str) -> bool:
+    return any(s in key.lower() for s in SECRET_KEYS)
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the values of secret-looking keys (``--set storage_options.secret=…``)
+    replaced by ``***``, as in ``Config.redacted``."""
+    out = []
+    for arg in argv:
+        prefix, sep, rest = arg.partition("--set=") if arg.startswith("--set=") else ("", "", arg)
+        key, eq, _ = rest.partition("=")
+        out.append(f"{prefix}{sep}{key}=***" if eq and _secret(key.rsplit(".", 1)[-1]) else arg)
+    return out
+
+
 def _redact(value: Any) -> Any:
     if isinstance(value, dict):
-        return {
-            k: "***" if any(s in str(k).lower() for s in SECRET_KEYS) else _redact(v)
-            for k, v in value.items()
-        }
+        return {k: "***" if _secret(str(k)) else _redact(v) for k, v in value.items()}
     return value
 
 

@@ -7,9 +7,14 @@
     ├── ModelError               model missing, corrupt or unusable (exit 2)
     ├── StorageError             a URI that cannot be listed, read or written (exit 2)
     ├── InputError               the data does not fit the model: column, type, shape (exit 2)
+    ├── PlanChanged              resume refused: the model, a config key or an input file changed
+    │                            since the plan was made (exit 2)
     ├── ProviderError            a session did not get the execution provider it needs (exit 1)
-    ├── RowError                 one row (or a range of rows) rejected; becomes _errors.parquet
-    └── JobFailed                the job ran but failed: too many rejected rows, a crash (exit 1)
+    ├── ModelFailure             the model fails on every batch, or gives outputs that cannot be
+    │                            aligned with the rows: a property of the model, not the data (exit 1)
+    ├── RowError                 a whole shard rejected (unreadable); becomes _errors.parquet rows
+    ├── JobFailed                the job ran but failed: too many rejected rows, a crash (exit 1)
+    └── Interrupted              SIGINT or SIGTERM stopped the job; resume finishes it (exit 130)
 
 Anything that is not a ``ScoringError`` is a bug in scoring and keeps its traceback.
 """
@@ -43,7 +48,15 @@ class InputError(ScoringError):
     exit_code = 2
 
 
+class PlanChanged(ScoringError):
+    exit_code = 2
+
+
 class ProviderError(ScoringError):
+    exit_code = 1
+
+
+class ModelFailure(ScoringError):
     exit_code = 1
 
 
@@ -51,8 +64,13 @@ class JobFailed(ScoringError):
     exit_code = 1
 
 
+class Interrupted(ScoringError):
+    exit_code = 130
+
+
 class RowError(ScoringError):
-    """Rows ``[row_start, row_stop)`` of a shard are rejected at ``stage``.
+    """Rows ``[row_start, row_stop)`` of a shard are rejected at ``stage`` (-1, -1: a file whose
+    row count is unknown).
 
     ``error`` is a short machine-friendly kind (the class name of the cause, say), the message
     says what was expected, what was found and what to do.
@@ -86,8 +104,8 @@ def translated(kind: type[ScoringError], what: str) -> Iterator[None]:
     except ScoringError:
         raise
     except FileNotFoundError as exc:
-        raise kind(f"{what}: not found ({exc}). Check the path or URI.") from exc
+        raise kind(f"{what}: not found ({exc}); check the path or URI") from exc
     except PermissionError as exc:
-        raise kind(f"{what}: permission denied ({exc}). Check credentials.") from exc
+        raise kind(f"{what}: permission denied ({exc}); check credentials") from exc
     except Exception as exc:  # foreign library errors only; re-raised, never swallowed
         raise kind(f"{what}: {type(exc).__name__}: {exc}") from exc

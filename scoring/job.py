@@ -1,209 +1,330 @@
-"""The job: check everything on the driver, then stream shards through the actors with Ray Data.
+"""The job: check everything on the driver, fix the plan, dispatch shards, write the summary.
 
-Order: config -> model signature -> shard listing -> first shard's schema against the model ->
-output folder (mode) -> Ray -> pool size -> stream -> summary files (``_job.json`` last).
-Everything before "Ray" fails fast with exit 2 and starts no worker.
+Order: config -> model signature -> input listing and the first shard's schema -> output folder
+(mode, plan) -> pool size -> [Ray] -> claim OUT, write the plan -> dispatch -> revoke the claim,
+stop the workers -> summary files (``_job.json`` last). Everything before the claim fails with
+exit 2 and writes nothing; a local run checks the pool against this machine before Ray starts.
+
+SIGINT and SIGTERM stop the job within seconds: the claim is revoked (no late commit lands),
+the workers are stopped, and ``_job.json`` says ``interrupted`` with the shards settled so far.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
+import os
 import platform
+import signal
+import socket
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from scoring import cluster, images, sink, sources, storage
-from scoring.actor import JobSpec, decode_images, scorer_for
-from scoring.config import Config
-from scoring.errors import InputError, JobFailed, ScoringError
+from scoring import cluster, images, plan, sink, sources, storage
+from scoring.config import Config, redact_argv
+from scoring.errors import InputError, JobFailed, ModelFailure, ScoringError, StorageError
 from scoring.model import load_model_info
 from scoring.predict import output_columns
+from scoring.record import Reason, Rejections, ShardRecord
+from scoring.runners import RUNNERS, WorkerDied, dispatch
+from scoring.scorer import JobSpec
 from scoring.tensors import plan_feeds
+
+Echo = Callable[[str], None]
 
 
 @dataclasses.dataclass
 class JobResult:
     out: str
     job: dict[str, Any]
-    records: list[dict[str, Any]]
+    records: list[ShardRecord]
 
     @property
     def ok(self) -> bool:
         return self.job["status"] == "succeeded"
 
 
-def check(cfg: Config) -> tuple[JobSpec, list[sources.Shard]]:
-    """Everything that can be checked without Ray. Raises ``ScoringError`` (exit 2 kinds)."""
+def check(cfg: Config) -> tuple[JobSpec, str, list[storage.FileInfo]]:
+    """Everything that can be checked without Ray and without touching OUT: the spec, the kind of
+    shards and the input files. Raises ``ScoringError`` (exit 2 kinds)."""
     so = cfg.storage_options
     info, _ = load_model_info(cfg.model.uri, so)
     output_columns(info, cfg.output.outputs)
-    shards = sources.list_shards(cfg.input, so)
+    kind, files = plan.list_input(cfg)
+    first = files[0].uri
     if cfg.input.format == "images":
         if len(info.inputs) != 1:
             raise InputError(
                 f"an image job feeds one model input; this model has {[i.name for i in info.inputs]}"
             )
         size, layout, _ = images.resolve(cfg.input.image, info.inputs[0])
-        return JobSpec(cfg, info, size, layout), shards
-    first = shards[0].uri
+        if kind == "image_parquet":
+            names = sources.read_schema(first, so).names
+            missing = [c for c in (cfg.input.image_column, *cfg.input.keep) if c not in names]
+            if missing:
+                raise InputError(
+                    f"{first}: no column {missing} (columns found: {names}); input.image_column names "
+                    "the column of encoded image bytes, input.keep the columns to copy"
+                )
+        return JobSpec(cfg, info, size, layout), kind, files
     schema = sources.read_schema(first, so)
     plan_feeds(info, cfg.input.columns, schema, first, cfg.input.keep)
-    return JobSpec(cfg, info), shards
+    return JobSpec(cfg, info), kind, files
 
 
-def run_job(cfg: Config, *, address: str | None = None, echo: Callable[[str], None] = print) -> JobResult:
-    """Score every shard of ``cfg.input`` and write the output layout. Returns the result;
-    ``result.ok`` is False when the job failed (too many rejected rows, a failed actor)."""
+def decide_plan(
+    out: sink.Output, spec: JobSpec, kind: str, files: list[storage.FileInfo], echo: Echo
+) -> tuple[plan.Plan, dict[int, ShardRecord]]:
+    """The plan this run follows and the shards already settled, from ``output.mode`` and what
+    OUT holds; reads OUT, writes nothing. Raises ``StorageError`` (mode error, OUT holds a job)
+    or ``PlanChanged`` (resume, something changed)."""
+    cfg, sha = spec.config, spec.model.sha256
+    present = out.present()
+    mode = cfg.output.mode
+    if present and mode == "error":
+        raise StorageError(
+            f"{out.uri} already holds a job ({', '.join(present)}). Use --mode "
+            "overwrite to replace it, --mode resume to finish it, or another output.uri."
+        )
+    old = out.read_plan() if mode == "resume" else None
+    if old is None:
+        if mode == "resume" and storage.exists(out.join(sink.PROGRESS), cfg.storage_options):
+            raise StorageError(
+                f"{out.uri} has shard markers but no _plan.parquet (written by an older version of "
+                "scoring?): it cannot be resumed. Use --mode overwrite, or another output.uri."
+            )
+        return plan.make_plan(cfg, sha, kind, files), {}
+    job_plan, new = plan.extend(old, cfg, sha, kind, files)
+    if new:
+        last = f" … {new[-1].id}" if len(new) > 1 else ""
+        echo(f"{len(new)} new shard(s) for input files added since the plan was made: {new[0].id}{last}")
+    markers = out.markers()
+    settled = {i: r for i, r in markers.items() if r.status in ("succeeded", "partial")}
+    failed = len(markers) - len(settled)
+    if failed:
+        echo(f"{failed} shard(s) that failed before will be scored again")
+    return job_plan, settled
+
+
+def run_job(cfg: Config, *, address: str | None = None, echo: Echo = print) -> JobResult:
+    """Score every shard of the plan and write the output layout. ``result.ok`` is False when the
+    job failed (too many rejected rows, a model or provider failure) or was interrupted."""
     started = time.time()
-    spec, shards = check(cfg)
-    so, out = cfg.storage_options, cfg.output.uri
-    storage.check_writable(out, so)
-    t0 = time.time()
-    started_ray = cluster.connect(address)
-    ray_init_s = time.time() - t0
-    import ray
-
-    try:
-        pool = cluster.plan_pool(cfg.compute, ray.cluster_resources(), cfg.input.format == "images")
-        # Only now, with every check passed, is OUT touched (overwrite deletes the old job).
-        done = sink.prepare_output(out, cfg.output.mode, so)
-        uris = {s.uri for s in shards}
-        records = [r for r in done if r["shard"] in uris]
-        done_uris = {r["shard"] for r in records}
-        todo = [s for s in shards if s.uri not in done_uris]
-        t_ray = time.time()
-        echo(
-            f"scoring {len(todo)} shard(s) ({len(records)} already done) with {pool.actors} "
-            f"actor(s) x {pool.cpus_per_actor:g} CPU / {pool.gpus_per_actor:g} GPU"
-        )
-        error = None
+    with _signals() as stop:
+        spec, kind, files = check(cfg)
+        so, uri = cfg.storage_options, cfg.output.uri
+        storage.check_writable(uri, so)
+        run_id = uuid.uuid4().hex[:12]
+        spec = dataclasses.replace(spec, run_id=run_id, driver=(socket.gethostname(), os.getpid()))
+        out = sink.Output(uri, so, run_id)
+        job_plan, settled = decide_plan(out, spec, kind, files, echo)
+        if stop.is_set():
+            raise _interrupted(0, 0, nothing=True)
+        runner_name = "ray"
+        if runner_name == "ray" and cluster.starts_locally(address) and not cfg.compute.gpus_per_actor:
+            cluster.plan_pool(cfg.compute, {"CPU": cluster.local_cpus()})  # before Ray starts
+        t0 = time.time()
+        started_ray = cluster.connect(address) if runner_name == "ray" else False
+        ray_init_s = time.time() - t0
         try:
-            if todo:
-                error = _stream(spec, todo, pool, records, echo)
-        except ScoringError as exc:
-            error = str(exc)
-        job = _job_record(cfg, spec, records, started, t_ray, error)
-        job["totals"]["ray_init_s"] = ray_init_s
-        sink.write_summary(out, records, job, so)
-    finally:
-        if started_ray:
-            cluster.shutdown()
-    return JobResult(out, job, records)
-
-
-def _stream(
-    spec: JobSpec,
-    todo: list[sources.Shard],
-    pool: cluster.Pool,
-    records: list[dict[str, Any]],
-    echo: Callable[[str], None],
-) -> str | None:
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    cfg = spec.config
-    items = [{"index": s.index, "uri": s.uri, "files": list(s.files), "kind": s.kind} for s in todo]
-    # One block per shard, so every shard is its own unit of work for any actor.
-    ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=len(items))
-    if cfg.input.format == "images":
-        # Decoding runs as tasks on any CPU of the cluster, overlapping inference. Each task
-        # reserves memory for a worker (~150 MiB measured) and a decoded shard (uint8, twice for
-        # the encoded bytes beside it);
-        # the differing reservation also keeps Ray Data from fusing this stage into the actors.
-        h, w = spec.image_size or (1, 1)
-        shard_bytes = 150 * 2**20 + 2 * cfg.input.files_per_shard * h * w * 3
-        ds = ds.map_batches(
-            decode_images,  # type: ignore[arg-type]
-            batch_size=1,
-            fn_kwargs={"spec": spec},
-            num_cpus=pool.decode_cpus,
-            memory=shard_bytes,
-            batch_format="numpy",
-        )
-    ds = ds.map_batches(
-        scorer_for(spec),
-        batch_size=1,
-        batch_format="numpy",
-        # Several shards per actor at once, in threads: one scored while the next is fetched
-        # (ShardScorer.turn keeps inference to one shard at a time).
-        compute=ActorPoolStrategy(
-            size=pool.actors,
-            max_tasks_in_flight_per_actor=cfg.compute.shards_in_flight,
-            max_concurrent_calls_per_actor=cfg.compute.shards_in_flight,
-            enable_true_multi_threading=True,
-        ),
-        num_cpus=pool.cpus_per_actor,
-        num_gpus=pool.gpus_per_actor or None,
-    )
-    limit = cfg.errors.max_rejected_rows
-    rejected = sum(r["rows_failed"] for r in records)
-    try:
-        for row in ds.iter_rows():
-            rec = json.loads(row["record"])
-            records.append(rec)
-            rejected += rec["rows_failed"]
-            echo(_progress_line(rec, len(records)))
-            if rejected > limit:
-                return (
-                    f"{rejected} rows rejected, more than errors.max_rejected_rows={limit}; "
-                    f"the job stopped. See {cfg.output.uri}/_errors.parquet for the reasons."
+            _signals_again(stop)  # ray.init installs its own SIGTERM handler
+            pool = cluster.plan_pool(cfg.compute, cluster.resources(runner_name))
+            if stop.is_set():
+                raise _interrupted(0, len(job_plan.shards), nothing=True)
+            out.claim()
+            if cfg.output.mode == "overwrite":
+                out.clear()
+            out.start_over(settled)
+            out.write_plan(job_plan)
+            todo = [s for s in job_plan.shards if s.index not in settled]
+            t_ready = time.time()
+            echo(
+                f"scoring {len(todo)} of {len(job_plan.shards)} shard(s) with {pool.actors} worker(s) "
+                f"x {pool.cpus_per_actor:g} CPU / {pool.gpus_per_actor:g} GPU ({runner_name} runner)"
+            )
+            run = _Run(spec, out, settled, echo)
+            runner = RUNNERS[runner_name](spec, pool)
+            status, error = "succeeded", None
+            try:
+                runner.start()
+                if not dispatch(runner, todo, run.settle, stop.is_set):
+                    status = "interrupted"
+            except ScoringError as exc:  # the job's own stop says why; a worker's says what it was
+                status, error = (
+                    "failed",
+                    str(exc) if isinstance(exc, JobFailed) else f"{type(exc).__name__}: {exc}",
                 )
-    except ray.exceptions.RayError as exc:
-        cause = _scoring_cause(exc)
-        if cause is None:
-            raise
-        raise JobFailed(f"{type(cause).__name__}: {cause}") from exc
-    return None
+            finally:
+                out.revoke()  # no commit of this run lands after this
+                runner.stop()
+            records = run.collect()
+            if status == "succeeded":
+                error = _model_failed(records)
+                status = "failed" if error else status
+            job = _job_record(spec, job_plan, records, started, t_ready, status, error)
+            job["totals"]["ray_init_s"] = ray_init_s
+            out.write_summary(records, job)
+        finally:
+            if started_ray:
+                cluster.shutdown()
+    return JobResult(uri, job, records)
 
 
-def _scoring_cause(exc: BaseException) -> ScoringError | None:
-    """The ScoringError raised inside a task or an actor's ``__init__``, if that is what failed.
+class _Run:
+    """The driver's side of the shards of one run: their records as they settle, the rejected-row
+    limit, the progress lines."""
 
-    A task's error arrives as ``RayTaskError`` with ``.cause``; an actor whose ``__init__``
-    raised arrives as ``ActorDiedError`` holding that ``RayTaskError`` as its first argument.
-    """
-    todo: list[BaseException] = [exc]
-    visited: set[int] = set()
-    while todo:
-        err = todo.pop()
-        if isinstance(err, ScoringError):
-            return err
-        visited.add(id(err))
-        nested = [getattr(err, "cause", None), err.__cause__, *getattr(err, "args", ())]
-        todo.extend(e for e in nested if isinstance(e, BaseException) and id(e) not in visited)
-    return None
+    def __init__(self, spec: JobSpec, out: sink.Output, settled: dict[int, ShardRecord], echo: Echo) -> None:
+        self.spec, self.out, self.echo = spec, out, echo
+        self.records = dict(settled)
+        self.rejected = sum(r.rows_failed for r in settled.values())
+
+    def settle(self, shard: plan.Shard, future: Any) -> None:
+        """Take a finished shard's outcome. Raises ``ScoringError`` to stop the job."""
+        try:
+            rec = future.result()
+        except WorkerDied as exc:
+            rec = self._died(shard, str(exc))
+        except sink.Fenced as exc:
+            raise JobFailed(
+                f"{self.out.uri} was taken over by another run ({exc}); this run stopped. Run one job "
+                "at a time on an output folder."
+            ) from exc
+        self.records[rec.index] = rec
+        self.rejected += rec.rows_failed
+        self.echo(_progress_line(rec, len(self.records)))
+        limit = self.spec.config.errors.max_rejected_rows
+        if self.rejected > limit:
+            raise JobFailed(
+                f"{self.rejected} rows rejected, more than errors.max_rejected_rows={limit}; the job "
+                f"stopped. See {self.out.uri}/_errors.parquet for the reasons."
+            )
+
+    def _died(self, shard: plan.Shard, why: str) -> ShardRecord:
+        """A shard whose worker process kept dying: settled as failed, by the driver."""
+        rec = ShardRecord(index=shard.index, shard=shard.id, rows=shard.rows or 0, started_at=time.time())
+        failed = Rejections()
+        start = shard.row_start or 0
+        rows = (start, start + shard.rows) if shard.rows else (-1, -1)
+        failed.add(*rows, Reason("infer", "WorkerDied", f"{shard.id}: {why}"))
+        with self.out.shard(shard.index, shard.id) as output:
+            output.commit(rec, failed, "failed")
+        return rec
+
+    def collect(self) -> list[ShardRecord]:
+        """Every settled shard: those seen here, and any whose marker landed before the claim was
+        revoked but whose record never reached the driver (an interrupted or stopped run)."""
+        self.records.update(self.out.markers(skip=self.records))
+        return sorted(self.records.values(), key=lambda r: r.index)
 
 
-def _progress_line(rec: dict[str, Any], n: int) -> str:
-    bad = f", {rec['rows_failed']} rejected" if rec["rows_failed"] else ""
+def _model_failed(records: list[ShardRecord]) -> str | None:
+    """A job that scored no row while rows failed in ONNX Runtime did not succeed: the model (or
+    how it is fed) is the problem, not the data."""
+    scored = sum(r.rows - r.rows_failed for r in records)
+    failed_in_ort = sum(r.rejected_by_stage.get("infer", 0) for r in records)
+    if scored or not failed_in_ort:
+        return None
+    first = next(r.first_error for r in records if r.rejected_by_stage.get("infer"))
+    return str(
+        ModelFailure(
+            f"no row was scored: every row that reached the model failed in ONNX Runtime ({first}). "
+            "`scoring validate CONFIG` scores the first rows here and shows the error"
+        )
+    )
+
+
+def _interrupted(done: int, total: int, nothing: bool = False) -> ScoringError:
+    from scoring.errors import Interrupted
+
+    if nothing:
+        return Interrupted("interrupted before any shard was scored; nothing was written")
+    return Interrupted(
+        f"interrupted: {done} of {total} shards complete; run again with --mode resume to finish"
+    )
+
+
+def interrupted_message(result: JobResult) -> str:
+    totals = result.job["totals"]
+    return str(_interrupted(totals["shards_complete"], totals["shards_planned"]))
+
+
+@contextlib.contextmanager
+def _signals() -> Iterator[threading.Event]:
+    """SIGINT and SIGTERM set the event the dispatch loop watches; a second one stops at once.
+    Only in the main thread (Python delivers signals there); elsewhere the event is never set."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    _install(stop)
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _install(stop: threading.Event) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt  # a second signal: stop without the summary
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+def _signals_again(stop: threading.Event) -> None:
+    if threading.current_thread() is threading.main_thread():
+        _install(stop)
+
+
+def _progress_line(rec: ShardRecord, n: int) -> str:
+    bad = f", {rec.rows_failed} rejected" if rec.rows_failed else ""
     return (
-        f"  [{n}] {rec['shard']}: {rec['status']}, {rec['rows']} rows{bad}, "
-        f"{rec['wall_s']:.2f}s ({rec['rows_per_s']:,.0f} rows/s) on {rec['device']}"
+        f"  [{n}] {rec.shard}: {rec.status}, {rec.rows} rows{bad}, "
+        f"{rec.wall_s:.2f}s ({rec.rows_per_s:,.0f} rows/s) on {rec.device}"
     )
 
 
 def _job_record(
-    cfg: Config, spec: JobSpec, records: list[dict[str, Any]], started: float, t_ray: float, error: str | None
+    spec: JobSpec,
+    job_plan: plan.Plan,
+    records: list[ShardRecord],
+    started: float,
+    t_ready: float,
+    status: str,
+    error: str | None,
 ) -> dict[str, Any]:
     import onnxruntime
     import pyarrow
-    import ray
 
     import scoring
 
+    cfg, info = spec.config, spec.model
     finished = time.time()
-    rows = sum(r["rows"] for r in records)
-    failed = sum(r["rows_failed"] for r in records)
-    providers = sorted({p for r in records for p in r.get("providers", [])})
-    fallbacks = sorted({r["fallback"] for r in records if r.get("fallback")})
-    info = spec.model
+    rows = sum(r.rows for r in records)
+    failed = sum(r.rows_failed for r in records)
+    wall = finished - started
+    versions = {
+        "scoring": scoring.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "pyarrow": pyarrow.__version__,
+        "python": platform.python_version(),
+    }
+    with contextlib.suppress(ImportError):
+        import ray
+
+        versions["ray"] = ray.__version__
     return {
-        "job_id": uuid.uuid4().hex[:12],
-        "status": "failed" if error else "succeeded",
+        "job_id": spec.run_id,
+        "status": status,
         "error": error,
         "config": cfg.redacted(),
         "model": {
@@ -213,24 +334,21 @@ def _job_record(
             "inputs": [dataclasses.asdict(i) for i in info.inputs],
             "outputs": [dataclasses.asdict(o) for o in info.outputs],
         },
-        "versions": {
-            "scoring": scoring.__version__,
-            "ray": ray.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "pyarrow": pyarrow.__version__,
-            "python": platform.python_version(),
-        },
-        "providers": providers,
-        "cpu_fallback": fallbacks,
+        "versions": versions,
+        "providers": sorted({p for r in records for p in r.providers}),
+        "cpu_fallback": sorted({r.fallback for r in records if r.fallback}),
         "started_at": started,
         "finished_at": finished,
         "totals": {
             "rows": rows,
             "rows_failed": failed,
             "shards": len(records),
-            "wall_s": finished - started,
-            "ray_ready_s": t_ray - started,
-            "rows_per_s": (rows - failed) / (finished - started) if finished > started else 0.0,
+            "shards_complete": sum(r.status in ("succeeded", "partial") for r in records),
+            "shards_planned": len(job_plan.shards),
+            "rows_planned": job_plan.rows,
+            "wall_s": wall,
+            "ray_ready_s": t_ready - started,
+            "rows_per_s": max(rows - failed, 0) / wall if wall > 0 else 0.0,
         },
-        "argv": sys.argv,
+        "argv": redact_argv(sys.argv),
     }

@@ -1,9 +1,16 @@
 """Running prepared rows through a session in batches, and turning outputs into Arrow columns.
 
 Outputs are checked to give one entry per row before they are kept: an output whose batch axis
-is not axis 0 is moved when the model declares where it is, and rejected otherwise, never
-silently misaligned. Numeric tensors become fixed-size lists (per-row shape in the field's
-metadata, key ``shape``), string tensors strings, sequences of maps (ZipMap) map columns.
+is not axis 0 is moved when the model declares where it is. One that cannot be aligned is a
+property of the model, not of the data: ``ModelFailure``, never silently misaligned rows.
+
+A batch that ONNX Runtime fails on is split in halves and retried, down to single rows, so only
+the rows that fail alone are rejected. A session that has never scored a row and fails on
+``FAILURES_BEFORE_STOP`` rows one at a time, all with the same error, has a model problem: the
+job stops instead of rejecting every row.
+
+Numeric tensors become fixed-size lists (per-row shape in the field's metadata, key ``shape``),
+string tensors strings, sequences of maps (ZipMap) map columns.
 """
 
 from __future__ import annotations
@@ -17,27 +24,54 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from scoring.errors import ConfigError, ModelFailure
 from scoring.model import ModelInfo, TensorSpec
+from scoring.record import Reason, Rejections
 from scoring.session import Session
 from scoring.tensors import Group
+
+FAILURES_BEFORE_STOP = 3
 
 
 @dataclasses.dataclass
 class Predictions:
-    rows: np.ndarray  # row index in the shard, ascending
+    rows: np.ndarray  # row index in the chunk, ascending
     fields: list[pa.Field]
     columns: list[pa.Array]
-    rejected: dict[int, str]  # row -> reason, stage "infer"
+    rejected: Rejections  # rows of the chunk, stage "infer"
     infer_s: float
 
 
-def output_columns(info: ModelInfo, mapping: Mapping[str, str]) -> dict[str, TensorSpec]:
-    """Column name -> model output: ``output.outputs`` or every output under its own name."""
-    by_name = {o.name: o for o in info.outputs}
-    if not mapping:
-        return dict(by_name)
-    from scoring.errors import ConfigError
+@dataclasses.dataclass
+class Health:
+    """What a session has shown so far: whether any batch succeeded, and the single-row failures
+    seen while none had."""
 
+    succeeded: bool = False
+    failures: int = 0
+    kinds: set[str] = dataclasses.field(default_factory=set)
+
+    def failed(self, exc: Exception) -> None:
+        """Count a row that failed alone; raise ``ModelFailure`` once it is clearly the model."""
+        if self.succeeded:
+            return
+        self.failures += 1
+        self.kinds.add(type(exc).__name__)
+        if self.failures >= FAILURES_BEFORE_STOP and len(self.kinds) == 1:
+            raise ModelFailure(
+                f"ONNX Runtime failed on each of the first {self.failures} rows it was given, one at "
+                f"a time, and has not scored any row: {type(exc).__name__}: {exc}. This is a problem "
+                "of the model or of how it is fed, not of the data; `scoring validate CONFIG` scores "
+                "the first rows here and shows the error"
+            ) from exc
+
+
+def output_columns(info: ModelInfo, mapping: Mapping[str, str] | None) -> dict[str, TensorSpec]:
+    """Column name -> model output: ``output.outputs``, or every output under its own name when
+    it is not set (``None``); ``{}`` keeps no raw output."""
+    by_name = {o.name: o for o in info.outputs}
+    if mapping is None:
+        return dict(by_name)
     unknown = sorted(v for v in mapping.values() if v not in by_name)
     if unknown:
         raise ConfigError(
@@ -51,50 +85,81 @@ def run_groups(
     session: Session,
     info: ModelInfo,
     groups: Sequence[Group],
-    columns: Mapping[str, TensorSpec],
+    names: Sequence[str],
     batch_size: int,
-) -> Predictions:
-    """Score every group in batches of ``batch_size`` (or the model's fixed batch size)."""
-    specs = list(columns.values())
-    names = list(dict.fromkeys(s.name for s in specs))
+    health: Health,
+) -> tuple[np.ndarray, dict[str, list[Any]], Rejections, float]:
+    """Score every group in batches of ``batch_size`` (or the model's fixed batch size).
+
+    Returns the rows scored (ascending), each output's per-batch values in that order, the rows
+    rejected and the time spent in ORT. Raises ``ModelFailure`` (see the module docstring).
+    """
     fixed = info.inputs[0].batch_dim if info.inputs else None
     step = fixed if isinstance(fixed, int) and fixed > 0 else batch_size
-    batch_symbol = fixed if isinstance(fixed, str) else None
-    kept_rows: list[np.ndarray] = []
-    kept: dict[str, list[Any]] = {name: [] for name in names}
-    rejected: dict[int, str] = {}
-    infer_s = 0.0
+    run = _Runner(session, info, list(names), fixed if isinstance(fixed, int) and fixed > 0 else None, health)
     for group in groups:
         for start in range(0, len(group.rows), step):
-            rows = group.rows[start : start + step]
-            feed = {
-                k: _pad(v[start : start + step], step if fixed == step else len(rows))
-                for k, v in group.feed.items()
-            }
-            t0 = time.perf_counter()
-            try:
-                values = session.run(names, feed)
-            except Exception as exc:  # ORT's own error types; the rows become data, not a crash
-                infer_s += time.perf_counter() - t0
-                reason = f"ONNX Runtime failed on this batch: {type(exc).__name__}: {exc}"
-                rejected.update(dict.fromkeys(rows.tolist(), reason))
-                continue
-            infer_s += time.perf_counter() - t0
-            aligned, problem = _align(values, names, info, batch_symbol, len(rows))
-            if problem:
-                rejected.update(dict.fromkeys(rows.tolist(), problem))
-                continue
-            kept_rows.append(rows)
-            for name, value in zip(names, aligned):
-                kept[name].append(value)
-    order_rows = np.concatenate(kept_rows) if kept_rows else np.zeros(0, np.int64)
+            run.batch(group, start, min(start + step, len(group.rows)))
+    order_rows = np.concatenate(run.kept_rows) if run.kept_rows else np.zeros(0, np.int64)
     order = np.argsort(order_rows, kind="stable")
-    fields, arrays = [], []
-    for col, spec in columns.items():
-        field, array = to_arrow(col, spec, kept[spec.name], order)
-        fields.append(field)
-        arrays.append(array)
-    return Predictions(order_rows[order], fields, arrays, rejected, infer_s)
+    values = {name: _reorder(run.kept.get(name, []), order) for name in names}
+    return order_rows[order], values, run.rejected, run.infer_s
+
+
+@dataclasses.dataclass
+class _Runner:
+    session: Session
+    info: ModelInfo
+    names: list[str]
+    fixed: int | None  # the model's fixed batch size: batches are padded to it
+    health: Health
+    kept_rows: list[np.ndarray] = dataclasses.field(default_factory=list)
+    kept: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+    rejected: Rejections = dataclasses.field(default_factory=Rejections)
+    infer_s: float = 0.0
+
+    def batch(self, group: Group, a: int, b: int) -> None:
+        """Score rows ``a:b`` of ``group``; on failure, each half again (see the module docstring)."""
+        rows = group.rows[a:b]
+        size = self.fixed or len(rows)
+        feed = {k: _pad(v[a:b], size) for k, v in group.feed.items()}
+        t0 = time.perf_counter()
+        try:
+            values = self.session.run(self.names, feed)
+        except Exception as exc:  # ORT's own error types: bisect, then the rows become data
+            self.infer_s += time.perf_counter() - t0
+            if b - a > 1:
+                mid = (a + b) // 2
+                self.batch(group, a, mid)
+                self.batch(group, mid, b)
+                return
+            self.health.failed(exc)
+            reason = Reason("infer", type(exc).__name__, f"ONNX Runtime failed on this row: {exc}")
+            self.rejected.add_rows(rows, reason)
+            return
+        self.infer_s += time.perf_counter() - t0
+        aligned = align(values, self.names, self.info, size, len(rows))
+        self.health.succeeded = True
+        self.kept_rows.append(rows)
+        for name, value in zip(self.names, aligned):
+            self.kept.setdefault(name, []).append(value)
+
+
+def _reorder(chunks: list[Any], order: np.ndarray) -> list[Any]:
+    """Chunks in row order: as they are when already sorted (the common case), else one chunk."""
+    if _is_identity(order):
+        return chunks
+    if chunks and isinstance(chunks[0], list):
+        flat = [m for c in chunks for m in c]
+        return [[flat[i] for i in order.tolist()]]
+    return (
+        [np.concatenate(chunks)[order]] if len({c.shape[1:] for c in chunks}) == 1 else _ragged(chunks, order)
+    )
+
+
+def _ragged(chunks: list[np.ndarray], order: np.ndarray) -> list[Any]:
+    rows = [row for c in chunks for row in c]
+    return [[rows[i] for i in order.tolist()]]
 
 
 def _pad(arr: np.ndarray, size: int) -> np.ndarray:
@@ -104,35 +169,43 @@ def _pad(arr: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([arr, np.repeat(arr[-1:], size - len(arr), axis=0)])
 
 
-def _align(
-    values: list[Any], names: list[str], info: ModelInfo, batch_symbol: str | None, k: int
-) -> tuple[list[Any], str | None]:
+def align(values: list[Any], names: Sequence[str], info: ModelInfo, fed: int, k: int) -> list[Any]:
+    """Each output's first ``k`` entries along its batch axis, for a batch of ``fed`` rows (``k``
+    real, the rest padding). Raises ``ModelFailure`` naming an output that cannot be aligned."""
     specs = {o.name: o for o in info.outputs}
+    batch_symbol = info.inputs[0].batch_dim if info.inputs else None
+    symbol = batch_symbol if isinstance(batch_symbol, str) else None
     out: list[Any] = []
     for name, value in zip(names, values):
         if isinstance(value, np.ndarray):
-            if value.ndim and value.shape[0] >= k and _batch_axis_ok(specs[name], 0, batch_symbol):
+            if value.ndim and value.shape[0] == fed and _batch_axis_ok(specs[name], 0, symbol):
                 out.append(value[:k])
                 continue
-            axis = _declared_batch_axis(specs[name], batch_symbol)
-            if axis is not None and axis < value.ndim and value.shape[axis] >= k:
+            axis = _declared_batch_axis(specs[name], symbol)
+            if axis is not None and axis < value.ndim and value.shape[axis] == fed:
                 out.append(np.moveaxis(value, axis, 0)[:k])
                 continue
-            return [], (
-                f"model output '{name}' has shape {list(value.shape)}, which does not "
-                f"give one entry per row of this batch of {k} rows (axis 0 should be the "
-                "batch). Leave it out with output.outputs, or re-export the model with "
-                "the batch on axis 0."
+            raise ModelFailure(
+                f"model output '{name}' has shape {list(value.shape)} for a batch of {fed} rows "
+                f"(declared {specs[name].describe().split(': ', 1)[1]}): it does not give one entry "
+                f"per row along axis 0, so its values cannot be matched with rows. {_fix(name, info)}"
             )
-        else:
-            seq = list(value)
-            if len(seq) < k:
-                return [], (
-                    f"model output '{name}' has {len(seq)} entries for a batch of {k} rows. "
-                    "Leave it out with output.outputs."
-                )
-            out.append(seq[:k])
-    return out, None
+        seq = list(value)
+        if len(seq) != fed:
+            raise ModelFailure(
+                f"model output '{name}' has {len(seq)} entries for a batch of {fed} rows, so its "
+                f"values cannot be matched with rows. {_fix(name, info)}"
+            )
+        out.append(seq[:k])
+    return out
+
+
+def _fix(name: str, info: ModelInfo) -> str:
+    others = [o.name for o in info.outputs if o.name != name]
+    if not others:
+        return "It is the model's only output: re-export the model with the batch on axis 0"
+    keep = ", ".join(f"{o}: {o}" for o in others)
+    return f"Leave it out with output.outputs: {{{keep}}}, or re-export the model with the batch on axis 0"
 
 
 def _declared_batch_axis(spec: TensorSpec, batch_symbol: str | None) -> int | None:
@@ -146,28 +219,35 @@ def _batch_axis_ok(spec: TensorSpec, axis: int, batch_symbol: str | None) -> boo
     return declared is None or declared == axis
 
 
-def to_arrow(col: str, spec: TensorSpec, chunks: list[Any], order: np.ndarray) -> tuple[pa.Field, pa.Array]:
-    """One output's chunks, in ``order``, as an Arrow column and its field."""
-    if spec.kind == "sequence<map>" or (chunks and isinstance(chunks[0], list)):
+def to_arrow(col: str, spec: TensorSpec, chunks: list[Any]) -> tuple[pa.Field, pa.Array]:
+    """One output's chunks (in row order) as an Arrow column and its field."""
+    if spec.kind == "sequence<map>" or (chunks and isinstance(chunks[0], list) and _holds_maps(chunks[0])):
         maps = [m for chunk in chunks for m in chunk]
-        maps = [maps[i] for i in order.tolist()]
         key = pa.int64() if maps and isinstance(next(iter(maps[0]), ""), (int, np.integer)) else pa.string()
         typ = pa.map_(key, pa.float32())
         return pa.field(col, typ), pa.array([list(m.items()) for m in maps], type=typ)
     if not chunks:
         return _empty(col, spec)
-    shapes = {c.shape[1:] for c in chunks}
-    if len(shapes) == 1:
-        data = chunks[0] if len(chunks) == 1 and _is_identity(order) else np.concatenate(chunks)[order]
-        return _tensor_column(col, data)
-    rows = [row.reshape(-1) for c in chunks for row in c]
-    rows = [rows[i] for i in order.tolist()]
+    if isinstance(chunks[0], list):  # rows of different shapes, put in row order by _ragged
+        rows = [np.asarray(r) for r in chunks[0]]
+        shapes = {r.shape for r in rows}
+    else:
+        shapes = {c.shape[1:] for c in chunks}
+        if len(shapes) == 1:
+            return _tensor_column(col, chunks[0] if len(chunks) == 1 else np.concatenate(chunks))
+        rows = [row for c in chunks for row in c]
+    dtype = rows[0].dtype
+    rows = [r.reshape(-1) for r in rows]
     ragged = [
         max(s[i] for s in shapes) if len({s[i] for s in shapes}) == 1 else -1
         for i in range(len(next(iter(shapes))))
     ]
-    array = pa.array(rows, type=pa.list_(pa.from_numpy_dtype(chunks[0].dtype)))
+    array = pa.array(rows, type=pa.list_(pa.from_numpy_dtype(dtype)))
     return pa.field(col, array.type, metadata={"shape": json.dumps(ragged)}), array
+
+
+def _holds_maps(chunk: list[Any]) -> bool:
+    return bool(chunk) and isinstance(chunk[0], dict)
 
 
 def _is_identity(order: np.ndarray) -> bool:

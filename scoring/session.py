@@ -100,9 +100,7 @@ def build_session(
     got = list(sess.get_providers())
     device, fallback = _check_providers(names, got, available, cfg, gpu_ids)
     use_binding = cfg.io_binding is True or (cfg.io_binding == "auto" and device.startswith("cuda"))
-    session = Session(sess, got, device, fallback, use_binding)
-    session.warmup_error = warm_up(session, info)
-    return session
+    return Session(sess, got, device, fallback, use_binding)
 
 
 def _provider_entry(name: str, cfg: ModelConfig) -> Any:
@@ -153,18 +151,27 @@ def _check_providers(
     return "cpu-fallback", reason
 
 
-def warm_up(session: Session, info: ModelInfo) -> str | None:
+# Two rows, not one: an output that puts the batch on another axis ([1, N] where [N, 1] is
+# declared) looks right for a batch of one.
+WARMUP_ROWS = 2
+
+
+def warm_up(session: Session, info: ModelInfo, names: list[str]) -> tuple[int, list[Any] | None]:
     """Run one synthetic batch so the first real batch does not pay for allocation and kernel
-    selection. Returns why it could not run (a model may reject zeros), or None."""
+    selection. Returns its row count and outputs; None (and ``session.warmup_error`` says why)
+    when the model rejects the synthetic rows (zeros, empty strings), which is not a failure."""
+    fixed = info.inputs[0].batch_dim if info.inputs else None
+    rows = fixed if isinstance(fixed, int) and fixed > 0 else WARMUP_ROWS
     feed = {}
     for spec in info.inputs:
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in (spec.shape or (1,))]
+        row = [d if isinstance(d, int) and d > 0 else 1 for d in spec.row_shape]
+        shape = [rows, *row] if spec.shape is not None else [rows]
         if spec.dtype == "str":
             feed[spec.name] = np.full(shape, "", dtype=object)
         else:
             feed[spec.name] = np.zeros(shape, dtype=spec.dtype)
     try:
-        session.run([o.name for o in info.outputs], feed)
+        return rows, session.run(names, feed)
     except Exception as exc:  # a warm-up failure is not a scoring failure; it is reported
-        return f"{type(exc).__name__}: {exc}"
-    return None
+        session.warmup_error = f"{type(exc).__name__}: {exc}"
+        return rows, None

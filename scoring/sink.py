@@ -1,19 +1,38 @@
-"""Writing results: predictions per shard, progress markers, and the job's summary files.
+"""The output folder: where each shard's results go, in what order, and who may write them.
 
 Layout under OUT (README "Output layout"):
-- ``predictions/part-NNNNNN.parquet``: one complete object per shard (atomic: never half written);
-- ``_progress/part-NNNNNN.json``: the shard's record, written after its predictions. A marker
-  present means the shard is complete; this is what ``resume`` and ``report`` read;
-- ``_shards.parquet``, ``_errors.parquet``, then ``_job.json`` last: its ``status`` says the job
-  is complete.
+
+- ``_plan.parquet``: the plan, written before the first shard is scored (``scoring.plan``);
+- ``predictions/part-NNNNNN.parquet``: one complete file per shard, NNNNNN its plan index;
+- ``_errors/part-NNNNNN.parquet``: its rejected rows, one per row;
+- ``_progress/part-NNNNNN.json``: its ``ShardRecord``, written last: present = the shard is
+  settled (succeeded, partial or failed), which is what resume and report read;
+- ``_shards.parquet``, ``_errors.parquet`` (every shard's rejected rows, merged by streaming),
+  then ``_job.json`` last when a run ends.
+
+A shard commits in that order: predictions, errors, marker. Nothing unfinished ever has a name a
+reader takes: local files are written under a hidden name beside the target and renamed; an
+object appears only when its one upload completes.
+
+The fence: a run claims OUT by writing its id to ``_run.json``. Every commit checks the claim
+first, so a worker of an earlier run (its driver killed, its actors not yet stopped) can never
+overwrite what a later run wrote; a run that stops revokes its claim before it writes the
+summary, so no late commit can contradict it. On local disk the check and the commit hold a
+shared lock on ``_run.lock`` and claiming takes it exclusively, so nothing slips between them;
+in object storage the check and the upload are two requests.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import fcntl
 import io
 import json
 import os
-from collections.abc import Sequence
+import socket
+import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -21,58 +40,28 @@ import pyarrow.parquet as pq
 
 from scoring import storage
 from scoring.errors import StorageError
+from scoring.plan import Plan, from_table, to_table
+from scoring.record import ERROR_COLUMNS, Rejections, ShardRecord, shards_table
 
-SHARD_COLUMNS = pa.schema(
-    [
-        ("shard", pa.string()),
-        ("rows", pa.int64()),
-        ("rows_failed", pa.int64()),
-        ("bytes", pa.int64()),
-        ("status", pa.string()),
-        ("started_at", pa.timestamp("us", tz="UTC")),
-        ("finished_at", pa.timestamp("us", tz="UTC")),
-        ("wall_s", pa.float64()),
-        ("read_s", pa.float64()),
-        ("preprocess_s", pa.float64()),
-        ("infer_s", pa.float64()),
-        ("write_s", pa.float64()),
-        ("wait_s", pa.float64()),
-        ("rows_per_s", pa.float64()),
-        ("device", pa.string()),
-        ("node", pa.string()),
-        ("actors", pa.string()),
-    ]
-)
-ERROR_COLUMNS = pa.schema(
-    [
-        ("shard", pa.string()),
-        ("row", pa.int64()),
-        ("stage", pa.string()),
-        ("error", pa.string()),
-        ("message", pa.string()),
-    ]
-)
-JOB_FILES = ("predictions", "_progress", "_shards.parquet", "_errors.parquet", "_job.json")
+PLAN, RUN, LOCK = "_plan.parquet", "_run.json", "_run.lock"
+PREDICTIONS, ERRORS, PROGRESS = "predictions", "_errors", "_progress"
+SUMMARY = ("_shards.parquet", "_errors.parquet", "_job.json")
+JOB_FILES = (PLAN, PREDICTIONS, ERRORS, PROGRESS, *SUMMARY, RUN, LOCK)
+READ_THREADS = 16  # markers are small: read many at once from object storage
 
 
-def predictions_uri(out: str, index: int) -> str:
-    return storage.join(out, "predictions", f"part-{index:06d}.parquet")
+class Fenced(Exception):
+    """This run no longer holds OUT: a later run claimed it, or this one stopped. Not a
+    ``ScoringError``: the worker's result is dropped, nobody is waiting for it."""
 
 
-def progress_uri(out: str, index: int) -> str:
-    return storage.join(out, "_progress", f"part-{index:06d}.json")
+def part(index: int, suffix: str) -> str:
+    return f"part-{index:06d}{suffix}"
 
 
-def table_bytes(table: pa.Table) -> bytes:
-    """Parquet bytes. Dictionary encoding only for text columns: on float predictions it costs
-    about as much as the rest of the write together and then falls back to plain anyway."""
-    buf = io.BytesIO()
-    pq.write_table(table, buf, use_dictionary=_text_columns(table.schema))
-    return buf.getvalue()
-
-
-def _text_columns(schema: pa.Schema) -> list[str]:
-    """The columns worth dictionary encoding (see ``table_bytes``)."""
+def text_columns(schema: pa.Schema) -> list[str]:
+    """The columns worth dictionary encoding: text. On float predictions dictionary encoding
+    costs about as much as the rest of the write together and then falls back to plain anyway."""
     return [
         f.name
         for f in schema
@@ -80,134 +69,239 @@ def _text_columns(schema: pa.Schema) -> list[str]:
     ]
 
 
-class PredictionFile:
-    """One shard's predictions, written part by part and visible only once complete; used as a
-    context manager, a file not committed is removed on the way out.
+def table_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, use_dictionary=text_columns(table.schema))
+    return buf.getvalue()
 
-    Locally the parts go into a temporary file beside the target, renamed on ``commit``, so
-    nothing accumulates in memory. For object storage the compressed Parquet bytes collect in
-    memory and go up in one put (retried when transient): an object store shows an object only
-    once its upload completes.
+
+class Output:
+    """OUT, as one run sees it. ``run_id`` is the run's claim (see the module docstring)."""
+
+    def __init__(self, uri: str, storage_options: dict[str, Any], run_id: str) -> None:
+        self.uri, self.storage_options, self.run_id = uri, storage_options, run_id
+        fs, self.path = storage.split_uri(uri, storage_options)
+        self.local = storage.is_local(fs)
+
+    def join(self, *parts: str) -> str:
+        return storage.join(self.uri, *parts)
+
+    def _read(self, name: str) -> bytes:
+        return storage.read_bytes(self.join(name), self.storage_options)
+
+    def _write(self, name: str, data: bytes) -> None:
+        storage.write_bytes_atomic(self.join(name), data, self.storage_options)
+
+    # -- the fence ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _lock(self, exclusive: bool) -> Iterator[None]:
+        if not self.local:
+            yield
+            return
+        os.makedirs(self.path, exist_ok=True)
+        with open(os.path.join(self.path, LOCK), "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def holder(self) -> dict[str, Any] | None:
+        """The claim in ``_run.json``, if any."""
+        try:
+            return dict(json.loads(self._read(RUN)))
+        except (StorageError, ValueError):
+            return None
+
+    def claim(self) -> None:
+        """Make this run the one that may write OUT. Raises ``StorageError`` if a run that is still
+        alive on this machine holds it."""
+        with self._lock(exclusive=True):
+            other = self.holder()
+            if other and _alive(other) and other.get("run_id") != self.run_id:
+                raise StorageError(
+                    f"{self.uri} is being written by another scoring run (pid {other['pid']}, "
+                    f"started {time.ctime(other['started_at'])}); wait for it to finish or stop it"
+                )
+            me = {"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid()}
+            me |= {"process_start": _process_start(os.getpid()), "started_at": time.time()}
+            self._write(RUN, json.dumps(me).encode())
+
+    def revoke(self) -> None:
+        """End this run's claim: from now on none of its commits lands."""
+        with self._lock(exclusive=True):
+            if (self.holder() or {}).get("run_id") == self.run_id:
+                storage.remove(self.join(RUN), self.storage_options)
+
+    def holds(self) -> bool:
+        return (self.holder() or {}).get("run_id") == self.run_id
+
+    @contextlib.contextmanager
+    def fenced(self) -> Iterator[None]:
+        """Run the block only while this run holds OUT; raise ``Fenced`` otherwise."""
+        with self._lock(exclusive=False):
+            if not self.holds():
+                raise Fenced(f"{self.uri} is no longer held by run {self.run_id}")
+            yield
+
+    # -- modes, sweeping, the plan -----------------------------------------------------------
+
+    def present(self) -> list[str]:
+        so = self.storage_options
+        return [n for n in JOB_FILES if n != LOCK and storage.exists(self.join(n), so)]
+
+    def read_plan(self) -> Plan | None:
+        if not storage.exists(self.join(PLAN), self.storage_options):
+            return None
+        return from_table(pq.read_table(pa.BufferReader(self._read(PLAN))))
+
+    def write_plan(self, plan: Plan) -> None:
+        self._write(PLAN, table_bytes(to_table(plan)))
+
+    def clear(self) -> None:
+        """Remove every job file (overwrite)."""
+        for name in JOB_FILES:
+            if name not in (RUN, LOCK):
+                storage.remove(self.join(name), self.storage_options)
+
+    def start_over(self, settled: Iterable[int]) -> None:
+        """Before scoring: remove what a run left that is not a settled shard's (their
+        predictions, errors and markers are rescored from nothing), the summary of the run before,
+        and temporary files of interrupted writes."""
+        keep = {part(i, "") for i in settled}
+        so = self.storage_options
+        for folder in (PREDICTIONS, ERRORS, PROGRESS):
+            for uri in storage.list_names(self.join(folder), so):
+                name = uri.rstrip("/").rsplit("/", 1)[-1]
+                if name.split(".", 1)[0] not in keep:
+                    storage.remove(uri, so)
+        for name in SUMMARY:
+            storage.remove(self.join(name), so)
+        if self.local:
+            for folder in ("", PREDICTIONS, ERRORS, PROGRESS):
+                storage.sweep_temps(os.path.join(self.path, folder))
+
+    # -- markers and the summary -------------------------------------------------------------
+
+    def markers(self, skip: Iterable[int] = ()) -> dict[int, ShardRecord]:
+        """The records of settled shards (their markers), except the indices in ``skip``."""
+        skipping = {part(i, ".json") for i in skip}
+        uris = [
+            u
+            for u in storage.list_names(self.join(PROGRESS), self.storage_options)
+            if u.endswith(".json") and u.rsplit("/", 1)[-1] not in skipping
+        ]
+
+        def one(uri: str) -> ShardRecord:
+            return ShardRecord.from_json(json.loads(storage.read_bytes(uri, self.storage_options)))
+
+        with concurrent.futures.ThreadPoolExecutor(READ_THREADS) as pool:
+            return {r.index: r for r in pool.map(one, uris)}
+
+    def write_summary(self, records: list[ShardRecord], job: dict[str, Any]) -> None:
+        """``_shards.parquet``, ``_errors.parquet`` (merged from ``_errors/`` part by part), then
+        ``_job.json`` last."""
+        try:
+            self._write("_shards.parquet", table_bytes(shards_table(records)))
+            self._merge_errors(sorted(r.index for r in records if r.rows_failed))
+            self._write("_job.json", json.dumps(job, indent=2, default=str).encode())
+        except StorageError as exc:
+            raise StorageError(f"writing the job summary under {self.uri}: {exc}") from exc
+
+    def _merge_errors(self, indices: list[int]) -> None:
+        """Stream every settled shard's errors into ``_errors.parquet``: one part in memory at a
+        time, whatever the number of rejected rows."""
+        so, target = self.storage_options, self.join("_errors.parquet")
+        with storage.atomic_file(target, so) as f:
+            writer = pq.ParquetWriter(f, ERROR_COLUMNS, use_dictionary=["shard", "stage", "error", "message"])
+            for index in indices:
+                data = storage.read_bytes(self.join(ERRORS, part(index, ".parquet")), so)
+                writer.write_table(pq.read_table(pa.BufferReader(data)).cast(ERROR_COLUMNS))
+            writer.close()
+
+    # -- one shard's commit (workers) --------------------------------------------------------
+
+    def shard(self, index: int, shard_id: str) -> ShardOutput:
+        return ShardOutput(self, index, shard_id)
+
+
+class ShardOutput:
+    """One shard's results, committed in order — predictions, errors, marker — under the fence.
+
+    Used as a context manager: predictions not committed are removed on the way out. Locally
+    they are written part by part into a hidden file beside the target and renamed, so nothing
+    accumulates in memory; for object storage the compressed bytes collect in memory and go up
+    in one put (retried when transient).
     """
 
-    def __init__(self, out: str, index: int, storage_options: dict[str, Any]) -> None:
-        self.uri, self.storage_options = predictions_uri(out, index), storage_options
-        fs, self.path = storage.split_uri(self.uri, storage_options)
-        self.tmp: str | None = None
-        self.handle: Any
-        if storage.is_local(fs):
-            self.tmp = storage.local_temp(self.path)
-            self.handle = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
-        else:
-            self.handle = io.BytesIO()
+    def __init__(self, out: Output, index: int, shard_id: str) -> None:
+        self.out, self.index, self.shard_id = out, index, shard_id
+        self.uri = out.join(PREDICTIONS, part(index, ".parquet"))
+        self.file: storage.AtomicFile | None = None
         self.writer: pq.ParquetWriter | None = None
-        self.committed = False
 
-    def __enter__(self) -> PredictionFile:
+    def __enter__(self) -> ShardOutput:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if not self.committed:  # an error, or a shard given up: no trace of the file
-            self.abort()
+        if self.file is not None:  # an error, a shard given up, a fenced commit: no trace
+            if self.writer is not None:
+                self.writer.close()
+            self.file.abort()
+            self.file = None
 
     def write(self, table: pa.Table) -> None:
         if self.writer is None:
+            self.file = storage.AtomicFile(self.uri, self.out.storage_options)
             self.writer = pq.ParquetWriter(
-                self.handle, table.schema, use_dictionary=_text_columns(table.schema)
+                self.file.handle, table.schema, use_dictionary=text_columns(table.schema)
             )
         self.writer.write_table(table)
 
-    def commit(self) -> None:
-        if self.writer is None:
-            raise ValueError(f"{self.uri}: nothing was written")
-        self.writer.close()
-        if self.tmp is not None:
-            self.handle.close()
-            os.replace(self.tmp, self.path)
-        else:
-            storage.write_bytes_atomic(self.uri, self.handle.getvalue(), self.storage_options)
-        self.committed = True
+    @property
+    def started(self) -> bool:
+        return self.writer is not None
 
-    def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.handle.close()
-        if self.tmp is not None and os.path.exists(self.tmp):
-            os.remove(self.tmp)
-
-
-def write_progress(out: str, record: dict[str, Any], storage_options: dict[str, Any]) -> None:
-    data = json.dumps(record).encode()
-    storage.write_bytes_atomic(progress_uri(out, record["index"]), data, storage_options)
-
-
-def read_progress(out: str, storage_options: dict[str, Any]) -> list[dict[str, Any]]:
-    """Records of the shards completed so far (for resume and for reports of running jobs)."""
-    records = []
-    for uri in storage.list_names(storage.join(out, "_progress"), storage_options):
-        if uri.endswith(".json"):
-            records.append(json.loads(storage.read_bytes(uri, storage_options)))
-    return records
+    def commit(self, record: ShardRecord, rejections: Rejections, status: str) -> None:
+        """Settle the shard: its predictions (dropped when ``status`` is "failed"), its rejected
+        rows, then its record, closed with ``status``. Raises ``Fenced`` if this run no longer
+        holds OUT: nothing is written then."""
+        with self.out.fenced():
+            with record.timed("write_s"):
+                if status == "failed":
+                    self.__exit__()
+                elif self.writer is not None and self.file is not None:
+                    self.writer.close()
+                    self.file.commit()
+                    self.file = None
+                if len(rejections):
+                    data = table_bytes(rejections.table(self.shard_id))
+                    self.out._write(storage.join(ERRORS, part(self.index, ".parquet")), data)
+            record.close(status, rejections)
+            marker = json.dumps(record.to_json()).encode()
+            self.out._write(storage.join(PROGRESS, part(self.index, ".json")), marker)
 
 
-def prepare_output(out: str, mode: str, storage_options: dict[str, Any]) -> list[dict[str, Any]]:
-    """Apply ``output.mode``; returns the records of shards already complete (resume only).
-
-    Raises ``StorageError`` in mode "error" when OUT already holds a job.
-    """
-    present = [name for name in JOB_FILES if storage.exists(storage.join(out, name), storage_options)]
-    if not present:
-        return []
-    if mode == "error":
-        raise StorageError(
-            f"{out} already holds a job ({', '.join(present)}). Use --mode "
-            "overwrite to replace it, --mode resume to finish it, or another output.uri."
-        )
-    if mode == "overwrite":
-        for name in present:
-            storage.remove(storage.join(out, name), storage_options)
-        return []
-    for name in ("_shards.parquet", "_errors.parquet", "_job.json"):
-        storage.remove(storage.join(out, name), storage_options)
-    return read_progress(out, storage_options)
-
-
-def error_rows(records: Sequence[dict[str, Any]]) -> pa.Table:
-    """Expand each record's error ranges into one row per rejected input row."""
-    cols: dict[str, list[Any]] = {name: [] for name in ERROR_COLUMNS.names}
-    for rec in records:
-        for start, stop, stage, error, message in rec["errors"]:
-            rows = range(start, stop) if start >= 0 else [None]
-            for row in rows:
-                cols["shard"].append(rec["shard"])
-                cols["row"].append(row)
-                cols["stage"].append(stage)
-                cols["error"].append(error)
-                cols["message"].append(message)
-    return pa.table(cols, schema=ERROR_COLUMNS)
-
-
-def shard_rows(records: Sequence[dict[str, Any]]) -> pa.Table:
-    ordered = sorted(records, key=lambda r: r["index"])
-    cols = {name: [r.get(name) for r in ordered] for name in SHARD_COLUMNS.names}
-    for name in ("started_at", "finished_at"):
-        cols[name] = [int(v * 1e6) if v is not None else None for v in cols[name]]
-    return pa.table(cols, schema=SHARD_COLUMNS)
-
-
-def write_summary(
-    out: str, records: Sequence[dict[str, Any]], job: dict[str, Any], storage_options: dict[str, Any]
-) -> None:
-    """Write ``_shards.parquet`` and ``_errors.parquet``, then ``_job.json`` last."""
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (Linux: clock ticks after boot), so a reused pid is not taken
+    for the process that held OUT."""
     try:
-        storage.write_bytes_atomic(
-            storage.join(out, "_shards.parquet"), table_bytes(shard_rows(records)), storage_options
-        )
-        storage.write_bytes_atomic(
-            storage.join(out, "_errors.parquet"), table_bytes(error_rows(records)), storage_options
-        )
-        storage.write_bytes_atomic(
-            storage.join(out, "_job.json"), json.dumps(job, indent=2, default=str).encode(), storage_options
-        )
-    except StorageError as exc:
-        raise StorageError(f"writing the job summary under {out}: {exc}") from exc
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    """Whether the process that claimed OUT still runs (known only on the same machine)."""
+    if holder.get("host") != socket.gethostname():
+        return False  # another machine's run: it cannot be checked from here
+    pid = int(holder.get("pid", -1))
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError, ValueError):
+        return False
+    return _process_start(pid) == holder.get("process_start")

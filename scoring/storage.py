@@ -6,12 +6,15 @@ protocol's package is imported lazily by fsspec, and a missing one gets an insta
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import os
 import posixpath
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from scoring.errors import StorageError, translated
@@ -64,31 +67,54 @@ def join(base: str, *parts: str) -> str:
     return posixpath.join(base.rstrip("/"), *parts) if "://" in base else os.path.join(base, *parts)
 
 
-def list_files(uri: str, storage_options: dict[str, Any], suffixes: Iterable[str]) -> list[str]:
-    """Sorted full URIs of the files under a folder, a single file, or a glob.
+@dataclasses.dataclass(frozen=True)
+class FileInfo:
+    """A listed file: its full URI, its size and a token that changes when its content does."""
+
+    uri: str
+    size: int
+    version: str  # the ETag (object stores) or the modification time (local files)
+
+
+# Keys that fsspec filesystems use for a content version, most specific first.
+VERSION_KEYS = ("ETag", "etag", "generation", "md5Hash", "mtime", "LastModified", "last_modified", "updated")
+
+
+def _version(info: dict[str, Any]) -> str:
+    for key in VERSION_KEYS:
+        if info.get(key) not in (None, ""):
+            value = info[key]
+            return f"{key}={value.isoformat() if hasattr(value, 'isoformat') else value}"
+    return ""
+
+
+def list_files(uri: str, storage_options: dict[str, Any], suffixes: Iterable[str]) -> list[FileInfo]:
+    """The files under a folder, a single file, or a glob, sorted by URI, with sizes and versions
+    from the listing itself (no request per file).
 
     Folders are searched recursively; ``suffixes`` (lower case, with the dot) filter by name,
-    case-insensitively. Raises ``StorageError`` when nothing matches.
+    case-insensitively; names starting with ``_`` or ``.`` are skipped. Raises ``StorageError``
+    when nothing matches.
     """
     fs, path = split_uri(uri, storage_options)
     wanted = tuple(suffixes)
     with translated(StorageError, f"listing {uri}"):
         if any(ch in path for ch in "*?["):
-            found = [p for p in fs.glob(path) if fs.isfile(p)]
+            found = {p: i for p, i in fs.glob(path, detail=True).items() if i.get("type") == "file"}
         elif fs.isdir(path):
-            found = fs.find(path)
+            found = fs.find(path, detail=True)
         elif fs.exists(path):
-            found = [path]
+            found = {path: fs.info(path)}
         else:
-            raise StorageError(f"{uri}: no such file or folder. Check input.uri.")
+            raise StorageError(f"{uri}: no such file or folder; check input.uri")
     files = sorted(
         p for p in found if p.lower().endswith(wanted) and not posixpath.basename(p).startswith(("_", "."))
     )
     if not files:
         raise StorageError(
-            f"{uri}: found no files ending in {', '.join(wanted)}. Check input.uri and input.format."
+            f"{uri}: found no files ending in {', '.join(wanted)}; check input.uri and input.format"
         )
-    return [unstrip(fs, p) for p in files]
+    return [FileInfo(unstrip(fs, p), int(found[p].get("size") or 0), _version(found[p])) for p in files]
 
 
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 3, base_delay: float = 0.2) -> T:
@@ -134,32 +160,99 @@ def _whole(fs: Any, path: str) -> bytes:
         raise
 
 
+TEMP_SUFFIX = ".tmp"
+
+
 def local_temp(path: str) -> str:
-    """A fresh temporary name beside local ``path`` (its folder created), to rename onto it."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    return f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    """A fresh temporary name beside local ``path`` (its folder created), to rename onto it.
+
+    Hidden (a leading dot), so Parquet readers (pyarrow, Ray Data, Spark, DuckDB, Polars) skip it
+    while it is written and if a crash leaves it behind; ``sweep_temps`` removes leftovers.
+    """
+    folder, name = os.path.split(path)
+    os.makedirs(folder or ".", exist_ok=True)
+    return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
+
+
+def sweep_temps(folder: str) -> int:
+    """Remove the temporary files that interrupted writes left in local ``folder``; how many."""
+    removed = 0
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.endswith(TEMP_SUFFIX):  # ours: hidden ones, and visible ones of older versions
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(folder, name))
+                    removed += 1
+    return removed
+
+
+class AtomicFile:
+    """A file that readers see whole or not at all: write to ``handle``, then ``commit`` or
+    ``abort``.
+
+    Locally the bytes go into a hidden temporary file beside the target, renamed on commit
+    (atomic on POSIX), so nothing accumulates in memory. Object stores show an object only once
+    its upload completes, so the bytes collect in memory and go up in one put, retried when
+    transient.
+    """
+
+    def __init__(self, uri: str, storage_options: dict[str, Any]) -> None:
+        self.uri, self.storage_options = uri, storage_options
+        self.fs, self.path = split_uri(uri, storage_options)
+        self.tmp: str | None = None
+        self.handle: Any
+        if is_local(self.fs):
+            with translated(StorageError, f"writing {uri}"):
+                self.tmp = local_temp(self.path)
+                self.handle = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+        else:
+            self.handle = io.BytesIO()
+
+    def commit(self) -> None:
+        with translated(StorageError, f"writing {self.uri}"):
+            if self.tmp is not None:
+                self.handle.close()
+                os.replace(self.tmp, self.path)
+            else:
+                data = self.handle.getvalue()
+                with_retries(lambda: self.fs.pipe_file(self.path, data), f"writing {self.uri}")
+
+    def abort(self) -> None:
+        self.handle.close()
+        if self.tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.tmp)
+
+
+@contextlib.contextmanager
+def atomic_file(uri: str, storage_options: dict[str, Any]) -> Iterator[Any]:
+    """An ``AtomicFile``'s handle, committed when the block ends, aborted if it raises."""
+    f = AtomicFile(uri, storage_options)
+    try:
+        yield f.handle
+    except BaseException:
+        f.abort()
+        raise
+    f.commit()
 
 
 def write_bytes_atomic(uri: str, data: bytes, storage_options: dict[str, Any]) -> None:
-    """Write ``data`` so that readers see either nothing or the whole object.
-
-    Local files are written beside the target and renamed (atomic on POSIX). Object stores
-    make an object visible only when its upload completes, so one put is already atomic.
-    """
-    fs, path = split_uri(uri, storage_options)
-    with translated(StorageError, f"writing {uri}"):
-        if is_local(fs):
-            tmp = local_temp(path)
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        else:
-            with_retries(lambda: fs.pipe_file(path, data), f"writing {uri}")
+    """Write ``data`` so that readers see either nothing or the whole object."""
+    with atomic_file(uri, storage_options) as f:
+        f.write(data)
 
 
 def check_writable(uri: str, storage_options: dict[str, Any]) -> None:
     """Write and delete a small probe under ``uri``: wrong credentials or a missing bucket fail
     here, before any scoring, instead of in every actor."""
+    fs, path = split_uri(uri, storage_options)
+    with translated(StorageError, f"checking output.uri {uri}"):
+        is_file = fs.isfile(path)
+    if is_file:
+        raise StorageError(
+            f"output.uri {uri} is a regular file; it must be a folder (or a prefix in object "
+            "storage) that will hold predictions/ and the job files. Choose another output.uri."
+        )
     probe = join(uri, f"_scoring_probe_{uuid.uuid4().hex[:8]}")
     try:
         write_bytes_atomic(probe, b"", storage_options)

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from scoring.errors import ConfigError, InputError
 from scoring.model import ModelInfo, TensorSpec
+from scoring.record import Reason, Rejections
 
 FLOATS = ("float16", "float32", "float64")
 MANTISSA = {"float16": 11, "float32": 24, "float64": 53}
@@ -152,10 +153,24 @@ class _Column:
     offsets: np.ndarray | None  # start of each row in values (None when lengths is an int)
 
 
-def prepare(table: pa.Table, feeds: Sequence[Feed]) -> tuple[list[Group], dict[int, str]]:
-    """Tensors for every input, grouped by shape, plus ``{row: reason}`` for rejected rows."""
+class _Rejecter:
+    """Rejected rows of one table: the first reason found for a row is the one it keeps."""
+
+    def __init__(self, n: int) -> None:
+        self.bad = np.zeros(n, dtype=bool)
+        self.rejections = Rejections()
+
+    def reject(self, rows: np.ndarray, error: str, message: str) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        rows = np.unique(rows[~self.bad[rows]])
+        self.bad[rows] = True
+        self.rejections.add_rows(rows, Reason("preprocess", error, message))
+
+
+def prepare(table: pa.Table, feeds: Sequence[Feed]) -> tuple[list[Group], Rejections]:
+    """Tensors for every input, grouped by shape, plus the rows rejected (row = index in ``table``)."""
     n = table.num_rows
-    rejected: dict[int, str] = {}
+    rejected = _Rejecter(n)
     columns = [_column(table, f, rejected) for f in feeds]
     shapes: list[dict[int, tuple[int, ...]]] = []  # per input: row length -> row shape
     for feed, col in zip(feeds, columns):
@@ -166,16 +181,12 @@ def prepare(table: pa.Table, feeds: Sequence[Feed]) -> tuple[list[Group], dict[i
             if shape is not None:
                 table_shapes[int(length)] = shape
                 continue
-            bad = range(n) if isinstance(col.lengths, int) else np.flatnonzero(col.lengths == length).tolist()
-            for r in bad:
-                rejected.setdefault(r, f"column {'/'.join(feed.columns)} row has {reason}")
+            bad = np.arange(n) if isinstance(col.lengths, int) else np.flatnonzero(col.lengths == length)
+            rejected.reject(bad, "ShapeMismatch", f"column {'/'.join(feed.columns)} row has {reason}")
         shapes.append(table_shapes)
-    valid = np.ones(n, dtype=bool)
-    if rejected:
-        valid[list(rejected)] = False
-    rows_ok = np.flatnonzero(valid)
+    rows_ok = np.flatnonzero(~rejected.bad)
     if rows_ok.size == 0:
-        return [], rejected
+        return [], rejected.rejections
     if all(isinstance(col.lengths, int) for col in columns):
         # Every row has the same shape (scalars, fixed-size lists): one group, no sorting.
         keys = np.array([[col.lengths for col in columns]], dtype=np.int64)
@@ -192,7 +203,7 @@ def prepare(table: pa.Table, feeds: Sequence[Feed]) -> tuple[list[Group], dict[i
             shape = shapes[j][int(key[j])]
             feed_arrays[feed.spec.name] = _gather(col, rows, n, int(key[j]), shape)
         groups.append(Group(rows, feed_arrays))
-    return groups, rejected
+    return groups, rejected.rejections
 
 
 def fit_row_shape(length: int, spec: TensorSpec) -> tuple[tuple[int, ...] | None, str]:
@@ -225,7 +236,7 @@ def _gather(col: _Column, rows: np.ndarray, n: int, length: int, shape: tuple[in
     return col.values[idx].reshape((k, *shape))
 
 
-def _column(table: pa.Table, feed: Feed, rejected: dict[int, str]) -> _Column:
+def _column(table: pa.Table, feed: Feed, rejected: _Rejecter) -> _Column:
     dst = feed.spec.dtype
     if feed.stacked:
         parts = [_flat(table.column(c), dst, feed, c, rejected) for c in feed.columns]
@@ -233,11 +244,12 @@ def _column(table: pa.Table, feed: Feed, rejected: dict[int, str]) -> _Column:
     return _flat(table.column(feed.columns[0]), dst, feed, feed.columns[0], rejected)
 
 
-def _flat(chunked: pa.ChunkedArray, dst: str, feed: Feed, name: str, rejected: dict[int, str]) -> _Column:
+def _flat(chunked: pa.ChunkedArray, dst: str, feed: Feed, name: str, rejected: _Rejecter) -> _Column:
     arr = chunked.combine_chunks() if chunked.num_chunks != 1 else chunked.chunk(0)
     n = len(arr)
-    for r in np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False)).tolist():
-        rejected.setdefault(r, f"column {name} is null; input '{feed.spec.name}' needs a value")
+    if arr.null_count:
+        nulls = np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))
+        rejected.reject(nulls, "NullValue", f"column {name} is null; input '{feed.spec.name}' needs a value")
     lengths: np.ndarray | int = 1
     offsets = None
     values = arr
@@ -261,22 +273,22 @@ def _flat(chunked: pa.ChunkedArray, dst: str, feed: Feed, name: str, rejected: d
     row_of_element = None
     if values.null_count:
         row_of_element = _row_of_element(lengths, n)
-        for r in np.unique(row_of_element[values.is_null().to_numpy(zero_copy_only=False)]).tolist():
-            rejected.setdefault(
-                int(r), f"column {name} holds a null element; input '{feed.spec.name}' needs every value"
-            )
+        rejected.reject(
+            row_of_element[values.is_null().to_numpy(zero_copy_only=False)],
+            "NullValue",
+            f"column {name} holds a null element; input '{feed.spec.name}' needs every value",
+        )
         values = pc.fill_null(values, "" if dst == "str" else 0)
     np_values = values.to_numpy(zero_copy_only=False)
     if feed.cast == "checked" and np_values.size:
         bad = _unrepresentable(np_values, dst)
         if bad.any():
             rows = (row_of_element if row_of_element is not None else _row_of_element(lengths, n))[bad]
-            for r in np.unique(rows).tolist():
-                rejected.setdefault(
-                    int(r),
-                    f"column {name} holds a value that {dst} input "
-                    f"'{feed.spec.name}' cannot represent exactly",
-                )
+            rejected.reject(
+                rows,
+                "Unrepresentable",
+                f"column {name} holds a value that {dst} input '{feed.spec.name}' cannot represent exactly",
+            )
     if dst != "str" and np_values.dtype != np.dtype(dst):
         np_values = np_values.astype(dst)
     return _Column(np_values, lengths, offsets if not isinstance(lengths, int) else None)

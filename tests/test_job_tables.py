@@ -214,13 +214,15 @@ def test_output_with_batch_on_axis_one(run_job, tmp_path: Path, declare: bool) -
     if declare:  # the model says where the batch is: moved to axis 0
         got = np.stack(read_predictions(result.out).column("t").to_numpy(zero_copy_only=False))
         np.testing.assert_array_equal(got, x)
-    else:  # it does not: rejected, never misaligned
-        errors = read_errors(result.out).to_pylist()
-        assert len(errors) == 4 and "does not give one entry per row" in errors[0]["message"]
+    else:  # it does not: a model problem that stops the job, never misaligned rows
+        assert not result.ok and result.job["status"] == "failed"
+        assert "model output 't' has shape [3, 2] for a batch of 2 rows" in result.job["error"]
+        assert "only output: re-export the model with the batch on axis 0" in result.job["error"]
+        assert read_errors(result.out).num_rows == 0
 
 
 def test_a_shard_larger_than_a_chunk_is_scored_in_pieces_with_rows_in_place(run_job, tmp_path: Path) -> None:
-    from scoring.actor import CHUNK_ROWS
+    from scoring.sources import CHUNK_ROWS
 
     n = 2 * CHUNK_ROWS + 1000  # three chunks
     rng = np.random.default_rng(3)
