@@ -1,9 +1,10 @@
 """The job: check everything on the driver, fix the plan, dispatch shards, write the summary.
 
-Order: config -> model signature -> input listing and the first shard's schema -> output folder
-(mode, plan) -> pool size -> [Ray] -> claim OUT, write the plan -> dispatch -> revoke the claim,
-stop the workers -> summary files (``_job.json`` last). Everything before the claim fails with
-exit 2 and writes nothing; a local run checks the pool against this machine before Ray starts.
+Order: config -> model signature -> input listing and the first shard's schema -> pool size
+(a local run: against this machine) -> output folder (mode, plan) -> a write probe -> [Ray] ->
+pool size (against the cluster) -> claim OUT, write the plan -> dispatch -> revoke the claim,
+stop the workers -> summary files (``_job.json`` last). Everything before the probe fails with
+exit 2 and leaves no trace.
 
 SIGINT and SIGTERM stop the job within seconds: the claim is revoked (no late commit lands),
 the workers are stopped, and ``_job.json`` says ``interrupted`` with the shards settled so far.
@@ -116,17 +117,17 @@ def run_job(cfg: Config, *, address: str | None = None, echo: Echo = print) -> J
     started = time.time()
     with _signals() as stop:
         spec, kind, files = check(cfg)
+        runner_name = "ray"
+        if runner_name == "ray" and cluster.starts_locally(address) and not cfg.compute.gpus_per_actor:
+            cluster.plan_pool(cfg.compute, {"CPU": cluster.local_cpus()})  # before Ray starts
         so, uri = cfg.storage_options, cfg.output.uri
-        storage.check_writable(uri, so)
         run_id = uuid.uuid4().hex[:12]
         spec = dataclasses.replace(spec, run_id=run_id, driver=(socket.gethostname(), os.getpid()))
         out = sink.Output(uri, so, run_id)
         job_plan, settled = decide_plan(out, spec, kind, files, echo)
+        storage.check_writable(uri, so)  # the first write: every refusal above leaves no trace
         if stop.is_set():
             raise _interrupted(0, 0, nothing=True)
-        runner_name = "ray"
-        if runner_name == "ray" and cluster.starts_locally(address) and not cfg.compute.gpus_per_actor:
-            cluster.plan_pool(cfg.compute, {"CPU": cluster.local_cpus()})  # before Ray starts
         t0 = time.time()
         started_ray = cluster.connect(address) if runner_name == "ray" else False
         ray_init_s = time.time() - t0
@@ -151,7 +152,7 @@ def run_job(cfg: Config, *, address: str | None = None, echo: Echo = print) -> J
             status, error = "succeeded", None
             try:
                 runner.start()
-                if not dispatch(runner, todo, run.settle, stop.is_set):
+                if not dispatch(runner, todo, run.settle, stop.is_set, echo):
                     status = "interrupted"
             except ScoringError as exc:  # the job's own stop says why; a worker's says what it was
                 status, error = (
@@ -161,11 +162,12 @@ def run_job(cfg: Config, *, address: str | None = None, echo: Echo = print) -> J
             finally:
                 out.revoke()  # no commit of this run lands after this
                 runner.stop()
+                out.sweep()  # what stopped workers left half-written
             records = run.collect()
             if status == "succeeded":
                 error = _model_failed(records)
                 status = "failed" if error else status
-            job = _job_record(spec, job_plan, records, started, t_ready, status, error)
+            job = _job_record(spec, job_plan, records, run.scored, started, t_ready, status, error)
             job["totals"]["ray_init_s"] = ray_init_s
             out.write_summary(records, job)
         finally:
@@ -182,6 +184,7 @@ class _Run:
         self.spec, self.out, self.echo = spec, out, echo
         self.records = dict(settled)
         self.rejected = sum(r.rows_failed for r in settled.values())
+        self.scored = 0  # rows scored by this run (not by the runs it resumes)
 
     def settle(self, shard: plan.Shard, future: Any) -> None:
         """Take a finished shard's outcome. Raises ``ScoringError`` to stop the job."""
@@ -196,6 +199,7 @@ class _Run:
             ) from exc
         self.records[rec.index] = rec
         self.rejected += rec.rows_failed
+        self.scored += rec.rows - rec.rows_failed
         self.echo(_progress_line(rec, len(self.records)))
         limit = self.spec.config.errors.max_rejected_rows
         if self.rejected > limit:
@@ -297,6 +301,7 @@ def _job_record(
     spec: JobSpec,
     job_plan: plan.Plan,
     records: list[ShardRecord],
+    scored: int,
     started: float,
     t_ready: float,
     status: str,
@@ -348,7 +353,8 @@ def _job_record(
             "rows_planned": job_plan.rows,
             "wall_s": wall,
             "ray_ready_s": t_ready - started,
-            "rows_per_s": max(rows - failed, 0) / wall if wall > 0 else 0.0,
+            "rows_scored_now": scored,
+            "rows_per_s": scored / wall if wall > 0 else 0.0,  # this run's rows over its wall time
         },
         "argv": redact_argv(sys.argv),
     }

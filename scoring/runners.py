@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import logging
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -37,8 +36,6 @@ from scoring.plan import Shard
 from scoring.record import ShardRecord
 from scoring.scorer import JobSpec
 from scoring.worker import Placement, Worker
-
-log = logging.getLogger(__name__)
 
 POLL_S = 0.2  # how often the dispatch loop looks at signals while it waits for shards
 # A worker process that dies (killed, out of memory, a crash in native code) is replaced and its
@@ -73,6 +70,7 @@ def dispatch(
     shards: Sequence[Shard],
     settle: Callable[[Shard, concurrent.futures.Future[ShardRecord]], None],
     stopping: Callable[[], bool],
+    echo: Callable[[str], None],
 ) -> bool:
     """Keep every worker's slots full until every shard is settled; ``settle`` is called with each
     shard and its finished future (it may raise to stop the job). A shard whose worker died is
@@ -97,7 +95,7 @@ def dispatch(
                 runner.replace(died.worker, died.handle)
                 attempts[shard.index] += 1
                 if attempts[shard.index] < SHARD_ATTEMPTS:
-                    log.warning("%s: %s; scoring it again", shard.id, died)
+                    echo(f"  {shard.id}: {died}; scoring it again")
                     todo.appendleft(shard)
                     continue
             settle(shard, future)
@@ -235,7 +233,9 @@ def _from_ray(exc: BaseException, worker: int, actor: Any) -> BaseException:
     if cause is not None:
         return cause
     if isinstance(exc, RayActorError) and not isinstance(exc, RayTaskError):
-        return WorkerDied(f"the worker process died while scoring it ({exc})", worker, actor)
+        # Ray's message runs to a dozen lines (causes, OOM advice); its first says what happened.
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        return WorkerDied(f"its worker process died ({first})", worker, actor)
     return exc
 
 

@@ -94,7 +94,9 @@ def build_session(
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[cfg.optimization])
-    opts.log_severity_level = 3  # errors only: missing-provider warnings are checked below instead
+    # Fatal only: a failed run raises, and scoring reports it with the rows (and stops on a model
+    # problem); missing-provider warnings are checked below instead.
+    opts.log_severity_level = 4
     with translated(ModelError, f"ONNX Runtime could not load {info.uri}"):
         sess = ort.InferenceSession(path, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
     got = list(sess.get_providers())

@@ -178,6 +178,11 @@ class Output:
                     storage.remove(uri, so)
         for name in SUMMARY:
             storage.remove(self.join(name), so)
+        self.sweep()
+
+    def sweep(self) -> None:
+        """Remove the hidden temporary files of interrupted local writes (object stores have none:
+        an upload that did not complete leaves no object)."""
         if self.local:
             for folder in ("", PREDICTIONS, ERRORS, PROGRESS):
                 storage.sweep_temps(os.path.join(self.path, folder))

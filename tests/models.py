@@ -130,3 +130,17 @@ def sklearn_mixed(path: Path) -> tuple[str, object]:
     )
     Path(path).write_bytes(onx.SerializeToString())
     return str(path), pipe
+
+
+def fails_at_runtime(path: Path) -> str:
+    """x [batch, 3] -> y, a Reshape to [1, 7]: no batch of 3-value rows fits it, so
+    ONNX Runtime fails on every batch and every row (the signature itself is valid)."""
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    graph = helper.make_graph(
+        nodes,
+        "bad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 7])],
+        [numpy_helper.from_array(np.array([1, 7], np.int64), "shape")],
+    )
+    return save(graph, path)

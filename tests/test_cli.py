@@ -156,3 +156,97 @@ def test_rejected_rows_past_the_limit_exit_1(tmp_path: Path) -> None:
     )
     proc = scoring("run", path)
     assert proc.returncode == 1 and "more than errors.max_rejected_rows=2" in proc.stderr
+
+
+def test_validate_scores_the_first_rows_and_refuses_a_model_whose_outputs_do_not_align(
+    tmp_path: Path,
+) -> None:
+    import models
+
+    write_tables(tmp_path / "d", files=2, rows=50, features=4)
+    model = make_mlp(tmp_path / "m.onnx", (4, 3))
+    data = {
+        "model": {"uri": model},
+        "input": {
+            "uri": str(tmp_path / "d"),
+            "format": "parquet",
+            "columns": {"x": "features"},
+            "keep": ["id"],
+        },
+        "output": {"uri": str(tmp_path / "o")},
+    }
+    proc = scoring("validate", config_file(tmp_path, data))
+    assert proc.returncode == 0, proc.stderr
+    assert "ok: 2 shard(s) from 2 input file(s), 100 rows planned" in proc.stdout
+    assert "8 scored, 0 rejected" in proc.stdout
+    assert "probs                    fixed_size_list<item: float>[3]  shape [3]" in proc.stdout
+    assert "first row: shard=" in proc.stdout and "id=0" in proc.stdout
+    assert not (tmp_path / "o").exists()  # nothing written
+
+    data["model"]["uri"] = models.transposed_output(tmp_path / "t.onnx", declare_batch=False)
+    data["input"] = {"uri": str(tmp_path / "d"), "format": "parquet", "columns": {"x": "features"}}
+    (tmp_path / "d2").mkdir()
+    write_tables(tmp_path / "d2", files=1, rows=5, features=3)
+    data["input"]["uri"] = str(tmp_path / "d2")
+    proc = scoring("validate", config_file(tmp_path, data))
+    assert proc.returncode == 2
+    assert "model output 't' has shape [3, 2] for a batch of 2 rows" in proc.stderr
+    assert "re-export the model with the batch on axis 0" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_model_that_cannot_be_aligned_fails_the_run_with_exit_1(tmp_path: Path) -> None:
+    import models
+
+    write_tables(tmp_path / "d", files=1, rows=5, features=3)
+    data = {
+        "model": {"uri": models.transposed_output(tmp_path / "t.onnx", declare_batch=False)},
+        "input": {"uri": str(tmp_path / "d"), "format": "parquet", "columns": {"x": "features"}},
+        "output": {"uri": str(tmp_path / "o")},
+        "compute": {"actors": 1},
+    }
+    proc = scoring("run", config_file(tmp_path, data))
+    assert proc.returncode == 1
+    assert "Error: ModelFailure: model output 't' has shape [3, 2]" in proc.stderr
+    assert json.loads((tmp_path / "o" / "_job.json").read_text())["status"] == "failed"
+
+
+def test_refusals_before_ray_starts_say_what_is_wrong(tmp_path: Path) -> None:
+    write_tables(tmp_path / "d", files=1, rows=5, features=4)
+    (tmp_path / "afile").write_text("not a folder")
+    data = {
+        "model": {"uri": make_mlp(tmp_path / "m.onnx", (4, 3))},
+        "input": {"uri": str(tmp_path / "d"), "format": "parquet", "columns": {"x": "features"}},
+        "output": {"uri": str(tmp_path / "afile")},
+    }
+    path = config_file(tmp_path, data)
+    proc = scoring("run", path)
+    assert proc.returncode == 2
+    assert f"output.uri {tmp_path}/afile is a regular file; it must be a folder" in proc.stderr
+
+    proc = scoring("run", path, "--set", f"output.uri={tmp_path}/o", "--set", "compute.actors=64")
+    assert proc.returncode == 2
+    assert "compute.actors=64 x compute.cpus_per_actor=1 needs 64 CPUs but the cluster has" in proc.stderr
+    assert "Token authentication" not in proc.stderr  # refused before Ray started (it says that)
+    assert not (tmp_path / "o").exists()
+
+    proc = scoring("run", path, "--set", f"model.uri={tmp_path}/nope.onnx")
+    assert proc.returncode == 2 and ".." not in proc.stderr.replace("...", "")
+    assert f"cannot read model {tmp_path}/nope.onnx" in proc.stderr and "Check model.uri" in proc.stderr
+
+
+@pytest.mark.slow
+def test_secrets_given_with_set_do_not_reach_the_job_record(tmp_path: Path) -> None:
+    write_tables(tmp_path / "d", files=1, rows=5, features=4)
+    data = {
+        "model": {"uri": make_mlp(tmp_path / "m.onnx", (4, 3))},
+        "input": {"uri": str(tmp_path / "d"), "format": "parquet", "columns": {"x": "features"}},
+        "output": {"uri": str(tmp_path / "o")},
+        "compute": {"actors": 1},
+    }
+    proc = scoring("run", config_file(tmp_path, data), "--set", "storage_options.secret=hunter2")
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "o" / "_job.json").read_text()
+    assert "hunter2" not in text
+    job = json.loads(text)
+    assert "storage_options.secret=***" in job["argv"] and job["config"]["storage_options"]["secret"] == "***"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import models
@@ -280,3 +281,113 @@ def test_an_actor_reads_its_next_shard_while_it_scores_one(
     for s in waited:  # its wall time holds the wait, beside the work
         work = s["read_s"] + s["preprocess_s"] + s["infer_s"] + s["write_s"]
         assert s["wall_s"] >= work + s["wait_s"] - 0.01
+
+
+def test_a_big_file_is_split_into_row_ranges_scored_by_both_workers(run_job, tmp_path: Path) -> None:
+    n = 400_000
+    x = np.random.default_rng(2).standard_normal((n, 8)).astype(np.float32)
+    path = tmp_path / "data" / "big.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.table({"id": np.arange(n) * 3, "features": fixed_list(x)}), path, row_group_size=50_000)
+    model = make_mlp(tmp_path / "m.onnx", (8, 512, 512, 4))  # ~0.5 s a range: both workers get some
+    cfg = features_job(tmp_path / "data", model, keep=["id"], actors=2, batch_size=4096)
+    cfg["input"]["rows_per_shard"] = 100_000
+    result = run_job(cfg)
+    assert result.ok, result.job["error"]
+    shards = pq.read_table(Path(result.out) / "_shards.parquet").to_pylist()
+    assert [s["shard"] for s in shards] == [f"{path}#rows={a}-{a + 100_000}" for a in range(0, n, 100_000)]
+    assert [s["rows"] for s in shards] == [100_000] * 4
+    assert len({s["actors"] for s in shards}) == 2
+    preds = read_predictions(result.out).sort_by("row")
+    assert preds.column("row").to_pylist() == list(range(n))  # the row's index in its file
+    assert preds.column("id").to_pylist() == list(range(0, 3 * n, 3))
+    (expected,) = direct(model, {"x": x})
+    np.testing.assert_allclose(
+        np.stack(preds.column("probs").to_numpy(zero_copy_only=False)), expected, rtol=1e-4
+    )
+    planned = pq.read_table(Path(result.out) / "_plan.parquet").to_pylist()
+    assert [(p["row_start"], p["row_stop"], p["row_groups"]) for p in planned] == [
+        (a, a + 100_000, [a // 50_000, a // 50_000 + 1]) for a in range(0, n, 100_000)
+    ]
+
+
+def test_a_model_that_fails_on_every_row_stops_the_job(run_job, tmp_path: Path) -> None:
+    model = models.fails_at_runtime(tmp_path / "bad.onnx")
+    write_parquet(tmp_path / "d" / "p.parquet", {"x": fixed_list(np.ones((500, 3), np.float32))})
+    result = run_job({"model": {"uri": model}, "input": {"uri": str(tmp_path / "d"), "format": "parquet"}})
+    assert not result.ok and result.job["status"] == "failed"
+    error = result.job["error"]
+    assert error.startswith("ModelFailure: ONNX Runtime failed on each of the first 3 rows it was given")
+    assert "cannot be reshaped" in error and "scoring validate" in error
+    assert not (Path(result.out) / "_progress").exists() or not list(
+        (Path(result.out) / "_progress").iterdir()
+    )
+
+    # Two rows only: too few to tell on the worker, but a job that scored nothing is not a success.
+    write_parquet(tmp_path / "e" / "p.parquet", {"x": fixed_list(np.ones((2, 3), np.float32))})
+    small = run_job(
+        {
+            "model": {"uri": model},
+            "input": {"uri": str(tmp_path / "e"), "format": "parquet"},
+            "output": {"uri": str(tmp_path / "out-small")},
+        }
+    )
+    assert not small.ok and "no row was scored: every row that reached the model failed" in small.job["error"]
+    assert read_errors(small.out).column("error").to_pylist() == ["Fail", "Fail"]
+
+
+def test_rejected_rows_stay_out_of_the_record_that_reaches_the_driver(run_job, tmp_path: Path) -> None:
+    n = 200_000
+    values = pa.array([None if i % 2 else [0.5] * 4 for i in range(n)], pa.list_(pa.float32(), 4))
+    write_parquet(tmp_path / "d" / "p.parquet", {"x": values})
+    model = make_mlp(tmp_path / "m.onnx", (4, 2))
+    result = run_job(
+        {
+            "model": {"uri": model},
+            "input": {"uri": str(tmp_path / "d"), "format": "parquet"},
+            "errors": {"max_rejected_rows": n},
+        }
+    )
+    assert result.ok, result.job["error"]
+    marker = Path(result.out) / "_progress" / "part-000000.json"
+    assert marker.stat().st_size < 2000  # 100,000 rejected rows, a record of a few hundred bytes
+    (rec,) = result.records
+    assert rec.rows_failed == n // 2 and rec.rejected_by_stage == {"preprocess": n // 2}
+    part = pq.read_table(Path(result.out) / "_errors" / "part-000000.parquet")
+    merged = read_errors(result.out)
+    assert part.num_rows == merged.num_rows == n // 2
+    assert merged.column("row").to_pylist() == list(range(1, n, 2))
+    assert set(merged.column("error").to_pylist()) == {"NullValue"}
+    assert read_predictions(result.out).column("row").to_pylist() == list(range(0, n, 2))
+
+
+def test_a_run_that_lost_the_output_folder_cannot_commit_into_it(tmp_path: Path) -> None:
+    """The fence: a worker of an earlier run (its driver killed) finishing a shard after a new
+    run claimed OUT writes nothing, and cannot overwrite the new run's files."""
+    from scoring.record import Reason, Rejections, ShardRecord
+    from scoring.sink import Fenced, Output
+
+    old, new = Output(str(tmp_path / "out"), {}, "old-run"), Output(str(tmp_path / "out"), {}, "new-run")
+    old.claim()
+    with old.shard(0, "a") as late:
+        late.write(pa.table({"x": [1]}))
+        new.claim()  # the old driver died; a resumed run takes over
+        with new.shard(0, "a") as fresh:
+            fresh.write(pa.table({"x": [2]}))
+            fresh.commit(ShardRecord(0, "a"), Rejections(), "succeeded")
+        rejected = Rejections()
+        rejected.add(0, 1, Reason("infer", "X", "late"))
+        with pytest.raises(Fenced, match="no longer held by run old-run"):
+            late.commit(ShardRecord(0, "a"), rejected, "partial")
+    assert pq.read_table(tmp_path / "out" / "predictions" / "part-000000.parquet").column(
+        "x"
+    ).to_pylist() == [2]
+    assert not (tmp_path / "out" / "_errors").exists()
+    assert (
+        json.loads((tmp_path / "out" / "_progress" / "part-000000.json").read_text())["status"] == "succeeded"
+    )
+    assert os.listdir(tmp_path / "out" / "predictions") == ["part-000000.parquet"]  # no temp left
+    new.revoke()
+    with pytest.raises(Fenced):
+        with new.shard(1, "b") as after:
+            after.commit(ShardRecord(1, "b"), Rejections(), "succeeded")
