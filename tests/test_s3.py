@@ -390,3 +390,34 @@ def test_an_object_larger_than_a_block_is_fetched_in_one_get(s3: Any) -> None:
         proxy.close()
     assert proxy.gets["data/blob.bin"] == 1
     assert proxy.gets["data/empty.jpg"] == 1  # refused at once, not retried as if transient
+
+
+def test_resume_in_a_bucket_follows_the_plan_and_refuses_a_changed_object(
+    run_job, s3: Any, tables: Path, tmp_path: Path
+) -> None:
+    endpoint, fs = s3
+    upload(fs, tables / "tables", "data/resume")
+    cfg = job("s3://data/resume/", "s3://results/resume", "s3://models/mlp.onnx", endpoint)
+    assert run_job(json.loads(json.dumps(cfg))).ok
+    fs.rm("results/resume/_progress/part-000001.json")  # as if the job had died on that shard
+    planned = {
+        p["shard"]: p["versions"] for p in pq.read_table(fs.open("results/resume/_plan.parquet")).to_pylist()
+    }
+    assert all(v[0].startswith("ETag=") for v in planned.values())
+    resumed = run_job(
+        {**json.loads(json.dumps(cfg)), "output": {"uri": "s3://results/resume", "mode": "resume"}}
+    )
+    assert resumed.ok and resumed.job["totals"]["rows_scored_now"] == 200
+    ids = []
+    for key in fs.ls("results/resume/predictions"):
+        with fs.open(key) as f:
+            ids += pq.read_table(f).column("id").to_pylist()
+    assert sorted(ids) == list(range(600))
+
+    fs.pipe("data/resume/part-002.parquet", fs.cat("data/resume/part-000.parquet"))  # new content
+    from scoring.errors import PlanChanged
+
+    with pytest.raises(
+        PlanChanged, match=r"input file s3://data/resume/part-002.parquet changed since the plan"
+    ):
+        run_job({**json.loads(json.dumps(cfg)), "output": {"uri": "s3://results/resume", "mode": "resume"}})
