@@ -35,4 +35,4 @@ gpu-check: $(STAMP)
 	$(BIN)/python bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) demo bench-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-peers demo bench-data .pytest_cache .mypy_cache .ruff_cache

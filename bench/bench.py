@@ -1,15 +1,23 @@
-"""``make bench``: scoring's throughput as ratios against plain ONNX Runtime loops, in one run.
+"""``make bench``: scoring against a plain ONNX Runtime loop and against Daft, timed in one run.
 
-For tables (MLP 64-256-256-10 over fixed_size_list<float32>[64] in 16 files) and images
-(224x224 JPEGs, a small CNN): (a) ORT alone on preloaded arrays, (b) a single-process streaming
-loop, (c) ``scoring run`` as a user runs it. Prints medians over ``--reps`` runs, c/b, start-up
-overhead beyond ``ray.init`` and the peak RSS of the whole process tree; tables also at 4x data.
+Every contender runs as a whole command (Python start-up and imports included) at two data
+sizes, interleaved rep by rep so drift hits them all alike:
+
+- the loop (``bench/loop.py``): one process, ORT on every core, one file at a time;
+- Daft 0.7.26, native runner (``bench/peer_daft.py``, in ``.venv-peers``, built here if missing);
+- ``scoring run --runner local`` and ``scoring run`` (the Ray runner).
+
+For each: the median wall time at each size, the steady state (the marginal rate between the
+two sizes), the fixed overhead (the intercept), and the peak RSS of the whole process tree.
+Tables: 1M and 4M rows (MLP 64-256-256-10, 250k-row files); images: 2,000 and 8,000 JPEGs
+(224x224, a small CNN). ``--only s3`` times the tables job from and to a loopback S3 server
+against local disk. Quote medians and ratios, never one absolute time.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import dataclasses
 import json
 import os
 import shutil
@@ -23,172 +31,100 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import psutil
-import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import yaml
 
 from scoring.demo import make_cnn, make_mlp, write_images, write_tables
 
+HERE = Path(__file__).resolve().parent
 ROOT = Path(os.environ.get("BENCH_DIR", "bench-data")).resolve()
+PEERS = Path(os.environ.get("PEERS_VENV", HERE.parent / ".venv-peers"))
+DAFT = "daft==0.7.26"
 THREADS = os.cpu_count() or 2
+FILE_ROWS = 250_000
+SIZES = {"tables": (1_000_000, 4_000_000), "images": (2_000, 8_000)}
+UNIT = {"tables": "rows", "images": "img"}
+TOTALS = ("ray_init_s", "ready_s", "wall_s")  # from scoring's _job.json
 
 
-def session(model: str, threads: int = THREADS, providers: list[str] | None = None) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    return ort.InferenceSession(model, opts, providers=providers or ["CPUExecutionProvider"])
+class Failed(Exception):
+    """A contender's command exited with an error (or a signal)."""
 
 
-def ort_alone_tables(
-    model: str, files: list[str], providers: list[str] | None = None, threads: int = THREADS
-) -> float:
-    columns = [pq.read_table(f).column("features").combine_chunks() for f in files[:4]]
-    x = np.concatenate([c.flatten().to_numpy().reshape(-1, 64) for c in columns])
-    sess = session(model, threads, providers)
-    sess.run(None, {"x": x[:4096]})  # warm-up (CUDA kernels, arena)
+@dataclasses.dataclass
+class Timed:
+    wall_s: float
+    peak_gb: float
+    totals: dict[str, Any] = dataclasses.field(default_factory=dict)  # scoring's _job.json totals
+
+
+def timed(argv: list[str], job_json: Path | None = None) -> Timed:
+    """Run ``argv``; its wall time and the peak RSS of its whole process tree (Ray's included)."""
     t0 = time.perf_counter()
-    for i in range(0, len(x), 4096):
-        sess.run(None, {"x": x[i : i + 4096]})
-    return len(x) / (time.perf_counter() - t0)
-
-
-def loop_tables(model: str, files: list[str], out: Path, providers: list[str] | None = None) -> float:
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    t0 = time.perf_counter()
-    sess, rows = session(model, providers=providers), 0
-    for i, f in enumerate(files):
-        t = pq.read_table(f)
-        x = t.column("features").combine_chunks().flatten().to_numpy().reshape(-1, 64)
-        probs = np.concatenate([sess.run(None, {"x": x[j : j + 4096]})[0] for j in range(0, len(x), 4096)])
-        flat = pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), 10)
-        pq.write_table(pa.table({"id": t.column("id"), "probs": flat}), out / f"{i}.parquet")
-        rows += len(x)
-    return rows / (time.perf_counter() - t0)
-
-
-def preprocess(data: bytes) -> np.ndarray:
-    from PIL import Image
-
-    img = Image.open(io.BytesIO(data)).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
-    x = np.asarray(img, dtype=np.float32) * (1 / 255.0)
-    return ((x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).astype(np.float32).transpose(2, 0, 1)
-
-
-def ort_alone_images(model: str, files: list[str], providers: list[str] | None = None) -> float:
-    x = np.stack([preprocess(Path(f).read_bytes()) for f in files[:512]])
-    sess = session(model, providers=providers)
-    sess.run(None, {"image": x[:64]})  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(4):
-        for i in range(0, len(x), 64):
-            sess.run(None, {"image": x[i : i + 64]})
-    return 4 * len(x) / (time.perf_counter() - t0)
-
-
-def loop_images(
-    model: str, files: list[str], out: Path, per_shard: int = 1000, providers: list[str] | None = None
-) -> float:
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    sess = session(model, providers=providers)
-    t0 = time.perf_counter()
-    for s in range(0, len(files), per_shard):
-        chunk = files[s : s + per_shard]
-        probs = []
-        for i in range(0, len(chunk), 64):
-            x = np.stack([preprocess(Path(f).read_bytes()) for f in chunk[i : i + 64]])
-            probs.append(sess.run(None, {"image": x})[0])
-        p = np.concatenate(probs)
-        pq.write_table(
-            pa.table(
-                {
-                    "path": chunk,
-                    "probs": pa.FixedSizeListArray.from_arrays(pa.array(p.reshape(-1)), p.shape[1]),
-                }
-            ),
-            out / f"{s}.parquet",
-        )
-    return len(files) / (time.perf_counter() - t0)
-
-
-def scoring_run(config: dict, rows: int) -> dict:
-    """Run ``scoring run`` in a subprocess; rows/s, overhead, peak RSS of the process tree and
-    how busy the machine's CPUs were while shards were scored (every process, an S3 server's
-    included).
-
-    The overhead (to the first prediction file) is measured for local outputs only.
-    """
-    from scoring import storage
-
-    uri, so = config["output"]["uri"], config.get("storage_options", {})
-    out = Path(uri) if "://" not in uri else None
-    if out is not None:
-        shutil.rmtree(out, ignore_errors=True)
-    path = ROOT / f"{uri.rstrip('/').rsplit('/', 1)[-1]}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scoring", "run", str(path), "--mode", "overwrite"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    peak, first = 0, None
-    root = psutil.Process(proc.pid)
-    samples = [_cpu_sample()]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    root, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         try:
             tree = [root, *root.children(recursive=True)]
             peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
         except psutil.Error:
             pass
-        if first is None and out is not None and any((out / "predictions").glob("*.parquet")):
-            first = time.perf_counter() - t0
-        time.sleep(0.1)
-        samples.append(_cpu_sample())
+        time.sleep(0.05)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"scoring run failed with exit {proc.returncode}: {path}")
-    totals = json.loads(storage.read_bytes(storage.join(uri, "_job.json"), so))["totals"]
-    table = pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(uri, "_shards.parquet"), so)))
-    shards = table.select(["started_at", "finished_at", "wall_s"]).to_pylist()
-    start = min(r["started_at"] for r in shards).timestamp()
-    end = max(r["finished_at"] for r in shards).timestamp()
-    during = [s for s in samples if start <= s[0] <= end] or samples
-    busy = (during[-1][1] - during[0][1]) / max(during[-1][2] - during[0][2], 1e-9)
-    after_init = wall - totals["ray_init_s"]
-    overhead = float("nan")
-    if out is not None:
-        # The first shard written took its own scoring time: the work itself, not overhead.
-        first_shard_s = min(shards, key=lambda r: r["finished_at"])["wall_s"]
-        overhead = (first or wall) - totals["ray_init_s"] - first_shard_s
-    return {
-        "command_rows_s": rows / wall,
-        "job_rows_s": rows / (totals["wall_s"] - totals["ray_init_s"]),
-        "after_init_rows_s": rows / after_init,
-        "ray_init_s": totals["ray_init_s"],
-        "overhead_s": overhead,
-        "peak_gb": peak / 1e9,
-        "wall_s": wall,
-        "busy": busy,
-    }
+        raise Failed(f"{' '.join(argv[:3])} … exit {proc.returncode}: {proc.stderr.read()[-1500:]}")
+    totals = json.loads(job_json.read_text())["totals"] if job_json else {}
+    return Timed(wall, peak / 1e9, totals)
 
 
-def _cpu_sample() -> tuple[float, float, float]:
-    """(time, CPU-seconds busy, CPU-seconds in all) of the whole machine so far."""
-    t = psutil.cpu_times()
-    return time.time(), sum(t) - t.idle - t.iowait, sum(t)
+def peers_python() -> str | None:
+    """Python of ``.venv-peers`` with Daft, made here the first time; None if it cannot be."""
+    python = PEERS / "bin" / "python"
+    if not python.exists():
+        print(f"building {PEERS} with {DAFT} (Daft pins pyarrow<26 and ray<2.58: it needs its own venv)")
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
+            pkgs = [DAFT, "onnxruntime", "pillow", "numpy"]
+            subprocess.run([str(python), "-m", "pip", "install", "-q", *pkgs], check=True)
+        except (subprocess.CalledProcessError, OSError) as exc:
+            print(f"Daft left out: could not build {PEERS} ({exc})")
+            shutil.rmtree(PEERS, ignore_errors=True)
+            return None
+    return str(python)
 
 
-def loop_command(model: str, files: list[str], out: Path) -> float:
-    """The streaming loop as a user runs it: a fresh Python process, imports included."""
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, __file__, "--loop-tables", model, str(out), *files], check=True)
-    return sum(pq.read_metadata(f).num_rows for f in files) / (time.perf_counter() - t0)
+# -- data and configs --------------------------------------------------------------------------
 
 
-def med(values: list[float]) -> float:
-    return statistics.median(values)
+def tables_data() -> tuple[str, dict[int, Path]]:
+    """The MLP and a folder of 250k-row files per size (the small one hard-links the big one's)."""
+    model = make_mlp(ROOT / "mlp.onnx", (64, 256, 256, 10))
+    small, big = SIZES["tables"]
+    folders = {n: ROOT / f"tables-{n // 1_000_000}m" for n in (small, big)}
+    if not folders[big].exists():
+        write_tables(folders[big], files=big // FILE_ROWS, rows=FILE_ROWS, features=64)
+    _link_first(folders[big], folders[small], small // FILE_ROWS, "*.parquet")
+    return model, folders
+
+
+def images_data() -> tuple[str, dict[int, Path]]:
+    model = make_cnn(ROOT / "cnn.onnx", size=224, classes=10)
+    small, big = SIZES["images"]
+    folders = {n: ROOT / f"images-{n // 1000}k" for n in (small, big)}
+    if not folders[big].exists():
+        write_images(folders[big], count=big, per_folder=1000)
+    _link_first(folders[big], folders[small], small, "*/*.jpg")
+    return model, folders
+
+
+def _link_first(src: Path, dst: Path, count: int, pattern: str) -> None:
+    if dst.exists():
+        return
+    for f in sorted(src.glob(pattern))[:count]:
+        target = dst / f.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(f, target)
 
 
 def tables_job(data: str, model: str, out: str, keep: tuple[str, ...] = ("id",), **compute: Any) -> dict:
@@ -216,175 +152,226 @@ def images_job(data: str, model: str, out: str, files_per_shard: int, **compute:
     }
 
 
-def tables(reps: int, scale: int) -> None:
-    rows_per_file = 250_000 * scale
-    data = ROOT / f"tables-x{scale}"
-    if not data.exists():
-        write_tables(data, files=16, rows=rows_per_file, features=64)
-    files = sorted(str(p) for p in data.glob("*.parquet"))
-    rows = 16 * rows_per_file
-    model = make_mlp(ROOT / "mlp.onnx", (64, 256, 256, 10))
-    a = ort_alone_tables(model, files)
-    b = [loop_tables(model, files, ROOT / "loop-out") for _ in range(reps)]
-    b_cmd = [loop_command(model, files, ROOT / "loop-out") for _ in range(reps)]
-    cfg = tables_job(str(data), model, str(ROOT / "scoring-out"))
-    c = [scoring_run(cfg, rows) for _ in range(reps)]
-    report(f"tables, {rows:,} rows x 64 float32 in 16 files", "rows", a, b, c, b_cmd)
+def scoring_argv(config: dict, runner: str) -> list[str]:
+    """``scoring run`` of ``config`` (written beside the data, named after its output)."""
+    path = ROOT / f"{config['output']['uri'].rstrip('/').rsplit('/', 1)[-1]}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return [sys.executable, "-m", "scoring", "run", str(path), "--mode", "overwrite", "--runner", runner]
 
 
-def images(reps: int) -> None:
-    data = ROOT / "images"
-    if not data.exists():
-        write_images(data, count=8000, per_folder=1000)
-    files = sorted(str(p) for p in data.rglob("*.jpg"))
-    model = make_cnn(ROOT / "cnn.onnx", size=224, classes=10)
-    a = ort_alone_images(model, files)
-    b = [loop_images(model, files, ROOT / "loop-img-out") for _ in range(reps)]
-    cfg = images_job(str(data), model, str(ROOT / "scoring-img-out"), files_per_shard=500)
-    c = [scoring_run(cfg, len(files)) for _ in range(reps)]
-    report(f"images, {len(files):,} JPEGs 224x224, small CNN", "img", a, b, c)
+# -- one workload --------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
+def contenders(kind: str, model: str, folders: dict[int, Path], peers: str | None) -> dict[str, Any]:
+    """name -> (size -> (argv, _job.json or None, output folder))."""
+    out = ROOT / "out"
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    def loop(n: int) -> tuple[list[str], None, Path]:
+        pattern = "*.parquet" if kind == "tables" else "*/*.jpg"
+        files = [str(p) for p in sorted(folders[n].glob(pattern))]
+        return (
+            [sys.executable, str(HERE / "loop.py"), kind, model, str(out / "loop"), *files],
+            None,
+            out / "loop",
+        )
+
+    def daft(n: int) -> tuple[list[str], None, Path]:
+        argv = [str(peers), str(HERE / "peer_daft.py"), kind, model, str(folders[n]), str(out / "daft")]
+        return argv, None, out / "daft"
+
+    def scoring(runner: str) -> Any:
+        def argv(n: int) -> tuple[list[str], Path, Path]:
+            target = out / f"scoring-{runner}"
+            if kind == "tables":
+                cfg = tables_job(str(folders[n]), model, str(target))
+            else:
+                cfg = images_job(str(folders[n]), model, str(target), files_per_shard=250)
+            return scoring_argv(cfg, runner), target / "_job.json", target
+
+        return argv
+
+    found = {"loop": loop, "daft": daft, "scoring local": scoring("local"), "scoring ray": scoring("ray")}
+    return found if peers else {k: v for k, v in found.items() if k != "daft"}
 
 
-# The relay's link: one S3 connection in a cloud region, roughly (see bench/relay.py).
-LINK_MBPS, LINK_LATENCY_S = 150, 0.02
+def measure(kind: str, reps: int, peers: str | None) -> dict[str, dict[int, list[Timed]]]:
+    model, folders = tables_data() if kind == "tables" else images_data()
+    runs = contenders(kind, model, folders, peers)
+    results: dict[str, dict[int, list[Timed]]] = {name: {n: [] for n in SIZES[kind]} for name in runs}
+    last_ok = set(runs)  # whose latest output (the big size's) is whole, to compare predictions
+    for rep in range(reps):
+        for n in SIZES[kind]:
+            for name, make in runs.items():
+                argv, job, target = make(n)
+                shutil.rmtree(target, ignore_errors=True)
+                try:
+                    results[name][n].append(timed(argv, job))
+                    last_ok.add(name)
+                except Failed as exc:
+                    last_ok.discard(name)
+                    if name.startswith("scoring"):
+                        raise
+                    # A peer's crash is the peer's: reported, left out of its medians.
+                    print(f"  rep {rep + 1} {n:>9,} {name:<14} FAILED ({exc})", flush=True)
+                    continue
+                print(f"  rep {rep + 1} {n:>9,} {name:<14} {results[name][n][-1].wall_s:6.2f}s", flush=True)
+    complete = [name for name, by_size in results.items() if all(by_size.values())]
+    check_predictions(kind, ROOT / "out", [name for name in runs if name in last_ok])
+    return {name: results[name] for name in complete}
 
 
-def s3_vs_local(reps: int) -> None:
-    """The same tables job from and to a loopback S3 server (moto, its own process) and local disk;
-    then from S3 behind a relay that adds a network's bandwidth and latency, with one and with two
-    shards in flight per actor."""
-    import s3fs
+def check_predictions(kind: str, out: Path, names: list[str]) -> None:
+    """Every contender computed the same thing (the big size's outputs are what is left)."""
+    key = "id" if kind == "tables" else "path"
+    tables = {}
+    for name in names:
+        folder = out / name.replace("scoring ", "scoring-")
+        folder = folder / "predictions" if (folder / "predictions").exists() else folder
+        table = pads.dataset(folder, format="parquet").to_table(columns=[key, "probs"])
+        keys = [str(k).removeprefix("file://") for k in table.column(key).to_pylist()]
+        order = np.argsort(keys)
+        tables[name] = (
+            np.array(keys)[order],
+            np.stack(table.column("probs").to_numpy(zero_copy_only=False))[order],
+        )
+    base_keys, base = tables["loop"]
+    for name, (keys, probs) in tables.items():
+        assert (keys == base_keys).all(), f"{name} scored other rows than the loop"
+        diff = float(np.abs(probs - base).max())
+        assert diff < 1e-3, f"{name}'s predictions differ from the loop's by {diff}"
+    print(f"  predictions of {', '.join(names)} agree with the loop's (max |diff| < 1e-3)")
 
-    data = ROOT / "tables-x1"
-    if not data.exists():
-        write_tables(data, files=16, rows=250_000, features=64)
-    files = sorted(data.glob("*.parquet"))[:8]
-    rows = 8 * 250_000
-    model = make_mlp(ROOT / "mlp.onnx", (64, 256, 256, 10))
-    port, relay_port = _free_port(), _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+
+def report(kind: str, results: dict[str, dict[int, list[Timed]]], reps: int) -> dict[str, dict[str, float]]:
+    small, big = SIZES[kind]
+    unit = UNIT[kind]
+    print(f"\n== {kind}: whole commands at {small:,} and {big:,} {unit} (median of {reps}) ==")
+    print(
+        f"{'contender':<15}{'t small':>9}{'t big':>9}{'steady ' + unit + '/s':>17}{'fixed s':>9}"
+        f"{'peak GB small/big':>19}{'steady/loop':>13}{'t small/daft':>14}"
     )
-    relay = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("relay.py")), str(relay_port), str(port)]
-        + [str(LINK_MBPS), str(LINK_LATENCY_S)]
-    )
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        keys = {"key": "bench", "secret": "bench"}
-        for _ in range(100):
-            try:
-                fs = s3fs.S3FileSystem(endpoint_url=endpoint, **keys)
-                fs.mkdir("bench")
-                break
-            except Exception:
-                time.sleep(0.2)
-        for f in files:
-            fs.put(str(f), f"bench/tables/{f.name}")
-        fs.put(model, "bench/mlp.onnx")
-        local_data = ROOT / "tables-x1-8"
-        if not local_data.exists():
-            local_data.mkdir()
-            for f in files:
-                os.link(f, local_data / f.name)
-        local = tables_job(str(local_data), model, str(ROOT / "s3-local-out"))
-        remote = tables_job("s3://bench/tables/", "s3://bench/mlp.onnx", "s3://bench/out")
-        remote["storage_options"] = {"endpoint_url": endpoint, **keys}
-        slow = {}
-        for n in (1, 2):
-            slow[n] = tables_job(
-                "s3://bench/tables/", "s3://bench/mlp.onnx", f"s3://bench/slow-{n}", shards_in_flight=n
+    rows: dict[str, dict[str, float]] = {}
+    for name, by_size in results.items():
+        ts, tb = (statistics.median(r.wall_s for r in by_size[n]) for n in (small, big))
+        steady = (big - small) / (tb - ts) if tb > ts else float("inf")
+        peaks = [statistics.median(r.peak_gb for r in by_size[n]) for n in (small, big)]
+        rows[name] = {
+            "small": ts,
+            "big": tb,
+            "steady": steady,
+            "fixed": ts - small / steady,
+            "peak": peaks[1],
+        }
+        rows[name]["peak_small"] = peaks[0]
+    for name, r in rows.items():
+        vs_daft = f"{r['small'] / rows['daft']['small']:.2f}" if "daft" in rows else "-"
+        vs_loop = r["steady"] / rows["loop"]["steady"]
+        print(
+            f"{name:<15}{r['small']:>8.2f}s{r['big']:>8.2f}s{r['steady']:>17,.0f}{r['fixed']:>9.2f}"
+            f"{r['peak_small']:>10.2f} / {r['peak']:.2f}{vs_loop:>13.2f}{vs_daft:>14}"
+        )
+    for name in ("scoring local", "scoring ray"):
+        totals = [r.totals for r in results[name][small]]
+        init, ready, wall = (statistics.median(t.get(k, 0.0) for t in totals) for k in TOTALS)
+        print(
+            f"{name}: at {small:,} {unit}, ray.init {init:.2f}s, checks + plan + start-up before "
+            f"dispatch {ready:.2f}s, job wall {wall:.2f}s"
+        )
+    return rows
+
+
+def targets(kind: str, rows: dict[str, dict[str, float]]) -> None:
+    loop, local, ray = rows["loop"], rows["scoring local"], rows["scoring ray"]
+    steady_local = 1.3 if kind == "tables" else 1.4
+    steady_ray = 1.5 if kind == "tables" else 1.4
+    checks = [
+        (
+            f"local: fixed overhead <= loop's + 1 s ({local['fixed']:.2f} vs {loop['fixed']:.2f})",
+            local["fixed"] <= loop["fixed"] + 1,
+        ),
+        (
+            f"local: steady >= {steady_local}x loop ({local['steady'] / loop['steady']:.2f}x)",
+            local["steady"] >= steady_local * loop["steady"],
+        ),
+        (
+            f"ray: fixed overhead <= loop's + 4 s ({ray['fixed']:.2f} vs {loop['fixed']:.2f})",
+            ray["fixed"] <= loop["fixed"] + 4,
+        ),
+        (
+            f"ray: steady >= {steady_ray}x loop ({ray['steady'] / loop['steady']:.2f}x)",
+            ray["steady"] >= steady_ray * loop["steady"],
+        ),
+    ]
+    for name in ("scoring local", "scoring ray"):
+        r = rows[name]
+        checks.append(
+            (
+                f"{name}: peak memory flat from 1x to 4x ({r['peak_small']:.2f} -> {r['peak']:.2f} GB)",
+                r["peak"] <= 1.1 * r["peak_small"],
             )
-            slow[n]["storage_options"] = {"endpoint_url": f"http://127.0.0.1:{relay_port}", **keys}
-        lo, s3, server_cpu = [], [], []
-        far: dict[int, list[dict]] = {1: [], 2: []}
-        moto = psutil.Process(server.pid)
-        for _ in range(reps):
-            lo.append(scoring_run(local, rows))
-            before = sum(moto.cpu_times()[:2])
-            s3.append(scoring_run(remote, rows))
-            server_cpu.append(sum(moto.cpu_times()[:2]) - before)
-            for n, cfg in slow.items():
-                far[n].append(scoring_run(cfg, rows))
-    finally:
-        for proc in (relay, server):
-            proc.terminate()
-            proc.wait(timeout=30)
-    print(
-        f"\n== tables from and to S3 (moto on 127.0.0.1) vs local disk, {rows:,} rows (median of {reps}) =="
-    )
-    for key, label in (
-        ("job_rows_s", "job minus ray.init"),
-        ("after_init_rows_s", "command minus ray.init"),
-    ):
-        a, b = med([r[key] for r in lo]), med([r[key] for r in s3])
-        print(f"{label:<24} local {a:>10,.0f} rows/s   s3 {b:>10,.0f} rows/s   s3/local = {b / a:.2f}")
-    wall = med([r["wall_s"] for r in s3])
-    print(
-        f"the S3 server itself used {med(server_cpu):.1f} CPU-s of the s3 run's {wall:.1f} s; "
-        f"the {THREADS} cores were {med([r['busy'] for r in lo]):.0%} busy in the local run, "
-        f"{med([r['busy'] for r in s3]):.0%} in the s3 run, from the first shard's start to the last's end"
-    )
-    one, two = (med([r["job_rows_s"] for r in far[n]]) for n in (1, 2))
-    print(
-        f"S3 behind a {LINK_MBPS} MB/s, {LINK_LATENCY_S * 1000:.0f} ms relay, job minus ray.init: "
-        f"1 shard in flight {one:,.0f} rows/s, 2 in flight {two:,.0f} rows/s ({two / one:.2f}x)"
-    )
+        )
+    if "daft" in rows and kind == "tables":
+        checks.append(
+            (
+                f"local: whole command at 1M rows no slower than Daft's ({local['small']:.2f} vs "
+                f"{rows['daft']['small']:.2f} s)",
+                local["small"] <= rows["daft"]["small"],
+            )
+        )
+    for text, ok in checks:
+        print(f"  {'met ' if ok else 'MISS'} {text}")
 
 
-def report(
-    title: str, unit: str, a: float, b: list[float], c: list[dict], b_cmd: list[float] | None = None
-) -> None:
-    bm = med(b)
-    print(f"\n== {title} (median of {len(b)}) ==")
-    print(f"(a)  ORT alone, preloaded arrays        {a:>12,.0f} {unit}/s")
-    print(f"(b)  single-process loop, timed inside  {bm:>12,.0f} {unit}/s")
-    if b_cmd:
-        print(f"(b') the loop as a command (python ...) {med(b_cmd):>12,.0f} {unit}/s")
-    for key, label in (
-        ("job_rows_s", "job minus ray.init"),
-        ("after_init_rows_s", "command minus ray.init"),
-        ("command_rows_s", "whole command"),
-    ):
-        v = med([r[key] for r in c])
-        vs_cmd = f"   c/b' = {v / med(b_cmd):.2f}" if b_cmd else ""
-        print(f"(c)  scoring run, {label:<22}{v:>12,.0f} {unit}/s   c/b = {v / bm:.2f}{vs_cmd}")
-    print(
-        f"     ray.init {med([r['ray_init_s'] for r in c]):.2f}s; overhead beyond ray.init to the first "
-        f"prediction file (first shard's own time taken out) {med([r['overhead_s'] for r in c]):.2f}s; "
-        f"peak RSS of the process tree {med([r['peak_gb'] for r in c]):.2f} GB"
-    )
+def ort_alone(kind: str) -> float:
+    """The ceiling: ORT alone on preloaded arrays, every core."""
+    model, folders = tables_data() if kind == "tables" else images_data()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    if kind == "tables":
+        files = sorted(folders[SIZES[kind][0]].glob("*.parquet"))
+        x = np.concatenate(
+            [
+                pq.read_table(f).column("features").combine_chunks().flatten().to_numpy().reshape(-1, 64)
+                for f in files
+            ]
+        )
+        step, feed = 4096, "x"
+    else:
+        sys.path.insert(0, str(HERE))
+        from loop import preprocess
+
+        files = sorted(folders[SIZES[kind][0]].glob("*/*.jpg"))[:512]
+        x = np.stack([preprocess(f.read_bytes()) for f in files])
+        step, feed = 64, "image"
+    sess.run(None, {feed: x[:step]})
+    t0 = time.perf_counter()
+    for i in range(0, len(x), step):
+        sess.run(None, {feed: x[i : i + step]})
+    return len(x) / (time.perf_counter() - t0)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--only", choices=["tables", "images", "s3"], default=None)
-    parser.add_argument("--no-4x", action="store_true", help="skip the tables run at 4x data")
-    parser.add_argument("--loop-tables", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
+    parser.add_argument("--no-daft", action="store_true", help="leave Daft out (no .venv-peers)")
     args = parser.parse_args()
-    if args.loop_tables:  # MODEL OUT FILE...: one run of (b) in this fresh process
-        model, out, *files = args.loop_tables
-        loop_tables(model, files, Path(out))
-        return
     ROOT.mkdir(parents=True, exist_ok=True)
-    if args.only in (None, "tables"):
-        tables(args.reps, 1)
-        if not args.no_4x:
-            tables(max(1, args.reps - 2), 4)
-    if args.only in (None, "images"):
-        images(args.reps)
+    peers = None if args.no_daft or args.only == "s3" else peers_python()
+    for kind in ("tables", "images"):
+        if args.only in (None, kind):
+            ceiling = ort_alone(kind)
+            print(
+                f"\n{kind}: ORT alone on preloaded arrays, {THREADS} threads: {ceiling:,.0f} {UNIT[kind]}/s"
+            )
+            rows = report(kind, measure(kind, args.reps, peers), args.reps)
+            targets(kind, rows)
     if args.only in (None, "s3"):
+        from s3 import s3_vs_local
+
         s3_vs_local(args.reps)
 
 

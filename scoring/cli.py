@@ -65,13 +65,21 @@ def cli() -> None:
     default=None,
     help="What to do when the output already holds a job (overrides output.mode).",
 )
+@click.option(
+    "--runner",
+    type=click.Choice(["ray", "local"]),
+    default=None,
+    help="ray: Ray actors (default); local: threads in this process, no Ray (overrides compute.runner).",
+)
 @_errors
-def run(config: str, sets: tuple[str, ...], address: str | None, mode: str | None) -> None:
+def run(
+    config: str, sets: tuple[str, ...], address: str | None, mode: str | None, runner: str | None
+) -> None:
     """Run a job with the driver in this process."""
     from scoring.job import interrupted_message, run_job
     from scoring.report import summary
 
-    cfg = _load(config, sets, mode)
+    cfg = _load(config, sets + ((f"compute.runner={runner}",) if runner else ()), mode)
     result = run_job(cfg, address=address, echo=click.echo)
     click.echo(summary(result.job, result.records))
     if result.job["status"] == "interrupted":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import subprocess
 from typing import Any
 
 from scoring.config import ComputeConfig
@@ -34,22 +35,41 @@ def starts_locally(address: str | None) -> bool:
 
 
 def local_cpus() -> float:
-    """This machine's CPUs as Ray counts them (cgroup limits included)."""
+    """This machine's CPUs as Ray counts them: those this process may run on, within a cgroup
+    (container) quota, whole. Without importing Ray (the local runner never does)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
-        from ray._private.utils import get_num_cpus
+        with open("/sys/fs/cgroup/cpu.max") as f:  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
+            quota, period = f.read().split()
+        if quota != "max":
+            cpus = min(cpus, int(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return float(max(cpus, 1))
 
-        return float(get_num_cpus())
-    except Exception:  # a private API: if it moved, count as Python does
-        return float(os.cpu_count() or 1)
+
+def local_gpus() -> int:
+    """This machine's NVIDIA GPUs: those ``CUDA_VISIBLE_DEVICES`` names, else ``nvidia-smi -L``."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return (
+        sum(line.startswith("GPU ") for line in listing.stdout.splitlines()) if listing.returncode == 0 else 0
+    )
 
 
-def resources(runner: str) -> dict[str, float]:
-    """The CPUs and GPUs a runner can place workers on: the Ray cluster's, or this machine's."""
+def nodes(runner: str) -> list[dict[str, float]]:
+    """The CPUs and GPUs of each node a runner can place workers on: the Ray cluster's alive
+    nodes, or this machine."""
     if runner == "ray":
         import ray
 
-        return dict(ray.cluster_resources())
-    return {"CPU": local_cpus()}
+        return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    return [{"CPU": local_cpus(), "GPU": float(local_gpus())}]
 
 
 def connect(address: str | None) -> bool:
@@ -97,36 +117,61 @@ def shutdown() -> None:
     ray.shutdown()
 
 
-def plan_pool(cfg: ComputeConfig, resources: dict[str, float]) -> Pool:
-    """Size the worker pool for ``resources`` (``ray.cluster_resources()``, or this machine's).
+def plan_pool(cfg: ComputeConfig, nodes: list[dict[str, float]], where: str = "the cluster") -> Pool:
+    """Size the worker pool for ``nodes`` (each node's CPUs and GPUs: the Ray cluster's alive
+    nodes, or this machine).
 
-    Raises ``ConfigError`` when the request cannot be scheduled: the job would wait forever.
+    ``compute.cpus_per_actor: auto`` is 1 for CPU workers, and for GPU workers the CPUs of a GPU
+    node divided among the workers its GPUs hold (they decode images and feed the GPU). Raises
+    ``ConfigError`` when the request cannot be scheduled: the job would wait forever.
     """
-    cpus = float(resources.get("CPU", 0))
-    gpus = float(resources.get("GPU", 0))
-    if cfg.gpus_per_actor > 0 and gpus == 0:
+    cpus = sum(float(n.get("CPU", 0)) for n in nodes)
+    gpus = sum(float(n.get("GPU", 0)) for n in nodes)
+    gpa = cfg.gpus_per_actor
+    if gpa > 0 and gpus == 0:
         raise ConfigError(
-            f"compute.gpus_per_actor is {cfg.gpus_per_actor} but the cluster has no "
+            f"compute.gpus_per_actor is {gpa:g} but {where} has no "
             "GPUs; set compute.gpus_per_actor: 0 to score on CPU, or join a GPU cluster"
         )
-    actors = cfg.actors
-    if actors is None:
-        if cfg.gpus_per_actor > 0:
-            actors = int(gpus / cfg.gpus_per_actor + 1e-9)
-        else:
-            actors = int(cpus / cfg.cpus_per_actor + 1e-9)
-        actors = max(actors, 1)
-    need_cpu = actors * cfg.cpus_per_actor
-    if need_cpu > cpus + 1e-9:
+    cpa = _cpus_per_actor(cfg, nodes)
+    capacity = sum(_fits(n, cpa, gpa) for n in nodes)  # workers the nodes can host, node by node
+    actors = cfg.actors or max(capacity, 1)
+    if actors * cpa > cpus + 1e-9:
         raise ConfigError(
-            f"compute.actors={actors} x compute.cpus_per_actor={cfg.cpus_per_actor:g} needs "
-            f"{need_cpu:g} CPUs but the cluster has {cpus:g}: the job would wait forever. Lower "
+            f"compute.actors={actors} x compute.cpus_per_actor={cpa:g} needs "
+            f"{actors * cpa:g} CPUs but {where} has {cpus:g}: the job would wait forever. Lower "
             "compute.actors or compute.cpus_per_actor (fractions are allowed)."
         )
-    if actors * cfg.gpus_per_actor > gpus + 1e-9:
+    if actors * gpa > gpus + 1e-9:
         raise ConfigError(
-            f"compute.actors={actors} x compute.gpus_per_actor={cfg.gpus_per_actor:g} "
-            f"needs {actors * cfg.gpus_per_actor:g} GPUs but the cluster has {gpus:g}; "
+            f"compute.actors={actors} x compute.gpus_per_actor={gpa:g} "
+            f"needs {actors * gpa:g} GPUs but {where} has {gpus:g}; "
             "lower compute.actors or compute.gpus_per_actor"
         )
-    return Pool(actors, cfg.cpus_per_actor, cfg.gpus_per_actor)
+    if actors > capacity:
+        shapes = ", ".join(f"{n.get('CPU', 0):g} CPU / {n.get('GPU', 0):g} GPU" for n in nodes)
+        raise ConfigError(
+            f"compute.actors={actors} workers of {cpa:g} CPU / {gpa:g} GPU each: {where} has the "
+            f"CPUs and GPUs in all, but its nodes ({shapes}) can host only {capacity} such workers, "
+            "each on one node: the job would wait forever. Lower compute.actors, or "
+            "compute.cpus_per_actor / gpus_per_actor so that workers fit the nodes."
+        )
+    return Pool(actors, cpa, gpa)
+
+
+def _cpus_per_actor(cfg: ComputeConfig, nodes: list[dict[str, float]]) -> float:
+    if cfg.cpus_per_actor != "auto":
+        return float(cfg.cpus_per_actor)
+    if not cfg.gpus_per_actor:
+        return 1.0
+    shares = [
+        float(n.get("CPU", 0)) // (float(n["GPU"]) // cfg.gpus_per_actor)
+        for n in nodes
+        if float(n.get("GPU", 0)) >= cfg.gpus_per_actor
+    ]
+    return max(min(shares, default=1.0), 1.0)
+
+
+def _fits(node: dict[str, float], cpa: float, gpa: float) -> int:
+    by_cpu = int(float(node.get("CPU", 0)) / cpa + 1e-9)
+    return min(by_cpu, int(float(node.get("GPU", 0)) / gpa + 1e-9)) if gpa else by_cpu

@@ -102,8 +102,19 @@ class OutputConfig(_Section):
 
 
 class ComputeConfig(_Section):
+    @field_validator("cpus_per_actor")
+    @classmethod
+    def _positive_cpus(cls, v: float | str) -> float | str:
+        if not isinstance(v, str) and v <= 0:
+            raise ValueError("expected 'auto' or a number > 0")
+        return v
+
+    # ray: Ray actors (a cluster, or a Ray started here); local: threads of this process, no Ray.
+    runner: Literal["ray", "local"] = "ray"
     actors: int | None = Field(default=None, gt=0)
-    cpus_per_actor: float = Field(default=1.0, gt=0)
+    # CPUs each worker reserves: its ORT threads on CPU, its decode threads for images. auto: 1
+    # for CPU workers; for GPU workers, their share of a GPU node's CPUs (to keep the GPU fed).
+    cpus_per_actor: float | Literal["auto"] = "auto"
     gpus_per_actor: float = Field(default=0.0, ge=0)
     batch_size: int = Field(default=256, gt=0)
     # Shards an actor holds at once: one at the session while the next is fetched and the one

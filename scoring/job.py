@@ -117,9 +117,9 @@ def run_job(cfg: Config, *, address: str | None = None, echo: Echo = print) -> J
     started = time.time()
     with _signals() as stop:
         spec, kind, files = check(cfg)
-        runner_name = "ray"
-        if runner_name == "ray" and cluster.starts_locally(address) and not cfg.compute.gpus_per_actor:
-            cluster.plan_pool(cfg.compute, {"CPU": cluster.local_cpus()})  # before Ray starts
+        runner_name = cfg.compute.runner
+        if runner_name == "local" or cluster.starts_locally(address):
+            cluster.plan_pool(cfg.compute, cluster.nodes("local"), "this machine")  # before Ray starts
         so, uri = cfg.storage_options, cfg.output.uri
         run_id = uuid.uuid4().hex[:12]
         spec = dataclasses.replace(spec, run_id=run_id, driver=(socket.gethostname(), os.getpid()))
@@ -133,7 +133,8 @@ def run_job(cfg: Config, *, address: str | None = None, echo: Echo = print) -> J
         ray_init_s = time.time() - t0
         try:
             _signals_again(stop)  # ray.init installs its own SIGTERM handler
-            pool = cluster.plan_pool(cfg.compute, cluster.resources(runner_name))
+            where = "the cluster" if runner_name == "ray" else "this machine"
+            pool = cluster.plan_pool(cfg.compute, cluster.nodes(runner_name), where)
             if stop.is_set():
                 raise _interrupted(0, len(job_plan.shards), nothing=True)
             out.claim()
@@ -323,10 +324,8 @@ def _job_record(
         "pyarrow": pyarrow.__version__,
         "python": platform.python_version(),
     }
-    with contextlib.suppress(ImportError):
-        import ray
-
-        versions["ray"] = ray.__version__
+    if "ray" in sys.modules:  # the local runner never imports it
+        versions["ray"] = sys.modules["ray"].__version__
     return {
         "job_id": spec.run_id,
         "status": status,
@@ -352,7 +351,7 @@ def _job_record(
             "shards_planned": len(job_plan.shards),
             "rows_planned": job_plan.rows,
             "wall_s": wall,
-            "ray_ready_s": t_ready - started,
+            "ready_s": t_ready - started,  # checks, plan, Ray (if any): until the first shard went out
             "rows_scored_now": scored,
             "rows_per_s": scored / wall if wall > 0 else 0.0,  # this run's rows over its wall time
         },

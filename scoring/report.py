@@ -47,7 +47,7 @@ def summary(job: dict[str, Any], records: Sequence[ShardRecord]) -> str:
     ]
     if "wall_s" in totals:
         lines.append(
-            f"wall: {totals['wall_s']:.2f}s ({totals['ray_ready_s']:.2f}s to Ray ready), "
+            f"wall: {totals['wall_s']:.2f}s ({totals['ready_s']:.2f}s before the first shard started), "
             f"{totals['rows_per_s']:,.0f} rows/s end to end"
         )
     if records:

@@ -105,19 +105,25 @@ def dispatch(
 
 
 class LocalRunner:
-    """Workers in this process; each worker's shards run in ``slots`` threads."""
+    """Workers in this process; each worker's shards run in ``slots`` threads. GPU workers take
+    the machine's GPUs in turn (a fraction of one: several workers share it)."""
 
     def __init__(self, spec: JobSpec, pool: Pool) -> None:
         self.spec, self.workers, self.slots = spec, pool.actors, spec.config.compute.shards_in_flight
         self.threads = max(1, int(pool.cpus_per_actor))
+        self.gpus_per_worker = pool.gpus_per_actor
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.members: list[Worker] = []
 
+    def _placement(self, i: int, node: str) -> Placement:
+        if not self.gpus_per_worker:
+            return Placement(node, f"local-{i}", self.threads)
+        gpu = int(i * self.gpus_per_worker)
+        return Placement(node, f"local-{i}", self.threads, (gpu,), device_id=gpu)
+
     def start(self) -> None:
         node = f"{socket.gethostname()}/local"
-        self.members = [
-            Worker(self.spec, Placement(node, f"local-{i}", self.threads)) for i in range(self.workers)
-        ]
+        self.members = [Worker(self.spec, self._placement(i, node)) for i in range(self.workers)]
         self.pool = concurrent.futures.ThreadPoolExecutor(self.workers * self.slots, "scoring-worker")
 
     def submit(self, worker: int, shard: Shard) -> concurrent.futures.Future[ShardRecord]:

@@ -73,11 +73,13 @@ class Session:
 
 
 def build_session(
-    path: str, info: ModelInfo, cfg: ModelConfig, *, threads: int, gpu_ids: list[int]
+    path: str, info: ModelInfo, cfg: ModelConfig, *, threads: int, gpu_ids: list[int], device_id: int = 0
 ) -> Session:
     """Build a session for the model at ``path`` with ``threads`` intra-op threads.
 
-    ``gpu_ids`` are the GPUs Ray assigned to this actor (empty for CPU actors). Raises
+    ``gpu_ids`` are the GPUs this worker holds (empty for CPU workers), as Ray numbers them;
+    ``device_id`` is the one CUDA sees in this process (0 in a Ray actor, whose
+    ``CUDA_VISIBLE_DEVICES`` Ray sets; the GPU's own index in the local runner). Raises
     ``ProviderError`` when a GPU was asked for but the session landed on CPU, unless
     ``cfg.allow_cpu_fallback``; ``ModelError`` when ORT cannot load the model.
     """
@@ -86,7 +88,7 @@ def build_session(
     on_gpu = bool(gpu_ids)
     names = requested_providers(cfg, on_gpu)
     available = set(ort.get_available_providers())
-    providers = [_provider_entry(n, cfg) for n in names if PROVIDER_NAMES[n] in available]
+    providers = [_provider_entry(n, cfg, device_id) for n in names if PROVIDER_NAMES[n] in available]
     opts = ort.SessionOptions()
     # ORT's thread pool ignores OMP_NUM_THREADS and starts one thread per core by default,
     # so every actor on a node would oversubscribe it: pin it to the CPUs Ray reserved.
@@ -97,6 +99,10 @@ def build_session(
     # Fatal only: a failed run raises, and scoring reports it with the rows (and stops on a model
     # problem); missing-provider warnings are checked below instead.
     opts.log_severity_level = 4
+    if on_gpu:
+        # The CPU threads of a GPU session mostly wait; spinning while they wait would take the
+        # CPUs that decode images and feed the GPU.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     with translated(ModelError, f"ONNX Runtime could not load {info.uri}"):
         sess = ort.InferenceSession(path, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
     got = list(sess.get_providers())
@@ -105,10 +111,10 @@ def build_session(
     return Session(sess, got, device, fallback, use_binding)
 
 
-def _provider_entry(name: str, cfg: ModelConfig) -> Any:
+def _provider_entry(name: str, cfg: ModelConfig, device_id: int) -> Any:
     if name == "cuda":
         opts: dict[str, Any] = {
-            "device_id": 0,  # Ray sets CUDA_VISIBLE_DEVICES: ours is always 0
+            "device_id": device_id,
             "cudnn_conv_algo_search": cfg.cuda.cudnn_conv_algo_search,
             "arena_extend_strategy": cfg.cuda.arena_extend_strategy,
         }
@@ -122,7 +128,7 @@ def _provider_entry(name: str, cfg: ModelConfig) -> Any:
         return (
             "TensorrtExecutionProvider",
             {
-                "device_id": 0,
+                "device_id": device_id,
                 "trt_engine_cache_enable": True,
                 "trt_engine_cache_path": path,
                 "trt_fp16_enable": cfg.tensorrt.fp16,

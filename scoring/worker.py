@@ -9,6 +9,7 @@ where the work happens (README "How timing is attributed").
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import os
@@ -43,6 +44,7 @@ class Placement:
     actor: str
     threads: int = 1
     gpu_ids: tuple[int, ...] = ()
+    device_id: int = 0  # the GPU as CUDA numbers it in this process
 
 
 class Worker:
@@ -52,12 +54,24 @@ class Worker:
         cfg = spec.config
         path = local_model_path(spec.model.uri, spec.model.sha256, cfg.storage_options)
         session = build_session(
-            path, spec.model, cfg.model, threads=placement.threads, gpu_ids=list(placement.gpu_ids)
+            path,
+            spec.model,
+            cfg.model,
+            threads=placement.threads,
+            gpu_ids=list(placement.gpu_ids),
+            device_id=placement.device_id,
         )
         self.spec, self.placement = spec, placement
         self.scorer = Scorer(spec, session)
         self.output = sink.Output(cfg.output.uri, cfg.storage_options, spec.run_id)
         self.lock = threading.Lock()
+        # Images decode on the worker's own CPUs: Pillow releases the GIL while it decodes and
+        # resizes, so threads use every CPU the worker holds (a GPU worker's share of its node).
+        self.decoders = (
+            concurrent.futures.ThreadPoolExecutor(placement.threads, "scoring-decode")
+            if placement.threads > 1 and cfg.input.format == "images"
+            else None
+        )
         # Columns read from each table shard: the same for every shard of the job.
         self.needed = list(dict.fromkeys([*feed_columns(spec.model, cfg.input.columns), *cfg.input.keep]))
         self.checked_at = 0.0
@@ -161,7 +175,7 @@ class Worker:
         """Decode a chunk of encoded images, score the ones that decode, write their rows."""
         self.check_alive()
         with rec.timed("preprocess_s"):
-            batch, ok_rows, bad = decode_batch(self.spec, blobs, where)
+            batch, ok_rows, bad = decode_batch(self.spec, blobs, where, self.decoders)
         rejections.extend(bad, offset)
         with self.turn(rec):
             scored = self.scorer.score_images(batch, ok_rows)
@@ -226,26 +240,36 @@ class Worker:
 
 
 def decode_batch(
-    spec: JobSpec, blobs: list[Any], where: list[str]
+    spec: JobSpec, blobs: list[Any], where: list[str], pool: concurrent.futures.Executor | None = None
 ) -> tuple[np.ndarray, np.ndarray, Rejections]:
     """uint8 [N, H, W, C] of the encoded images that decode, their rows, and the rows that do
-    not (stage "read" for a file that could not be read, "decode" for bytes that are no image)."""
+    not (stage "read" for a file that could not be read, "decode" for bytes that are no image);
+    decoded in ``pool``'s threads when given."""
     assert spec.image_size is not None, "image jobs resolve the size on the driver"
     cfg = spec.config.input
-    arrays, ok_rows, bad = [], [], Rejections()
-    for row, blob in enumerate(blobs):
+    size = spec.image_size
+
+    def one(blob: Any) -> np.ndarray | Exception:
         try:
             if isinstance(blob, Exception):
                 raise blob
             if blob is None:
                 raise ValueError(f"column {cfg.image_column} is null")
-            arrays.append(images.decode(blob, cfg.image, spec.image_size))
-            ok_rows.append(row)
+            return images.decode(blob, cfg.image, size)
         except Exception as exc:  # PIL raises many types for bad bytes; the row is rejected
+            return exc
+
+    decoded = list(pool.map(one, blobs)) if pool is not None else [one(b) for b in blobs]
+    arrays, ok_rows, bad = [], [], Rejections()
+    for row, (blob, result) in enumerate(zip(blobs, decoded)):
+        if isinstance(result, Exception):
             stage = "read" if isinstance(blob, Exception) else "decode"
-            message = f"{where[row]}: cannot {stage} image: {exc}. The file is skipped; fix or remove it."
-            bad.add(row, row + 1, Reason(stage, type(exc).__name__, message))
-    h, w = spec.image_size
+            message = f"{where[row]}: cannot {stage} image: {result}. The file is skipped; fix or remove it."
+            bad.add(row, row + 1, Reason(stage, type(result).__name__, message))
+        else:
+            arrays.append(result)
+            ok_rows.append(row)
+    h, w = size
     c = 1 if cfg.image.mode == "L" else 3
     batch = np.stack(arrays) if arrays else np.zeros((0, h, w, c), np.uint8)
     return batch, np.asarray(ok_rows, np.int64), bad

@@ -21,27 +21,32 @@ def ray_session() -> Any:
     """A real local Ray with 2 CPUs (what CI has) and 2 logical GPUs for placement tests."""
     import ray
 
-    from scoring import cluster
-
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING")
-    cluster.connect(None)  # applies the Ray Data settings the CLI uses
     yield ray
     ray.shutdown()
 
 
 @pytest.fixture
-def run_job(ray_session: Any, tmp_path: Path) -> Any:
-    """Run a job from a config dict; ``output.uri`` defaults to tmp_path/out."""
+def run_job(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """Run a job from a config dict; ``output.uri`` defaults to tmp_path/out, the runner to the
+    local one (formats, types and outputs are the same on both; what only Ray does is tested
+    with ``compute.runner: ray``, which starts the session's Ray)."""
     from scoring.config import load_config
     from scoring.job import run_job as run
 
     def go(data: dict[str, Any], **kw: Any) -> Any:
         data.setdefault("output", {}).setdefault("uri", str(tmp_path / "out"))
-        data.setdefault("compute", {}).setdefault("actors", 1)
+        compute = data.setdefault("compute", {})
+        compute.setdefault("actors", 1)
+        if compute.setdefault("runner", "local") == "ray":
+            request.getfixturevalue("ray_session")
         return run(load_config(data=data, environ={}), echo=lambda _: None, **kw)
 
     return go
+
+
+RUNNERS = pytest.mark.parametrize("runner", ["local", "ray"])
 
 
 def free_port() -> int:
@@ -52,8 +57,8 @@ def free_port() -> int:
 
 
 def features_job(data: str | Path, model: str, keep: Sequence[str] = (), **compute: Any) -> dict[str, Any]:
-    """A tables job feeding column ``features`` to model input ``x`` (output and actors are
-    left to ``run_job``'s defaults unless set)."""
+    """A tables job feeding column ``features`` to model input ``x`` (output, actors and the
+    runner are left to ``run_job``'s defaults unless set)."""
     job: dict[str, Any] = {
         "model": {"uri": model},
         "input": {"uri": str(data), "format": "parquet", "columns": {"x": "features"}},

@@ -127,7 +127,7 @@ def test_run_validate_and_report_end_to_end(tmp_path: Path) -> None:
     proc = scoring("run", path)
     assert proc.returncode == 2 and "already holds a job" in proc.stderr
     proc = scoring("run", path, "--set", "compute.actors=5", "--mode", "overwrite")
-    assert proc.returncode == 2 and "needs 5 CPUs but the cluster has" in proc.stderr
+    assert proc.returncode == 2 and "needs 5 CPUs but this machine has" in proc.stderr
     html = tmp_path / "r.html"
     proc = scoring("report", str(tmp_path / "o"), "--html", str(html))
     assert proc.returncode == 0 and "status: succeeded" in proc.stdout
@@ -226,7 +226,7 @@ def test_refusals_before_ray_starts_say_what_is_wrong(tmp_path: Path) -> None:
 
     proc = scoring("run", path, "--set", f"output.uri={tmp_path}/o", "--set", "compute.actors=64")
     assert proc.returncode == 2
-    assert "compute.actors=64 x compute.cpus_per_actor=1 needs 64 CPUs but the cluster has" in proc.stderr
+    assert "compute.actors=64 x compute.cpus_per_actor=1 needs 64 CPUs but this machine has" in proc.stderr
     assert "Token authentication" not in proc.stderr  # refused before Ray started (it says that)
     assert not (tmp_path / "o").exists()
 

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import read_errors, read_predictions, write_parquet
+from conftest import RUNNERS, read_errors, read_predictions, write_parquet
 from PIL import Image, ImageOps
 
 from scoring import images
@@ -115,7 +115,10 @@ def broken_files() -> dict[str, bytes]:
     return {"truncated.jpg": jpeg[: len(jpeg) // 3], "empty.png": b"", "notes.jpg": b"just some text"}
 
 
-def test_image_folder_job_scores_every_file_once_and_rejects_broken_ones(run_job, tmp_path: Path) -> None:
+@RUNNERS
+def test_image_folder_job_scores_every_file_once_and_rejects_broken_ones(
+    run_job, tmp_path: Path, runner: str
+) -> None:
     folder = tmp_path / "imgs"
     good = samples()
     for i, (name, data) in enumerate({**good, **broken_files()}.items()):
@@ -133,7 +136,7 @@ def test_image_folder_job_scores_every_file_once_and_rejects_broken_ones(run_job
                 "files_per_shard": 4,
                 "image": {"mean": MEAN, "std": STD},
             },
-            "compute": {"batch_size": 3},
+            "compute": {"batch_size": 3, "runner": runner},
         }
     )
     assert result.ok, result.job["error"]

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import features_job, fixed_list, read_errors, read_predictions, write_parquet
+from conftest import RUNNERS, features_job, fixed_list, read_errors, read_predictions, write_parquet
 from onnx import TensorProto
 
 from scoring.demo import make_mlp, write_tables
@@ -23,10 +23,13 @@ def direct(model: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     return ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feed)
 
 
-def test_predictions_equal_a_direct_ort_run_row_by_row(run_job, tmp_path: Path) -> None:
+@RUNNERS
+def test_predictions_equal_a_direct_ort_run_row_by_row(run_job, tmp_path: Path, runner: str) -> None:
     model = make_mlp(tmp_path / "m.onnx", (8, 16, 4))
     write_tables(tmp_path / "data", files=3, rows=1000, features=8)
-    result = run_job(features_job(tmp_path / "data", model, keep=["id"], actors=2, batch_size=128))
+    result = run_job(
+        features_job(tmp_path / "data", model, keep=["id"], actors=2, batch_size=128, runner=runner)
+    )
     assert result.ok, result.job["error"]
     preds = read_predictions(result.out)
     assert preds.num_rows == 3000
@@ -252,9 +255,10 @@ def test_a_shard_larger_than_a_chunk_is_scored_in_pieces_with_rows_in_place(run_
     assert shard["rows"] == n and shard["rows_failed"] == 3 and shard["status"] == "partial"
 
 
+@RUNNERS
 @pytest.mark.parametrize("in_flight", [None, 1])
-def test_an_actor_reads_its_next_shard_while_it_scores_one(
-    run_job, tmp_path: Path, in_flight: int | None
+def test_a_worker_reads_its_next_shard_while_it_scores_one(
+    run_job, tmp_path: Path, in_flight: int | None, runner: str
 ) -> None:
     """Two shards in flight per actor by default: the second waits for the session
     (``wait_s``), not for the first shard's whole call; the predictions are a serial run's.
@@ -263,9 +267,9 @@ def test_an_actor_reads_its_next_shard_while_it_scores_one(
     xs = [rng.normal(size=(60_000, 8)).astype(np.float32) for _ in range(4)]
     for i, x in enumerate(xs):
         write_parquet(tmp_path / "data" / f"{i}.parquet", {"features": fixed_list(x)})
-    model = make_mlp(tmp_path / "m.onnx", (8, 64, 4))
+    model = make_mlp(tmp_path / "m.onnx", (8, 512, 512, 4))  # inference outlasts reading a shard
     compute = {} if in_flight is None else {"shards_in_flight": in_flight}
-    result = run_job(features_job(tmp_path / "data", model, **compute))
+    result = run_job(features_job(tmp_path / "data", model, runner=runner, **compute))
     assert result.ok, result.job["error"]
     preds = read_predictions(result.out)
     got = np.stack(preds.column("probs").to_numpy(zero_copy_only=False))
@@ -283,14 +287,17 @@ def test_an_actor_reads_its_next_shard_while_it_scores_one(
         assert s["wall_s"] >= work + s["wait_s"] - 0.01
 
 
-def test_a_big_file_is_split_into_row_ranges_scored_by_both_workers(run_job, tmp_path: Path) -> None:
+@RUNNERS
+def test_a_big_file_is_split_into_row_ranges_scored_by_both_workers(
+    run_job, tmp_path: Path, runner: str
+) -> None:
     n = 400_000
     x = np.random.default_rng(2).standard_normal((n, 8)).astype(np.float32)
     path = tmp_path / "data" / "big.parquet"
     path.parent.mkdir()
     pq.write_table(pa.table({"id": np.arange(n) * 3, "features": fixed_list(x)}), path, row_group_size=50_000)
     model = make_mlp(tmp_path / "m.onnx", (8, 512, 512, 4))  # ~0.5 s a range: both workers get some
-    cfg = features_job(tmp_path / "data", model, keep=["id"], actors=2, batch_size=4096)
+    cfg = features_job(tmp_path / "data", model, keep=["id"], actors=2, batch_size=4096, runner=runner)
     cfg["input"]["rows_per_shard"] = 100_000
     result = run_job(cfg)
     assert result.ok, result.job["error"]
@@ -311,10 +318,18 @@ def test_a_big_file_is_split_into_row_ranges_scored_by_both_workers(run_job, tmp
     ]
 
 
-def test_a_model_that_fails_on_every_row_stops_the_job(run_job, tmp_path: Path) -> None:
+@RUNNERS
+def test_a_model_that_fails_on_every_row_stops_the_job(run_job, tmp_path: Path, runner: str) -> None:
     model = models.fails_at_runtime(tmp_path / "bad.onnx")
     write_parquet(tmp_path / "d" / "p.parquet", {"x": fixed_list(np.ones((500, 3), np.float32))})
-    result = run_job({"model": {"uri": model}, "input": {"uri": str(tmp_path / "d"), "format": "parquet"}})
+    data = tmp_path / "d"
+    result = run_job(
+        {
+            "model": {"uri": model},
+            "input": {"uri": str(data), "format": "parquet"},
+            "compute": {"runner": runner},
+        }
+    )
     assert not result.ok and result.job["status"] == "failed"
     error = result.job["error"]
     assert error.startswith("ModelFailure: ONNX Runtime failed on each of the first 3 rows it was given")

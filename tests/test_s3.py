@@ -69,7 +69,8 @@ def job(src: str, out: str, model: str, endpoint: str) -> dict[str, Any]:
 
 def test_tables_s3_to_s3_with_the_model_in_a_bucket(run_job, s3: Any, tables: Path) -> None:
     endpoint, fs = s3
-    result = run_job(job("s3://data/tables/", "s3://results/t1", "s3://models/mlp.onnx", endpoint))
+    cfg = job("s3://data/tables/", "s3://results/t1", "s3://models/mlp.onnx", endpoint)
+    result = run_job({**cfg, "compute": {"runner": "ray"}})  # storage_options reach Ray's workers
     assert result.ok, result.job["error"]
     assert sorted(fs.ls("results/t1/predictions")) == [
         f"results/t1/predictions/part-00000{i}.parquet" for i in range(3)
@@ -118,6 +119,7 @@ def test_images_s3_to_s3(run_job, s3: Any, tmp_path: Path) -> None:
             "input": {"uri": "s3://data/imgs", "format": "images", "files_per_shard": 5},
             "output": {"uri": "s3://results/i1"},
             "storage_options": options(endpoint),
+            "compute": {"runner": "ray"},
         }
     )
     assert result.ok, result.job["error"]
