@@ -77,10 +77,11 @@ def run(
 ) -> None:
     """Run a job with the driver in this process."""
     from scoring.job import interrupted_message, run_job
+    from scoring.progress import console_progress
     from scoring.report import summary
 
     cfg = _load(config, sets + ((f"compute.runner={runner}",) if runner else ()), mode)
-    result = run_job(cfg, address=address, echo=click.echo)
+    result = run_job(cfg, address=address, echo=click.echo, progress=console_progress(click.echo))
     click.echo(summary(result.job, result.records))
     if result.job["status"] == "interrupted":
         click.echo(interrupted_message(result), err=True)
@@ -94,14 +95,32 @@ def run(
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--address", required=True, help="Job API address of the cluster, e.g. http://HEAD:8265.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option(
+    "--runtime-env",
+    "runtime_env",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="A runtime env in Ray's format (YAML or JSON: pip:, conda:, env_vars: ...), merged with ours.",
+)
+@click.option(
+    "--runtime-env-json", default=None, help="The same as a JSON string; its keys win over the file's."
+)
 @click.option("--no-wait", is_flag=True, help="Print the job id and return without following logs.")
 @_errors
-def submit(config: str, address: str, sets: tuple[str, ...], no_wait: bool) -> None:
+def submit(
+    config: str,
+    address: str,
+    sets: tuple[str, ...],
+    runtime_env: str | None,
+    runtime_env_json: str | None,
+    no_wait: bool,
+) -> None:
     """Submit the job to a Ray cluster's Job API and follow it."""
-    from scoring.submit import submit_job
+    from scoring.submit import load_runtime_env, submit_job
 
     _load(config, sets)  # fail here, not on the cluster, for a bad config
-    sys.exit(submit_job(config, address, sets, wait=not no_wait, echo=click.echo))
+    env = load_runtime_env(runtime_env, runtime_env_json)
+    sys.exit(submit_job(config, address, sets, wait=not no_wait, runtime_env=env, echo=click.echo))
 
 
 @cli.command()
@@ -141,10 +160,10 @@ def report(output_uri: str, html: str | None) -> None:
     """Summarise a finished or running job from its output folder."""
     from scoring.report import load_report, summary, write_html
 
-    job, records = load_report(output_uri)
-    click.echo(summary(job, records))
+    report = load_report(output_uri)
+    click.echo(summary(report.job, report.records))
     if html:
-        write_html(html, job, records)
+        write_html(html, report)
         click.echo(f"wrote {html}")
 
 

@@ -79,7 +79,13 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    # Ray's own lines (the token-authentication notice, workers' logs) only when debugging: the
+    # job reports what matters itself, and a worker's errors reach the driver as exceptions.
+    debug = os.environ.get("SCORING_DEBUG") == "1"
+    kwargs: dict[str, Any] = {
+        "logging_level": logging.INFO if debug else logging.ERROR,
+        "log_to_driver": debug,
+    }
     if address:
         if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
             import scoring

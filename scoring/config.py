@@ -95,10 +95,19 @@ class InputConfig(_Section):
     image: ImageConfig = ImageConfig()
 
 
+class PostprocessConfig(_Section):
+    output: str | None = None  # default: the only float output of shape [N, C]
+    softmax: bool = False  # logits -> probabilities first
+    top_k: int = Field(default=1, ge=1)
+    # A URI of a text file (one label per line), a list, or metadata:KEY (the model's metadata).
+    labels: str | list[str] | None = None
+
+
 class OutputConfig(_Section):
     uri: str
     mode: Literal["error", "overwrite", "resume"] = "error"
     outputs: dict[str, str] | None = None  # None: every output; {}: none (postprocess columns only)
+    postprocess: PostprocessConfig | None = None
 
 
 class ComputeConfig(_Section):

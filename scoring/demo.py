@@ -144,7 +144,8 @@ def run_demo(directory: str, echo: Callable[[str], None] = print) -> int:
     from scoring import cluster
     from scoring.config import load_config
     from scoring.job import run_job
-    from scoring.report import summary
+    from scoring.progress import console_progress
+    from scoring.report import load_report, summary, write_html
 
     root = Path(directory).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -184,9 +185,14 @@ def run_demo(directory: str, echo: Callable[[str], None] = print) -> int:
     try:
         for name, data in jobs.items():
             echo(f"\n== {name} ==")
-            result = run_job(load_config(data=data, environ={}), echo=echo)
+            result = run_job(load_config(data=data, environ={}), echo=echo, progress=console_progress(echo))
             echo(summary(result.job, result.records))
+            page = root / f"report-{name}.html"
+            write_html(str(page), load_report(result.out))
             echo(f"outputs: {result.out}/predictions/, _shards.parquet, _errors.parquet, _job.json")
+            echo(
+                f"report: {page} (open it in a browser; `scoring report {result.out} --html FILE` makes one)"
+            )
             status = status or (0 if result.ok else 1)
     finally:
         if started:

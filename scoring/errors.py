@@ -13,6 +13,7 @@
     ├── ModelFailure             the model fails on every batch, or gives outputs that cannot be
     │                            aligned with the rows: a property of the model, not the data (exit 1)
     ├── RowError                 a whole shard rejected (unreadable); becomes _errors.parquet rows
+    ├── RowsRejected             scoring.predict met rows it cannot score (on_error="raise")
     ├── JobFailed                the job ran but failed: too many rejected rows, a crash (exit 1)
     └── Interrupted              SIGINT or SIGTERM stopped the job; resume finishes it (exit 130)
 
@@ -57,6 +58,10 @@ class ProviderError(ScoringError):
 
 
 class ModelFailure(ScoringError):
+    exit_code = 1
+
+
+class RowsRejected(ScoringError):
     exit_code = 1
 
 

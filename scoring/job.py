@@ -25,11 +25,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from scoring import cluster, images, plan, sink, sources, storage
+from scoring import cluster, images, plan, postprocess, sink, sources, storage
 from scoring.config import Config, redact_argv
-from scoring.errors import InputError, JobFailed, ModelFailure, ScoringError, StorageError
+from scoring.errors import ConfigError, InputError, JobFailed, ModelFailure, ScoringError, StorageError
+from scoring.inference import output_columns
 from scoring.model import load_model_info
-from scoring.predict import output_columns
+from scoring.progress import Lines
 from scoring.record import Reason, Rejections, ShardRecord
 from scoring.runners import RUNNERS, WorkerDied, dispatch
 from scoring.scorer import JobSpec
@@ -55,6 +56,12 @@ def check(cfg: Config) -> tuple[JobSpec, str, list[storage.FileInfo]]:
     so = cfg.storage_options
     info, _ = load_model_info(cfg.model.uri, so)
     output_columns(info, cfg.output.outputs)
+    pp = postprocess.resolve(cfg.output.postprocess, info, so)
+    if cfg.output.outputs == {} and pp is None:
+        raise ConfigError(
+            "config key 'output.outputs' is {} (no raw output) and output.postprocess is not set: "
+            "the predictions would have no column. Set output.postprocess, or leave output.outputs out"
+        )
     kind, files = plan.list_input(cfg)
     first = files[0].uri
     if cfg.input.format == "images":
@@ -71,10 +78,10 @@ def check(cfg: Config) -> tuple[JobSpec, str, list[storage.FileInfo]]:
                     f"{first}: no column {missing} (columns found: {names}); input.image_column names "
                     "the column of encoded image bytes, input.keep the columns to copy"
                 )
-        return JobSpec(cfg, info, size, layout), kind, files
+        return JobSpec(cfg, info, size, layout, pp), kind, files
     schema = sources.read_schema(first, so)
     plan_feeds(info, cfg.input.columns, schema, first, cfg.input.keep)
-    return JobSpec(cfg, info), kind, files
+    return JobSpec(cfg, info, postprocess=pp), kind, files
 
 
 def decide_plan(
@@ -111,9 +118,15 @@ def decide_plan(
     return job_plan, settled
 
 
-def run_job(cfg: Config, *, address: str | None = None, echo: Echo = print) -> JobResult:
+def run_job(
+    cfg: Config, *, address: str | None = None, echo: Echo = print, progress: Lines | None = None
+) -> JobResult:
     """Score every shard of the plan and write the output layout. ``result.ok`` is False when the
-    job failed (too many rejected rows, a model or provider failure) or was interrupted."""
+    job failed (too many rejected rows, a model or provider failure) or was interrupted.
+
+    ``echo`` takes the messages before scoring starts; ``progress`` (default: plain lines through
+    ``echo``) reports the shards as they settle."""
+    progress = progress or Lines(echo)
     started = time.time()
     with _signals() as stop:
         spec, kind, files = check(cfg)
@@ -144,16 +157,23 @@ def run_job(cfg: Config, *, address: str | None = None, echo: Echo = print) -> J
             out.write_plan(job_plan)
             todo = [s for s in job_plan.shards if s.index not in settled]
             t_ready = time.time()
-            echo(
+            progress.start(
+                {s.index: s.rows for s in job_plan.shards},
+                list(settled.values()),
                 f"scoring {len(todo)} of {len(job_plan.shards)} shard(s) with {pool.actors} worker(s) "
-                f"x {pool.cpus_per_actor:g} CPU / {pool.gpus_per_actor:g} GPU ({runner_name} runner)"
+                f"x {pool.cpus_per_actor:g} CPU / {pool.gpus_per_actor:g} GPU ({runner_name} runner)",
             )
-            run = _Run(spec, out, settled, echo)
+            run = _Run(spec, out, settled, progress)
             runner = RUNNERS[runner_name](spec, pool)
             status, error = "succeeded", None
+
+            def tick() -> bool:
+                progress.tick()
+                return stop.is_set()
+
             try:
                 runner.start()
-                if not dispatch(runner, todo, run.settle, stop.is_set, echo):
+                if not dispatch(runner, todo, run.settle, tick, progress.message):
                     status = "interrupted"
             except ScoringError as exc:  # the job's own stop says why; a worker's says what it was
                 status, error = (
@@ -162,6 +182,7 @@ def run_job(cfg: Config, *, address: str | None = None, echo: Echo = print) -> J
                 )
             finally:
                 out.revoke()  # no commit of this run lands after this
+                progress.close()
                 runner.stop()
                 out.sweep()  # what stopped workers left half-written
             records = run.collect()
@@ -181,8 +202,10 @@ class _Run:
     """The driver's side of the shards of one run: their records as they settle, the rejected-row
     limit, the progress lines."""
 
-    def __init__(self, spec: JobSpec, out: sink.Output, settled: dict[int, ShardRecord], echo: Echo) -> None:
-        self.spec, self.out, self.echo = spec, out, echo
+    def __init__(
+        self, spec: JobSpec, out: sink.Output, settled: dict[int, ShardRecord], progress: Lines
+    ) -> None:
+        self.spec, self.out, self.progress = spec, out, progress
         self.records = dict(settled)
         self.rejected = sum(r.rows_failed for r in settled.values())
         self.scored = 0  # rows scored by this run (not by the runs it resumes)
@@ -201,7 +224,7 @@ class _Run:
         self.records[rec.index] = rec
         self.rejected += rec.rows_failed
         self.scored += rec.rows - rec.rows_failed
-        self.echo(_progress_line(rec, len(self.records)))
+        self.progress.settled(rec)
         limit = self.spec.config.errors.max_rejected_rows
         if self.rejected > limit:
             raise JobFailed(
@@ -288,14 +311,6 @@ def _install(stop: threading.Event) -> None:
 def _signals_again(stop: threading.Event) -> None:
     if threading.current_thread() is threading.main_thread():
         _install(stop)
-
-
-def _progress_line(rec: ShardRecord, n: int) -> str:
-    bad = f", {rec.rows_failed} rejected" if rec.rows_failed else ""
-    return (
-        f"  [{n}] {rec.shard}: {rec.status}, {rec.rows} rows{bad}, "
-        f"{rec.wall_s:.2f}s ({rec.rows_per_s:,.0f} rows/s) on {rec.device}"
-    )
 
 
 def _job_record(

@@ -69,13 +69,13 @@ def dispatch(
     runner: Runner,
     shards: Sequence[Shard],
     settle: Callable[[Shard, concurrent.futures.Future[ShardRecord]], None],
-    stopping: Callable[[], bool],
+    tick: Callable[[], bool],
     echo: Callable[[str], None],
 ) -> bool:
     """Keep every worker's slots full until every shard is settled; ``settle`` is called with each
     shard and its finished future (it may raise to stop the job). A shard whose worker died is
-    run again on a fresh one, up to ``SHARD_ATTEMPTS`` times. Returns False when ``stopping()``
-    said to stop first."""
+    run again on a fresh one, up to ``SHARD_ATTEMPTS`` times. ``tick`` is called every
+    ``POLL_S`` (progress, signals); returns False when it said to stop first."""
     todo = collections.deque(shards)
     running: dict[concurrent.futures.Future[ShardRecord], tuple[int, Shard]] = {}
     free = [runner.slots] * runner.workers
@@ -99,7 +99,7 @@ def dispatch(
                     todo.appendleft(shard)
                     continue
             settle(shard, future)
-        if stopping():
+        if tick():
             return False
     return True
 

@@ -17,8 +17,9 @@ import pyarrow as pa
 
 from scoring import images
 from scoring.config import Config
+from scoring.inference import Health, align, output_columns, run_groups, to_arrow
 from scoring.model import ModelInfo
-from scoring.predict import Health, align, output_columns, run_groups, to_arrow
+from scoring.postprocess import Postprocess
 from scoring.record import Rejections
 from scoring.session import Session, warm_up
 from scoring.tensors import Feed, Group, plan_feeds, prepare
@@ -36,6 +37,7 @@ class JobSpec:
     model: ModelInfo
     image_size: tuple[int, int] | None = None
     image_layout: str | None = None
+    postprocess: Postprocess | None = None
     run_id: str = ""
     driver: tuple[str, int] = ("", 0)
 
@@ -61,12 +63,17 @@ class Scorer:
         self.spec, self.session = spec, session
         cfg = spec.config
         self.outputs = output_columns(spec.model, cfg.output.outputs)
-        self.names = list(dict.fromkeys(s.name for s in self.outputs.values()))
+        pp = spec.postprocess
+        self.names = list(
+            dict.fromkeys([*(s.name for s in self.outputs.values()), *([pp.output] if pp else [])])
+        )
         self.health = Health()
         self.feeds: dict[pa.Schema, list[Feed]] = {}
         rows, values = warm_up(session, spec.model, self.names)
         if values is not None:
-            align(values, self.names, spec.model, rows, rows)  # ModelFailure names the output
+            aligned = align(values, self.names, spec.model, rows, rows)  # ModelFailure names the output
+            if pp is not None:  # the class count against the labels, before the first shard
+                pp.columns(np.asarray(aligned[self.names.index(pp.output)]))
 
     def plan(self, schema: pa.Schema, where: str) -> list[Feed]:
         """The feeds for tables of ``schema`` (checked once per schema). Raises ``InputError``."""
@@ -102,6 +109,12 @@ class Scorer:
             field, array = to_arrow(col, spec, values.get(spec.name, []))
             fields.append(field)
             columns.append(array)
+        pp = self.spec.postprocess
+        if pp is not None:
+            chunks = values.get(pp.output, [])
+            scores = np.concatenate(chunks) if chunks else np.zeros((0, 1), np.float32)
+            fields += pp.fields()
+            columns += pp.columns(scores)
         return Scored(rows, fields, columns, rejected, infer_s=infer_s)
 
     def predictions(self, shard: str, offset: int, scored: Scored, keep: pa.Table | None) -> pa.Table:

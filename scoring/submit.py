@@ -1,21 +1,67 @@
 """``scoring submit``: send a job to a Ray cluster through its Job API and follow it.
 
-The runtime environment ships this package (``py_modules``) and the config (``working_dir``);
-the cluster's Python must already have the dependencies (ray, onnxruntime, pyarrow, ...).
+The runtime environment ships this package (``py_modules``) and the config (``working_dir``).
+A cluster whose Python lacks the dependencies gets them from the user's own runtime env, in
+Ray's format (``pip:``, ``conda:``, ``container:``, ``env_vars:`` ...), merged with ours.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from scoring.errors import ConfigError
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def load_runtime_env(path: str | None, text: str | None) -> dict[str, Any]:
+    """The user's runtime env from ``--runtime-env FILE`` (YAML or JSON) and/or
+    ``--runtime-env-json``; the JSON's keys win. Raises ``ConfigError`` naming what is wrong."""
+    import yaml
+
+    env: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path) as f:
+                loaded = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"--runtime-env {path}: cannot read it as YAML or JSON ({exc})") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"--runtime-env {path}: expected a mapping (pip:, env_vars:, ...), found {loaded!r}"
+            )
+        env.update(loaded)
+    if text:
+        try:
+            loaded = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"--runtime-env-json is not valid JSON ({exc}): {text!r}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--runtime-env-json: expected a JSON object, found {text!r}")
+        env.update(loaded)
+    return env
+
+
+def merge_runtime_env(user: Mapping[str, Any], workdir: str, package: str) -> dict[str, Any]:
+    """Ray's runtime env for the job: the user's, with this package added to ``py_modules`` and
+    the config's folder as ``working_dir`` (which ``submit`` needs for itself)."""
+    if "working_dir" in user:
+        raise ConfigError(
+            "the runtime env sets working_dir, which scoring submit uses to ship the config; ship "
+            "your files with py_modules instead, or use `ray job submit --working-dir … -- python "
+            "jobs/score.py --config job.yaml`"
+        )
+    merged = dict(user)
+    merged["py_modules"] = [*user.get("py_modules", []), package]
+    merged["working_dir"] = workdir
+    return merged
 
 
 def submit_job(
@@ -24,6 +70,7 @@ def submit_job(
     sets: Sequence[str],
     *,
     wait: bool,
+    runtime_env: Mapping[str, Any] | None = None,
     echo: Callable[[str], None] = print,
     poll_s: float = 1.0,
     agent_wait_s: float = 60.0,
@@ -45,11 +92,11 @@ def submit_job(
     entrypoint = f"python -m scoring run job.yaml {overrides}".strip()
     try:
         client = JobSubmissionClient(address)
-        runtime_env = {"working_dir": workdir, "py_modules": [os.path.dirname(scoring.__file__)]}
+        env = merge_runtime_env(runtime_env or {}, workdir, os.path.dirname(scoring.__file__))
         deadline = time.monotonic() + agent_wait_s
         while True:
             try:
-                job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+                job_id = client.submit_job(entrypoint=entrypoint, runtime_env=env)
                 break
             except RuntimeError as exc:
                 # A head that has just started answers 500 "No available agent to submit job,

@@ -144,3 +144,30 @@ def fails_at_runtime(path: Path) -> str:
         [numpy_helper.from_array(np.array([1, 7], np.int64), "shape")],
     )
     return save(graph, path)
+
+
+def classifier(path: Path, classes: int = 4, metadata: dict[str, str] | None = None, seed: int = 4) -> str:
+    """x [batch, 8] -> logits [batch, C] = x @ W and probs [batch, C] = softmax(logits), with
+    ``metadata`` in the model (an orientation classifier keeps ``character = 0,90,180,270``)."""
+    w = np.random.default_rng(seed).standard_normal((8, classes)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes]),
+            helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", classes]),
+        ],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)

@@ -1,0 +1,179 @@
+"""The Python API: ``run`` a job as ``scoring run`` does, or ``predict`` on any Ray Dataset.
+
+``predict`` applies a job's rules — feeding, casting, shapes, outputs, postprocessing — through
+the same ``Scorer``, as a Ray Data ``map_batches`` stage on an actor pool (one ORT session per
+actor). It returns a lazy ``Dataset``: the ``keep`` columns, then the output columns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from scoring.config import load_config
+from scoring.errors import RowsRejected
+from scoring.record import Rejections
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from scoring.job import JobResult
+    from scoring.scorer import JobSpec
+
+WHERE = "the dataset"  # how messages name a Dataset's batches
+
+
+def run(
+    config: str | os.PathLike[str] | Mapping[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    address: str | None = None,
+    echo: Any = print,
+) -> JobResult:
+    """Run a job: ``config`` is a YAML file or the same tree as a dict; ``overrides`` maps dotted
+    keys to values (``{"compute.batch_size": 512}``), above the file and the environment.
+
+    Returns the ``JobResult`` (``.ok``, ``.job`` as in ``_job.json``, ``.records``, ``.out``).
+    Raises ``ScoringError`` for what ``scoring run`` exits 2 on; a job that ran and failed or was
+    interrupted returns with ``ok`` False. ``echo`` takes the progress lines (``None``: quiet).
+    """
+    from scoring.job import run_job
+
+    sets = [f"{key}={json.dumps(value)}" for key, value in (overrides or {}).items()]
+    if isinstance(config, Mapping):
+        cfg = load_config(data=json.loads(json.dumps(config)), overrides=sets)
+    else:
+        cfg = load_config(config, overrides=sets)
+    return run_job(cfg, address=address, echo=echo or (lambda _: None))
+
+
+def predict(
+    ds: ray.data.Dataset,
+    model: str,
+    *,
+    columns: Mapping[str, str | list[str]] | None = None,
+    keep: Sequence[str] = (),
+    outputs: Mapping[str, str] | None = None,
+    postprocess: Mapping[str, Any] | None = None,
+    batch_size: int = 256,
+    actors: int | None = None,
+    cpus_per_actor: float = 1.0,
+    gpus_per_actor: float = 0.0,
+    providers: Sequence[str] | None = None,
+    on_error: Literal["raise", "null"] = "raise",
+    storage_options: Mapping[str, Any] | None = None,
+) -> ray.data.Dataset:
+    """Score every row of ``ds`` with ``model`` (a path or fsspec URI), lazily.
+
+    ``columns``, ``keep``, ``outputs`` and ``postprocess`` mean what ``input.columns``,
+    ``input.keep``, ``output.outputs`` and ``output.postprocess`` mean in a job. ``actors``
+    sessions (default: one per CPU left after one for reading, or one per GPU) of
+    ``cpus_per_actor`` threads each. A row that cannot be scored raises with its reason, unless
+    ``on_error="null"``: its outputs are null and an ``error`` column says why.
+
+    Raises ``ScoringError`` (at once, before anything runs) for a model, key or column that cannot
+    work; the schema is checked when the dataset knows it without reading.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from scoring.model import load_model_info
+    from scoring.postprocess import resolve
+    from scoring.scorer import JobSpec
+    from scoring.tensors import plan_feeds
+
+    so = dict(storage_options or {})
+    cfg = load_config(
+        data={
+            "model": {"uri": model, **({"providers": list(providers)} if providers else {})},
+            "input": {"uri": WHERE, "format": "parquet", "columns": dict(columns or {}), "keep": list(keep)},
+            "output": {"uri": WHERE, "outputs": outputs, "postprocess": postprocess},
+            "compute": {
+                "batch_size": batch_size,
+                "cpus_per_actor": cpus_per_actor,
+                "gpus_per_actor": gpus_per_actor,
+            },
+            "storage_options": so,
+        },
+        environ={},
+    )
+    info, _ = load_model_info(model, so)
+    spec = JobSpec(cfg, info, postprocess=resolve(cfg.output.postprocess, info, so))
+    schema = _known_schema(ds)
+    if schema is not None:
+        plan_feeds(info, cfg.input.columns, schema, WHERE, cfg.input.keep)
+    if actors is None:
+        resources = ray.cluster_resources()
+        if gpus_per_actor:
+            actors = max(1, int(resources.get("GPU", 0) / gpus_per_actor))
+        else:  # one CPU left for the tasks that read the data (ray-project/ray#44687)
+            actors = max(1, int((resources.get("CPU", 1) - 1) / cpus_per_actor))
+    return ds.map_batches(
+        _Predict,
+        fn_constructor_args=(spec, max(1, int(cpus_per_actor)), on_error),
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=actors),
+        num_cpus=cpus_per_actor,
+        num_gpus=gpus_per_actor or None,
+    )
+
+
+def _known_schema(ds: Any) -> pa.Schema | None:
+    """The dataset's Arrow schema when it is known without running it (a read's metadata)."""
+    try:
+        schema = ds.schema(fetch_if_missing=False)
+    except Exception:  # Ray's schema API varies; the workers check every batch anyway
+        return None
+    base = getattr(schema, "base_schema", schema)
+    return base if isinstance(base, pa.Schema) else None
+
+
+class _Predict:
+    """The Ray Data UDF: one session, scoring each batch with a job's rules."""
+
+    def __init__(self, spec: JobSpec, threads: int, on_error: str) -> None:
+        import ray
+
+        from scoring.model import local_model_path
+        from scoring.scorer import Scorer
+        from scoring.session import build_session
+
+        gpu_ids = [int(g) for g in ray.get_gpu_ids()] if spec.config.compute.gpus_per_actor > 0 else []
+        if not gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        path = local_model_path(spec.model.uri, spec.model.sha256, spec.config.storage_options)
+        session = build_session(path, spec.model, spec.config.model, threads=threads, gpu_ids=gpu_ids)
+        self.scorer, self.keep, self.on_error = Scorer(spec, session), spec.config.input.keep, on_error
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        scored = self.scorer.score_table(batch, self.scorer.plan(batch.schema, WHERE))
+        n = batch.num_rows
+        if len(scored.rejected) and self.on_error == "raise":
+            raise RowsRejected(
+                f"{scored.rejected.count} row(s) of a batch of {n} cannot be scored; the first: "
+                f"{scored.rejected.first()}. Pass on_error='null' to keep them with null outputs "
+                "and an error column"
+            )
+        position = np.full(n, -1, dtype=np.int64)
+        position[scored.rows] = np.arange(len(scored.rows))
+        take = pa.array(position, mask=position < 0)  # a null index gives a null output
+        columns = [batch.column(c) for c in self.keep] + [c.take(take) for c in scored.columns]
+        fields = [batch.schema.field(c) for c in self.keep] + scored.fields
+        if self.on_error == "null":
+            columns.append(_errors(scored.rejected, n))
+            fields.append(pa.field("error", pa.string()))
+        return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+def _errors(rejected: Rejections, n: int) -> pa.Array:
+    messages: list[str | None] = [None] * n
+    for start, stop, reason in rejected.ranges:
+        for row in range(max(start, 0), stop):
+            messages[row] = f"{reason.stage}: {reason.message}"
+    return pa.array(messages, pa.string())

@@ -1,0 +1,89 @@
+"""The Python API: scoring.run, and scoring.predict on Ray Datasets, on a real local Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import models
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pytest
+import yaml
+from conftest import features_job, fixed_list, write_parquet
+
+import scoring
+from scoring.demo import make_mlp, write_tables
+from scoring.errors import InputError
+
+
+def test_run_takes_a_file_or_a_dict_and_overrides(tmp_path: Path) -> None:
+    model = make_mlp(tmp_path / "m.onnx", (8, 3))
+    write_tables(tmp_path / "d", files=2, rows=100, features=8)
+    cfg = {**features_job(tmp_path / "d", model, keep=["id"]), "output": {"uri": str(tmp_path / "o")}}
+    cfg["compute"] = {"runner": "local"}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    lines: list[str] = []
+    result = scoring.run(path, overrides={"compute.batch_size": 7}, echo=lines.append)
+    assert result.ok and result.job["totals"]["rows"] == 200
+    assert result.job["config"]["compute"]["batch_size"] == 7 and result.out == str(tmp_path / "o")
+    assert any("[2/2]" in line for line in lines)
+    again = scoring.run(
+        cfg, overrides={"output.mode": "overwrite", "output.outputs": {"p": "probs"}}, echo=None
+    )
+    assert again.ok and again.records[0].rows == 100
+    with pytest.raises(InputError, match="no column 'nope'"):
+        scoring.run(cfg, overrides={"input.columns": {"x": "nope"}, "output.mode": "overwrite"}, echo=None)
+
+
+def test_predict_on_a_dataset_with_the_job_rules_and_postprocess(ray_session: Any, tmp_path: Path) -> None:
+    model = models.classifier(tmp_path / "c.onnx", metadata={"character": "0,90,180,270"})
+    x = np.random.default_rng(3).standard_normal((300, 8))  # float64: cast to the model's float32
+    write_parquet(tmp_path / "d" / "a.parquet", {"id": np.arange(300), "feats": fixed_list(x)})
+    ds = ray_session.data.read_parquet(str(tmp_path / "d"))
+    scored = scoring.predict(
+        ds,
+        model=model,
+        columns={"x": "feats"},
+        keep=["id"],
+        outputs={"probs": "probs"},
+        postprocess={"output": "probs", "labels": "metadata:character"},
+        batch_size=64,
+        actors=1,
+    )
+    table = pa.Table.from_pylist(scored.take_all()).sort_by("id")
+    assert table.column_names == ["id", "probs", "label", "score"]
+    (probs,) = ort.InferenceSession(model).run(["probs"], {"x": x.astype(np.float32)})
+    np.testing.assert_allclose(
+        np.stack(table.column("probs").to_numpy(zero_copy_only=False)), probs, rtol=1e-5
+    )
+    assert table.column("label").to_pylist() == [["0", "90", "180", "270"][i] for i in probs.argmax(1)]
+
+
+def test_predict_rows_that_cannot_be_scored_raise_or_come_back_null(ray_session: Any, tmp_path: Path) -> None:
+    model = make_mlp(tmp_path / "m.onnx", (4, 2))
+    rows = [[1.0, 2.0, 3.0, 4.0], None, [1.0, 2.0], [0.5, 0.5, 0.5, 0.5]]
+    write_parquet(
+        tmp_path / "d" / "a.parquet", {"id": [0, 1, 2, 3], "x": pa.array(rows, pa.list_(pa.float32()))}
+    )
+    ds = ray_session.data.read_parquet(str(tmp_path / "d"))
+    lenient = scoring.predict(ds, model=model, keep=["id"], on_error="null", actors=1)
+    table = pa.Table.from_pylist(lenient.take_all()).sort_by("id")
+    assert table.column_names == ["id", "probs", "error"]
+    assert [p is None for p in table.column("probs").to_pylist()] == [False, True, True, False]
+    errors = table.column("error").to_pylist()
+    assert (
+        errors[0] is None
+        and "null" in errors[1]
+        and "2 values; input 'x' takes rows of shape [4]" in errors[2]
+    )
+    with pytest.raises(Exception) as info:
+        scoring.predict(ds, model=model, keep=["id"], actors=1).take_all()
+    # Ray Data raises its own error around the UDF's; its text carries ours, with the reason.
+    text = str(info.value)
+    assert "RowsRejected: 2 row(s) of a batch of 4 cannot be scored; the first: preprocess (row 1)" in text
+    assert "column x is null" in text and "on_error='null'" in text
+    with pytest.raises(InputError, match=r"the dataset: no column 'x' for model input 'x'"):
+        scoring.predict(ds.select_columns(["id"]), model=model)
