@@ -189,6 +189,11 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Any:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+        # A head stopped this way leaves its address where ray.init() looks for a cluster to
+        # join: the next ray.init() on this machine would wait for a dead one.
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.exists() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
 
 
 def _job_api_up(address: str) -> bool:
