@@ -11,6 +11,8 @@ A runner has ``workers`` workers, each taking up to ``slots`` shards at once, an
 holds the workers in this process, shards in threads: ONNX Runtime, pyarrow and Pillow release
 the GIL, so threads keep every core busy without Ray's start-up (README "Runners").
 
+- ``replace(worker, handle)``: a fresh worker in place of one whose process died.
+
 Example, a runner that scores one shard at a time in the calling thread::
 
     class InlineRunner:
@@ -18,6 +20,7 @@ Example, a runner that scores one shard at a time in the calling thread::
         def start(self): self.worker = Worker(spec, Placement("here", "inline"))
         def submit(self, worker, shard):
             f = Future(); f.set_result(self.worker.score(shard)); return f
+        def replace(self, worker, handle): raise AssertionError("it cannot die alone")
         def stop(self): pass
 """
 

@@ -27,7 +27,7 @@ from scoring.errors import InputError, RowError
 from scoring.model import local_model_path
 from scoring.plan import Shard
 from scoring.record import Reason, Rejections, ShardRecord
-from scoring.scorer import JobSpec, Scorer
+from scoring.scorer import JobSpec, Scored, Scorer
 from scoring.tensors import feed_columns
 
 # How often a worker writing to object storage checks that its run still holds OUT (a GET);
@@ -185,7 +185,7 @@ class Worker:
         self,
         shard: Shard,
         offset: int,
-        scored: Any,
+        scored: Scored,
         keep: pa.Table | None,
         rec: ShardRecord,
         rejections: Rejections,

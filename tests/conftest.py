@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
+import re
+import select
+import signal
 import socket
+import struct
+import termios
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -86,3 +94,50 @@ def read_predictions(out: str | Path) -> pa.Table:
 
 def read_errors(out: str | Path) -> pa.Table:
     return pq.read_table(Path(out) / "_errors.parquet")
+
+
+class Terminal:
+    """A command on a pseudo-terminal of ``columns`` columns, as a user runs it: what it shows,
+    keys typed into it (Ctrl-C reaches the whole foreground process group, as on a real one)."""
+
+    def __init__(self, argv: list[str], columns: int = 160) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}  # the pty's size rules
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            os.execve(argv[0], argv, env)
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+        self.screen = b""
+        self.status: int | None = None
+
+    def read(self) -> None:
+        while select.select([self.fd], [], [], 0)[0]:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.screen += chunk
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.fd, keys)
+
+    def wait(self, timeout: float) -> int:
+        """The exit status; the command is killed and the test fails past ``timeout`` seconds."""
+        deadline = time.time() + timeout
+        while self.status is None:
+            self.read()
+            done, raw = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.status = os.waitstatus_to_exitcode(raw)
+            elif time.time() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+                raise AssertionError(f"still running after {timeout} s:\n{self.text}")
+            time.sleep(0.05)
+        self.read()
+        return self.status
+
+    @property
+    def text(self) -> str:
+        """What the terminal showed, without its control sequences."""
+        return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", self.screen.decode(errors="replace"))

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import signal
 import subprocess
 import sys
@@ -25,7 +23,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import features_job
+from conftest import Terminal, features_job
 
 from scoring.demo import make_mlp, write_tables
 
@@ -135,41 +133,16 @@ def test_ctrl_c_on_a_terminal_stops_in_seconds_and_resume_finishes(
 ) -> None:
     path = config(tmp_path, data, runner)
     out = tmp_path / "out"
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the CLI, on a terminal, as a user starts it
-        os.execv(sys.executable, [sys.executable, "-m", "scoring", "run", str(path)])
-    screen = b""
-
-    def read() -> None:
-        nonlocal screen
-        while select.select([fd], [], [], 0)[0]:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                return
-            if not chunk:
-                return
-            screen += chunk
-
+    term = Terminal([sys.executable, "-m", "scoring", "run", str(path)])
     deadline = time.time() + 120
     while len(markers(out)) < 2 and time.time() < deadline:
-        read()
+        term.read()
         time.sleep(0.05)
-    assert len(markers(out)) >= 2, screen.decode(errors="replace")
-    os.write(fd, b"\x03")  # Ctrl-C: the terminal sends SIGINT to the whole foreground group
+    assert len(markers(out)) >= 2, term.text
+    term.type(b"\x03")  # Ctrl-C: the terminal sends SIGINT to the whole foreground group
     typed = time.time()
-    status = None
-    while status is None:
-        read()
-        done, status_raw = os.waitpid(pid, os.WNOHANG)
-        if done:
-            status = os.waitstatus_to_exitcode(status_raw)
-        elif time.time() - typed > 30:
-            os.kill(pid, signal.SIGKILL)
-            raise AssertionError("still running 30 s after Ctrl-C:\n" + screen.decode(errors="replace"))
-        time.sleep(0.05)
-    read()
-    text = screen.decode(errors="replace")
+    status = term.wait(timeout=30)
+    text = term.text
     assert status == 130, text
     assert time.time() - typed < 15
     job = assert_summary_matches_markers(out)

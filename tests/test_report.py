@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
-import pty
 import re
-import select
-import struct
 import subprocess
 import sys
-import termios
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 import yaml
-from conftest import features_job, write_parquet
+from conftest import Terminal, features_job, write_parquet
 
 from scoring.demo import make_mlp, write_tables
 
@@ -46,31 +39,11 @@ def job_with_bad_rows(tmp_path: Path) -> Path:
     return path
 
 
-def on_a_terminal(argv: list[str], timeout: float = 120) -> tuple[int, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}  # the terminal's size rules
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execve(argv[0], argv, env)
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a 160-column terminal
-    screen, deadline = b"", time.time() + timeout
-    while time.time() < deadline:
-        if select.select([fd], [], [], 0.1)[0]:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            screen += chunk
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), screen.decode(errors="replace")
-
-
 def test_a_terminal_gets_one_live_bar_and_no_ray_noise(tmp_path: Path) -> None:
     path = job_with_bad_rows(tmp_path)
-    code, screen = on_a_terminal([sys.executable, "-m", "scoring", "run", str(path), "--runner", "ray"])
-    assert code == 0, screen
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)  # the terminal's control sequences
+    term = Terminal([sys.executable, "-m", "scoring", "run", str(path), "--runner", "ray"])
+    code, text = term.wait(timeout=120), term.text
+    assert code == 0, text
     assert "100%  41,001/41,001 rows  4/4 shards" in text, text  # the unreadable file: 1 row, unknown before
     assert "rows/s  ETA 0:00:00" in text and "11 rejected, 1 failed" in text
     assert "part-003.parquet: failed: read (file): " in text  # a failed shard gets its own line
