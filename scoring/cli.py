@@ -158,7 +158,8 @@ def validate(config: str, sets: tuple[str, ...]) -> None:
 @_errors
 def report(output_uri: str, html: str | None) -> None:
     """Summarise a finished or running job from its output folder."""
-    from scoring.report import load_report, summary, write_html
+    from scoring.page import write_html
+    from scoring.report import load_report, summary
 
     report = load_report(output_uri)
     click.echo(summary(report.job, report.records))

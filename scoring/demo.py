@@ -144,8 +144,9 @@ def run_demo(directory: str, echo: Callable[[str], None] = print) -> int:
     from scoring import cluster
     from scoring.config import load_config
     from scoring.job import run_job
+    from scoring.page import write_html
     from scoring.progress import console_progress
-    from scoring.report import load_report, summary, write_html
+    from scoring.report import load_report, summary
 
     root = Path(directory).resolve()
     root.mkdir(parents=True, exist_ok=True)

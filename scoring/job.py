@@ -129,62 +129,14 @@ def run_job(
     progress = progress or Lines(echo)
     started = time.time()
     with _signals() as stop:
-        spec, kind, files = check(cfg)
-        runner_name = cfg.compute.runner
-        if runner_name == "local" or cluster.starts_locally(address):
-            cluster.plan_pool(cfg.compute, cluster.nodes("local"), "this machine")  # before Ray starts
-        so, uri = cfg.storage_options, cfg.output.uri
-        run_id = uuid.uuid4().hex[:12]
-        spec = dataclasses.replace(spec, run_id=run_id, driver=(socket.gethostname(), os.getpid()))
-        out = sink.Output(uri, so, run_id)
-        job_plan, settled = decide_plan(out, spec, kind, files, echo)
-        storage.check_writable(uri, so)  # the first write: every refusal above leaves no trace
-        if stop.is_set():
-            raise _interrupted(0, 0, nothing=True)
+        spec, out, job_plan, settled = _prepare(cfg, address, echo, stop)
         t0 = time.time()
-        started_ray = cluster.connect(address) if runner_name == "ray" else False
+        started_ray = cluster.connect(address) if cfg.compute.runner == "ray" else False
         ray_init_s = time.time() - t0
         try:
             _signals_again(stop)  # ray.init installs its own SIGTERM handler
-            where = "the cluster" if runner_name == "ray" else "this machine"
-            pool = cluster.plan_pool(cfg.compute, cluster.nodes(runner_name), where)
-            if stop.is_set():
-                raise _interrupted(0, len(job_plan.shards), nothing=True)
-            out.claim()
-            if cfg.output.mode == "overwrite":
-                out.clear()
-            out.start_over(settled)
-            out.write_plan(job_plan)
-            todo = [s for s in job_plan.shards if s.index not in settled]
             t_ready = time.time()
-            progress.start(
-                {s.index: s.rows for s in job_plan.shards},
-                list(settled.values()),
-                f"scoring {len(todo)} of {len(job_plan.shards)} shard(s) with {pool.actors} worker(s) "
-                f"x {pool.cpus_per_actor:g} CPU / {pool.gpus_per_actor:g} GPU ({runner_name} runner)",
-            )
-            run = _Run(spec, out, settled, progress)
-            runner = RUNNERS[runner_name](spec, pool)
-            status, error = "succeeded", None
-
-            def tick() -> bool:
-                progress.tick()
-                return stop.is_set()
-
-            try:
-                runner.start()
-                if not dispatch(runner, todo, run.settle, tick, progress.message):
-                    status = "interrupted"
-            except ScoringError as exc:  # the job's own stop says why; a worker's says what it was
-                status, error = (
-                    "failed",
-                    str(exc) if isinstance(exc, JobFailed) else f"{type(exc).__name__}: {exc}",
-                )
-            finally:
-                out.revoke()  # no commit of this run lands after this
-                progress.close()
-                runner.stop()
-                out.sweep()  # what stopped workers left half-written
+            status, error, run = _score(spec, out, job_plan, settled, progress, stop)
             records = run.collect()
             if status == "succeeded":
                 error = _model_failed(records)
@@ -195,7 +147,75 @@ def run_job(
         finally:
             if started_ray:
                 cluster.shutdown()
-    return JobResult(uri, job, records)
+    return JobResult(cfg.output.uri, job, records)
+
+
+def _prepare(
+    cfg: Config, address: str | None, echo: Echo, stop: threading.Event
+) -> tuple[JobSpec, sink.Output, plan.Plan, dict[int, ShardRecord]]:
+    """Every check, the plan, then a probe write to OUT: all before Ray starts."""
+    spec, kind, files = check(cfg)
+    if cfg.compute.runner == "local" or cluster.starts_locally(address):
+        cluster.plan_pool(cfg.compute, cluster.nodes("local"), "this machine")
+    run_id = uuid.uuid4().hex[:12]
+    spec = dataclasses.replace(spec, run_id=run_id, driver=(socket.gethostname(), os.getpid()))
+    out = sink.Output(cfg.output.uri, cfg.storage_options, run_id)
+    job_plan, settled = decide_plan(out, spec, kind, files, echo)
+    storage.check_writable(
+        cfg.output.uri, cfg.storage_options
+    )  # the first write: refusals above leave no trace
+    if stop.is_set():
+        raise _interrupted(0, 0, nothing=True)
+    return spec, out, job_plan, settled
+
+
+def _score(
+    spec: JobSpec,
+    out: sink.Output,
+    job_plan: plan.Plan,
+    settled: dict[int, ShardRecord],
+    progress: Lines,
+    stop: threading.Event,
+) -> tuple[str, str | None, _Run]:
+    """Claim OUT, write the plan, dispatch the shards not settled; the claim is revoked and the
+    workers stopped whatever happens. Returns the status, the error and the run's records."""
+    cfg = spec.config
+    runner_name = cfg.compute.runner
+    where = "the cluster" if runner_name == "ray" else "this machine"
+    pool = cluster.plan_pool(cfg.compute, cluster.nodes(runner_name), where)
+    if stop.is_set():
+        raise _interrupted(0, len(job_plan.shards), nothing=True)
+    out.claim()
+    if cfg.output.mode == "overwrite":
+        out.clear()
+    out.start_over(settled)
+    out.write_plan(job_plan)
+    todo = [s for s in job_plan.shards if s.index not in settled]
+    progress.start(
+        {s.index: s.rows for s in job_plan.shards},
+        list(settled.values()),
+        f"scoring {len(todo)} of {len(job_plan.shards)} shard(s) with {pool.actors} worker(s) "
+        f"x {pool.cpus_per_actor:g} CPU / {pool.gpus_per_actor:g} GPU ({runner_name} runner)",
+    )
+    run = _Run(spec, out, settled, progress)
+    runner = RUNNERS[runner_name](spec, pool)
+
+    def tick() -> bool:
+        progress.tick()
+        return stop.is_set()
+
+    try:
+        runner.start()
+        if not dispatch(runner, todo, run.settle, tick, progress.message):
+            return "interrupted", None, run
+    except ScoringError as exc:  # the job's own stop says why; a worker's says what it was
+        return "failed", str(exc) if isinstance(exc, JobFailed) else f"{type(exc).__name__}: {exc}", run
+    finally:
+        out.revoke()  # no commit of this run lands after this
+        progress.close()
+        runner.stop()
+        out.sweep()  # what stopped workers left half-written
+    return "succeeded", None, run
 
 
 class _Run:
