@@ -250,7 +250,11 @@ class ShardOutput:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.file is not None:  # an error, a shard given up, a fenced commit: no trace
+        self.abort()  # an error, a shard given up, a fenced commit: no trace
+
+    def abort(self) -> None:
+        """Drop the predictions written so far (a no-op once committed)."""
+        if self.file is not None:
             if self.writer is not None:
                 self.writer.close()
             self.file.abort()
@@ -275,7 +279,7 @@ class ShardOutput:
         with self.out.fenced():
             with record.timed("write_s"):
                 if status == "failed":
-                    self.__exit__()
+                    self.abort()
                 elif self.writer is not None and self.file is not None:
                     self.writer.close()
                     self.file.commit()
