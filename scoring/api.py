@@ -15,15 +15,17 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from scoring.config import load_config
-from scoring.errors import RowsRejected
+from scoring.config import Config, load_config
+from scoring.errors import InputError, RowsRejected
 from scoring.record import Rejections
 
 if TYPE_CHECKING:
     import ray.data
 
     from scoring.job import JobResult
-    from scoring.scorer import JobSpec
+    from scoring.model import ModelInfo
+    from scoring.postprocess import Postprocess
+    from scoring.preprocess import Preprocessor
 
 WHERE = "the dataset"  # how messages name a Dataset's batches
 
@@ -84,8 +86,7 @@ def predict(
 
     from scoring.model import load_model_info
     from scoring.postprocess import resolve
-    from scoring.scorer import JobSpec
-    from scoring.tensors import plan_feeds
+    from scoring.preprocess import tables
 
     so = dict(storage_options or {})
     cfg = load_config(
@@ -103,10 +104,11 @@ def predict(
         environ={},
     )
     info, _ = load_model_info(model, so)
-    spec = JobSpec(cfg, info, postprocess=resolve(cfg.output.postprocess, info, so))
+    pp = resolve(cfg.output.postprocess, info, so)
     schema = _known_schema(ds)
     if schema is not None:
-        plan_feeds(info, cfg.input.columns, schema, WHERE, cfg.input.keep)
+        tables.resolve(cfg.input, info, schema, WHERE)
+        _check_keep(cfg.input.keep, schema)
     if actors is None:
         resources = ray.cluster_resources()
         if gpus_per_actor:
@@ -115,7 +117,7 @@ def predict(
             actors = max(1, int((resources.get("CPU", 1) - 1) / cpus_per_actor))
     return ds.map_batches(
         _Predict,
-        fn_constructor_args=(spec, max(1, int(cpus_per_actor)), on_error),
+        fn_constructor_args=(cfg, info, pp, max(1, int(cpus_per_actor)), on_error),
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=actors),
@@ -134,46 +136,69 @@ def _known_schema(ds: Any) -> pa.Schema | None:
     return base if isinstance(base, pa.Schema) else None
 
 
+def _check_keep(keep: Sequence[str], schema: pa.Schema) -> None:
+    missing = [c for c in keep if c not in schema.names]
+    if missing:
+        raise InputError(f"{WHERE}: no column {missing} for keep (columns found: {schema.names})")
+
+
 class _Predict:
     """The Ray Data UDF: one session, scoring each batch with a job's rules."""
 
-    def __init__(self, spec: JobSpec, threads: int, on_error: str) -> None:
+    def __init__(
+        self, cfg: Config, info: ModelInfo, pp: Postprocess | None, threads: int, on_error: str
+    ) -> None:
         import ray
 
         from scoring.model import local_model_path
         from scoring.scorer import Scorer
         from scoring.session import build_session
 
-        gpu_ids = [int(g) for g in ray.get_gpu_ids()] if spec.config.compute.gpus_per_actor > 0 else []
+        gpu_ids = [int(g) for g in ray.get_gpu_ids()] if cfg.compute.gpus_per_actor > 0 else []
         if not gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
-        path = local_model_path(spec.model.uri, spec.model.sha256, spec.config.storage_options)
-        session = build_session(path, spec.model, spec.config.model, threads=threads, gpu_ids=gpu_ids)
-        self.scorer, self.keep, self.on_error = Scorer(spec, session), spec.config.input.keep, on_error
+        path = local_model_path(info.uri, info.sha256, cfg.storage_options)
+        session = build_session(path, info, cfg.model, threads=threads, gpu_ids=gpu_ids)
+        self.scorer = Scorer(info, session, cfg.output.outputs, pp, cfg.compute.batch_size)
+        self.cfg, self.info, self.on_error = cfg, info, on_error
+        self.preprocessors: dict[pa.Schema, Preprocessor] = {}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        scored = self.scorer.score_table(batch, self.scorer.plan(batch.schema, WHERE))
+        from scoring.preprocess import tables
+
+        pre = self.preprocessors.get(batch.schema)
+        if pre is None:
+            pre = self.preprocessors[batch.schema] = tables.resolve(
+                self.cfg.input, self.info, batch.schema, WHERE
+            )
+            _check_keep(self.cfg.input.keep, batch.schema)
+        prepared = pre.prepare(batch, None, None)
+        scored = self.scorer.run(prepared.groups)
+        rejected = Rejections()
+        rejected.extend(prepared.rejected)
+        rejected.extend(scored.rejected)
         n = batch.num_rows
-        if len(scored.rejected) and self.on_error == "raise":
+        if len(rejected) and self.on_error == "raise":
             raise RowsRejected(
-                f"{scored.rejected.count} row(s) of a batch of {n} cannot be scored; the first: "
-                f"{scored.rejected.first()}. Pass on_error='null' to keep them with null outputs "
+                f"{rejected.count} row(s) of a batch of {n} cannot be scored; the first: "
+                f"{rejected.first()}. Pass on_error='null' to keep them with null outputs "
                 "and an error column"
             )
         position = np.full(n, -1, dtype=np.int64)
         position[scored.rows] = np.arange(len(scored.rows))
         take = pa.array(position, mask=position < 0)  # a null index gives a null output
-        columns = [batch.column(c) for c in self.keep] + [c.take(take) for c in scored.columns]
-        fields = [batch.schema.field(c) for c in self.keep] + scored.fields
+        keep = self.cfg.input.keep
+        columns = [batch.column(c) for c in keep] + [c.take(take) for c in scored.columns]
+        fields = [batch.schema.field(c) for c in keep] + scored.fields
         if self.on_error == "null":
-            columns.append(_errors(scored.rejected, n))
+            columns.append(_errors(rejected, n))
             fields.append(pa.field("error", pa.string()))
         return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
 def _errors(rejected: Rejections, n: int) -> pa.Array:
     messages: list[str | None] = [None] * n
-    for start, stop, reason in rejected.ranges:
+    for _, start, stop, reason in rejected.ranges:
         for row in range(max(start, 0), stop):
             messages[row] = f"{reason.stage}: {reason.message}"
     return pa.array(messages, pa.string())

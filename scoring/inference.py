@@ -34,15 +34,6 @@ FAILURES_BEFORE_STOP = 3
 
 
 @dataclasses.dataclass
-class Predictions:
-    rows: np.ndarray  # row index in the chunk, ascending
-    fields: list[pa.Field]
-    columns: list[pa.Array]
-    rejected: Rejections  # rows of the chunk, stage "infer"
-    infer_s: float
-
-
-@dataclasses.dataclass
 class Health:
     """What a session has shown so far: whether any batch succeeded, and the single-row failures
     seen while none had."""
@@ -220,30 +211,38 @@ def _batch_axis_ok(spec: TensorSpec, axis: int, batch_symbol: str | None) -> boo
 
 
 def to_arrow(col: str, spec: TensorSpec, chunks: list[Any]) -> tuple[pa.Field, pa.Array]:
-    """One output's chunks (in row order) as an Arrow column and its field."""
+    """One output's chunks (in row order) as an Arrow column and its field.
+
+    The type follows the model's declaration, so every chunk, shard and file of a job has the
+    same one: a scalar for ``[N]``, a fixed-size list for a static per-row shape, a list of the
+    flattened row where a dim is dynamic (sequences of different lengths), with the per-row shape
+    in the field's metadata (``shape``, -1 where dynamic). A declaration without a shape follows
+    the values.
+    """
     if spec.kind == "sequence<map>" or (chunks and isinstance(chunks[0], list) and _holds_maps(chunks[0])):
         maps = [m for chunk in chunks for m in chunk]
         key = pa.int64() if maps and isinstance(next(iter(maps[0]), ""), (int, np.integer)) else pa.string()
         typ = pa.map_(key, pa.float32())
         return pa.field(col, typ), pa.array([list(m.items()) for m in maps], type=typ)
+    declared = spec.row_shape if spec.shape is not None else None
+    dynamic = declared is not None and not all(isinstance(d, int) and d > 0 for d in declared)
     if not chunks:
         return _empty(col, spec)
     if isinstance(chunks[0], list):  # rows of different shapes, put in row order by _ragged
         rows = [np.asarray(r) for r in chunks[0]]
-        shapes = {r.shape for r in rows}
-    else:
-        shapes = {c.shape[1:] for c in chunks}
-        if len(shapes) == 1:
-            return _tensor_column(col, chunks[0] if len(chunks) == 1 else np.concatenate(chunks))
+    elif dynamic or len({c.shape[1:] for c in chunks}) > 1:
         rows = [row for c in chunks for row in c]
-    dtype = rows[0].dtype
-    rows = [r.reshape(-1) for r in rows]
-    ragged = [
-        max(s[i] for s in shapes) if len({s[i] for s in shapes}) == 1 else -1
-        for i in range(len(next(iter(shapes))))
-    ]
-    array = pa.array(rows, type=pa.list_(pa.from_numpy_dtype(dtype)))
-    return pa.field(col, array.type, metadata={"shape": json.dumps(ragged)}), array
+    else:
+        return _tensor_column(col, chunks[0] if len(chunks) == 1 else np.concatenate(chunks))
+    if declared is not None:
+        shape = [d if isinstance(d, int) and d > 0 else -1 for d in declared]
+    else:
+        shapes = {r.shape for r in rows}
+        shape = [next(iter(dims)) if len(dims) == 1 else -1 for dims in map(set, zip(*shapes))]
+    flat = [r.reshape(-1) for r in rows]
+    item = pa.string() if spec.dtype == "str" else pa.from_numpy_dtype(rows[0].dtype)
+    array = pa.array(flat, type=pa.list_(item))
+    return pa.field(col, array.type, metadata={"shape": json.dumps(shape)}), array
 
 
 def _holds_maps(chunk: list[Any]) -> bool:
@@ -274,8 +273,9 @@ def _empty(col: str, spec: TensorSpec) -> tuple[pa.Field, pa.Array]:
     else:
         typ = pa.from_numpy_dtype(np.dtype(spec.dtype))
     row_shape = spec.row_shape
-    if row_shape and all(isinstance(d, int) and d > 0 for d in row_shape):
-        typ = pa.list_(typ, int(np.prod(row_shape)))  # type: ignore[arg-type]
-        meta = {"shape": json.dumps(list(row_shape))}
-        return pa.field(col, typ, metadata=meta), pa.array([], type=typ)
-    return pa.field(col, typ), pa.array([], type=typ)
+    if not row_shape:
+        return pa.field(col, typ), pa.array([], type=typ)
+    shape = [d if isinstance(d, int) and d > 0 else -1 for d in row_shape]
+    meta = {"shape": json.dumps(shape)}
+    typ = pa.list_(typ, int(np.prod(shape))) if -1 not in shape else pa.list_(typ)
+    return pa.field(col, typ, metadata=meta), pa.array([], type=typ)

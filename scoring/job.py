@@ -25,16 +25,18 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from scoring import cluster, images, plan, postprocess, sink, sources, storage
+import pyarrow as pa
+
+from scoring import cluster, formats, outcome, plan, postprocess, preprocess, sink, storage
 from scoring.config import Config, redact_argv
-from scoring.errors import ConfigError, InputError, JobFailed, ModelFailure, ScoringError, StorageError
+from scoring.errors import ConfigError, InputError, JobFailed, ScoringError, StorageError
 from scoring.inference import output_columns
 from scoring.model import load_model_info
 from scoring.progress import Lines
-from scoring.record import Reason, Rejections, ShardRecord
+from scoring.record import Reason, ShardRecord
 from scoring.runners import RUNNERS, WorkerDied, dispatch
-from scoring.scorer import JobSpec
-from scoring.tensors import plan_feeds
+from scoring.shard import FileInfo, Shard
+from scoring.worker import JobSpec
 
 Echo = Callable[[str], None]
 
@@ -50,10 +52,10 @@ class JobResult:
         return self.job["status"] == "succeeded"
 
 
-def check(cfg: Config) -> tuple[JobSpec, str, list[storage.FileInfo]]:
-    """Everything that can be checked without Ray and without touching OUT: the spec, the kind of
-    shards and the input files. Raises ``ScoringError`` (exit 2 kinds)."""
-    so = cfg.storage_options
+def check(cfg: Config) -> tuple[JobSpec, list[FileInfo]]:
+    """Everything that can be checked without Ray and without touching OUT: the spec (format,
+    preprocessing, the job's schema) and the input files. Raises ``ScoringError`` (exit 2 kinds)."""
+    so, inp = cfg.storage_options, cfg.input
     info, _ = load_model_info(cfg.model.uri, so)
     output_columns(info, cfg.output.outputs)
     pp = postprocess.resolve(cfg.output.postprocess, info, so)
@@ -62,30 +64,20 @@ def check(cfg: Config) -> tuple[JobSpec, str, list[storage.FileInfo]]:
             "config key 'output.outputs' is {} (no raw output) and output.postprocess is not set: "
             "the predictions would have no column. Set output.postprocess, or leave output.outputs out"
         )
-    kind, files = plan.list_input(cfg)
+    fmt, files = formats.list_input(inp, so)
+    columns = list(dict.fromkeys([*preprocess.needs(inp, info), *inp.keep]))
+    schema = fmt.schema(files, columns)
     first = files[0].uri
-    if cfg.input.format == "images":
-        if len(info.inputs) != 1:
-            raise InputError(
-                f"an image job feeds one model input; this model has {[i.name for i in info.inputs]}"
-            )
-        size, layout, _ = images.resolve(cfg.input.image, info.inputs[0])
-        if kind == "image_parquet":
-            names = sources.read_schema(first, so).names
-            missing = [c for c in (cfg.input.image_column, *cfg.input.keep) if c not in names]
-            if missing:
-                raise InputError(
-                    f"{first}: no column {missing} (columns found: {names}); input.image_column names "
-                    "the column of encoded image bytes, input.keep the columns to copy"
-                )
-        return JobSpec(cfg, info, size, layout, pp), kind, files
-    schema = sources.read_schema(first, so)
-    plan_feeds(info, cfg.input.columns, schema, first, cfg.input.keep)
-    return JobSpec(cfg, info, postprocess=pp), kind, files
+    pre = preprocess.resolve(inp, info, schema, first)
+    missing = [c for c in inp.keep if c not in schema.names]
+    if missing:
+        raise InputError(f"{first}: no column {missing} listed in input.keep (columns found: {schema.names})")
+    schema = pa.schema([schema.field(c) for c in columns])
+    return JobSpec(cfg, info, fmt, pre, schema, pp), files
 
 
 def decide_plan(
-    out: sink.Output, spec: JobSpec, kind: str, files: list[storage.FileInfo], echo: Echo
+    out: sink.Output, spec: JobSpec, files: list[FileInfo], echo: Echo
 ) -> tuple[plan.Plan, dict[int, ShardRecord]]:
     """The plan this run follows and the shards already settled, from ``output.mode`` and what
     OUT holds; reads OUT, writes nothing. Raises ``StorageError`` (mode error, OUT holds a job)
@@ -105,8 +97,8 @@ def decide_plan(
                 f"{out.uri} has shard markers but no _plan.parquet (written by an older version of "
                 "scoring?): it cannot be resumed. Use --mode overwrite, or another output.uri."
             )
-        return plan.make_plan(cfg, sha, kind, files), {}
-    job_plan, new = plan.extend(old, cfg, sha, kind, files)
+        return plan.make_plan(cfg, sha, spec.format, files), {}
+    job_plan, new = plan.extend(old, cfg, sha, spec.format, files)
     if new:
         last = f" … {new[-1].id}" if len(new) > 1 else ""
         echo(f"{len(new)} new shard(s) for input files added since the plan was made: {new[0].id}{last}")
@@ -139,7 +131,7 @@ def run_job(
             status, error, run = _score(spec, out, job_plan, settled, progress, stop)
             records = run.collect()
             if status == "succeeded":
-                error = _model_failed(records)
+                error = outcome.nothing_scored(records)
                 status = "failed" if error else status
             job = _job_record(spec, job_plan, records, run.scored, started, t_ready, status, error)
             job["totals"]["ray_init_s"] = ray_init_s
@@ -154,13 +146,13 @@ def _prepare(
     cfg: Config, address: str | None, echo: Echo, stop: threading.Event
 ) -> tuple[JobSpec, sink.Output, plan.Plan, dict[int, ShardRecord]]:
     """Every check, the plan, then a probe write to OUT: all before Ray starts."""
-    spec, kind, files = check(cfg)
+    spec, files = check(cfg)
     if cfg.compute.runner == "local" or cluster.starts_locally(address):
         cluster.plan_pool(cfg.compute, cluster.nodes("local"), "this machine")
     run_id = uuid.uuid4().hex[:12]
     spec = dataclasses.replace(spec, run_id=run_id, driver=(socket.gethostname(), os.getpid()))
     out = sink.Output(cfg.output.uri, cfg.storage_options, run_id)
-    job_plan, settled = decide_plan(out, spec, kind, files, echo)
+    job_plan, settled = decide_plan(out, spec, files, echo)
     storage.check_writable(
         cfg.output.uri, cfg.storage_options
     )  # the first write: refusals above leave no trace
@@ -192,12 +184,12 @@ def _score(
     out.write_plan(job_plan)
     todo = [s for s in job_plan.shards if s.index not in settled]
     progress.start(
-        {s.index: s.rows for s in job_plan.shards},
+        job_plan.shards,
         list(settled.values()),
         f"scoring {len(todo)} of {len(job_plan.shards)} shard(s) with {pool.actors} worker(s) "
         f"x {pool.cpus_per_actor:g} CPU / {pool.gpus_per_actor:g} GPU ({runner_name} runner)",
     )
-    run = _Run(spec, out, settled, progress)
+    run = _Run(spec, out, settled, progress, len(todo))
     runner = RUNNERS[runner_name](spec, pool)
 
     def tick() -> bool:
@@ -223,14 +215,15 @@ class _Run:
     limit, the progress lines."""
 
     def __init__(
-        self, spec: JobSpec, out: sink.Output, settled: dict[int, ShardRecord], progress: Lines
+        self, spec: JobSpec, out: sink.Output, settled: dict[int, ShardRecord], progress: Lines, todo: int
     ) -> None:
         self.spec, self.out, self.progress = spec, out, progress
         self.records = dict(settled)
+        self.watch = outcome.Watch(todo)
         self.rejected = sum(r.rows_failed for r in settled.values())
         self.scored = 0  # rows scored by this run (not by the runs it resumes)
 
-    def settle(self, shard: plan.Shard, future: Any) -> None:
+    def settle(self, shard: Shard, future: Any) -> None:
         """Take a finished shard's outcome. Raises ``ScoringError`` to stop the job."""
         try:
             rec = future.result()
@@ -245,20 +238,20 @@ class _Run:
         self.rejected += rec.rows_failed
         self.scored += rec.rows - rec.rows_failed
         self.progress.settled(rec)
+        self.watch.settled(rec)
         limit = self.spec.config.errors.max_rejected_rows
         if self.rejected > limit:
+            self.watch.check(f"more than errors.max_rejected_rows={limit} rows were rejected")
             raise JobFailed(
                 f"{self.rejected} rows rejected, more than errors.max_rejected_rows={limit}; the job "
                 f"stopped. See {self.out.uri}/_errors.parquet for the reasons."
             )
 
-    def _died(self, shard: plan.Shard, why: str) -> ShardRecord:
+    def _died(self, shard: Shard, why: str) -> ShardRecord:
         """A shard whose worker process kept dying: settled as failed, by the driver."""
         rec = ShardRecord(index=shard.index, shard=shard.id, rows=shard.rows or 0, started_at=time.time())
-        failed = Rejections()
-        start = shard.row_start or 0
-        rows = (start, start + shard.rows) if shard.rows else (-1, -1)
-        failed.add(*rows, Reason("infer", "WorkerDied", f"{shard.id}: {why}"))
+        reason = Reason("infer", "WorkerDied", f"{shard.id}: {why}")
+        failed = formats.every_row(shard, self.spec.format.provenance, reason)
         with self.out.shard(shard.index, shard.id) as output:
             output.commit(rec, failed, "failed")
         return rec
@@ -268,22 +261,6 @@ class _Run:
         revoked but whose record never reached the driver (an interrupted or stopped run)."""
         self.records.update(self.out.markers(skip=self.records))
         return sorted(self.records.values(), key=lambda r: r.index)
-
-
-def _model_failed(records: list[ShardRecord]) -> str | None:
-    """A job that scored no row while rows failed in ONNX Runtime did not succeed: the model (or
-    how it is fed) is the problem, not the data."""
-    scored = sum(r.rows - r.rows_failed for r in records)
-    failed_in_ort = sum(r.rejected_by_stage.get("infer", 0) for r in records)
-    if scored or not failed_in_ort:
-        return None
-    first = next(r.first_error for r in records if r.rejected_by_stage.get("infer"))
-    return str(
-        ModelFailure(
-            f"no row was scored: every row that reached the model failed in ONNX Runtime ({first}). "
-            "`scoring validate CONFIG` scores the first rows here and shows the error"
-        )
-    )
 
 
 def _interrupted(done: int, total: int, nothing: bool = False) -> ScoringError:

@@ -290,7 +290,8 @@ def _rejections(groups: list[dict[str, Any]]) -> str:
     rows = []
     for g in groups:
         examples = "<br>".join(
-            f"{_e(_short(e['shard'], 60))} row {e['row'] if e['row'] is not None else '(file)'}: "
+            f"{_e(_short(e.get('file') or e['shard'], 60))} "
+            f"row {e['row'] if e['row'] is not None else '(file)'}: "
             f"{_e(_short(e['message'], 160))}"
             for e in g["examples"]
         )

@@ -1,21 +1,19 @@
 """The plan: every shard of a job, fixed before the first one is scored (``OUT/_plan.parquet``).
 
-A shard is the unit of input, progress, timing and resume:
-
-- a Parquet file, or, when it holds more than ``input.rows_per_shard`` rows, each row range it is
-  split into at row-group boundaries (id ``URI#rows=START-STOP``, STOP exclusive);
-- up to ``input.files_per_shard`` image files of a folder (id ``FOLDER[START:STOP]``, positions in
-  the job's file list: sorted when the plan was made, files added later appended).
+A shard is the unit of input, progress, timing and resume; the job's format cuts the listed
+files into shards (``scoring.formats``): a Parquet file, a row range of a big one
+(``URI#rows=START-STOP``), small files packed together (``FIRST_FILE+N``), up to
+``input.files_per_shard`` image files (``FOLDER[START:STOP]``), a tar.
 
 The plan keeps each shard's files with their sizes and versions (modification time or ETag), the
 model's sha256 and the config keys that change predictions or shards. A shard keeps its index,
 and so its output file names, for the life of the output folder. ``resume`` follows the plan:
 new input files become new shards; a changed model, key or file, or a vanished file, is refused.
+No I/O here: the caller lists, reads and writes.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
 import time
@@ -24,12 +22,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from scoring import storage
 from scoring.config import Config
-from scoring.errors import PlanChanged, StorageError
+from scoring.errors import PlanChanged
+from scoring.formats import Format
+from scoring.shard import FileInfo, Shard
 
-PARQUET_SUFFIXES = (".parquet", ".pq")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Config keys whose change would change predictions or how the input is cut into shards.
 PLAN_KEYS = (
     "input.uri",
@@ -40,34 +37,11 @@ PLAN_KEYS = (
     "input.rows_per_shard",
     "input.image_column",
     "input.image",
+    "input.text",
     "output.outputs",
+    "output.embedding",
     "output.postprocess",
 )
-FOOTER_THREADS = 16  # Parquet footers are read in parallel: small reads, mostly waiting
-
-
-@dataclasses.dataclass(frozen=True)
-class Shard:
-    """One planned shard. ``files``/``sizes``/``versions`` run in parallel."""
-
-    index: int
-    id: str
-    kind: str  # "parquet" | "image_files" | "image_parquet"
-    files: tuple[str, ...]
-    sizes: tuple[int, ...]
-    versions: tuple[str, ...]
-    rows: int | None = None  # None: a Parquet file whose footer could not be read
-    row_start: int | None = None  # a row range of a split file: [row_start, row_stop)
-    row_stop: int | None = None
-    row_groups: tuple[int, ...] = ()  # the row groups holding that range
-
-    @property
-    def uri(self) -> str:
-        return self.files[0]
-
-    @property
-    def bytes(self) -> int:
-        return sum(self.sizes)
 
 
 @dataclasses.dataclass
@@ -79,6 +53,7 @@ class Plan:
 
     @property
     def rows(self) -> int:
+        """The rows the plan knows of (grouped files and tars are counted once scored)."""
         return sum(s.rows or 0 for s in self.shards)
 
 
@@ -88,124 +63,24 @@ def plan_keys(cfg: Config) -> dict[str, Any]:
     out = {}
     for key in PLAN_KEYS:
         section, name = key.split(".")
-        out[key] = data[section].get(name)
+        value = data[section].get(name)
+        if value is not None or name in data[section]:
+            out[key] = value
     return out
 
 
 # -- making a plan ---------------------------------------------------------------------------
 
 
-def list_input(cfg: Config) -> tuple[str, list[storage.FileInfo]]:
-    """The input's kind of shards and its files. Raises ``StorageError`` when nothing matches."""
-    so, inp = cfg.storage_options, cfg.input
-    if inp.format == "parquet":
-        return "parquet", storage.list_files(inp.uri, so, PARQUET_SUFFIXES)
-    try:
-        return "image_files", storage.list_files(inp.uri, so, IMAGE_SUFFIXES)
-    except StorageError:
-        return "image_parquet", storage.list_files(inp.uri, so, PARQUET_SUFFIXES)
-
-
-def make_plan(cfg: Config, model_sha256: str, kind: str, files: Sequence[storage.FileInfo]) -> Plan:
-    return Plan(shards_for(cfg, kind, files, first_index=0), model_sha256, plan_keys(cfg), time.time())
-
-
-def shards_for(cfg: Config, kind: str, files: Sequence[storage.FileInfo], first_index: int) -> list[Shard]:
-    """Shards for ``files`` (one kind), numbered from ``first_index``; Parquet footers are read
-    to split files with more than ``input.rows_per_shard`` rows."""
-    if kind == "image_files":
-        return _image_shards(cfg, files, first_index, first_position=0)
-    layouts = _footers(files, cfg.storage_options)
-    shards: list[Shard] = []
-    for f, layout in zip(files, layouts):
-        for rows, start, stop, groups in _ranges(layout, cfg.input.rows_per_shard):
-            shard_id = f.uri if start is None else f"{f.uri}#rows={start}-{stop}"
-            shards.append(
-                Shard(
-                    first_index + len(shards),
-                    shard_id,
-                    kind,
-                    (f.uri,),
-                    (f.size,),
-                    (f.version,),
-                    rows,
-                    start,
-                    stop,
-                    groups,
-                )
-            )
-    return shards
-
-
-def _image_shards(
-    cfg: Config, files: Sequence[storage.FileInfo], first_index: int, first_position: int
-) -> list[Shard]:
-    root, step = cfg.input.uri.rstrip("/"), cfg.input.files_per_shard
-    shards = []
-    for i, start in enumerate(range(0, len(files), step)):
-        group = files[start : start + step]
-        a = first_position + start
-        shards.append(
-            Shard(
-                first_index + i,
-                f"{root}[{a}:{a + len(group)}]",
-                "image_files",
-                tuple(f.uri for f in group),
-                tuple(f.size for f in group),
-                tuple(f.version for f in group),
-                len(group),
-            )
-        )
-    return shards
-
-
-Layout = list[int] | None  # rows per row group; None when the footer cannot be read
-
-
-def _footers(files: Sequence[storage.FileInfo], storage_options: dict[str, Any]) -> list[Layout]:
-    from scoring.sources import row_groups
-
-    def one(f: storage.FileInfo) -> Layout:
-        try:
-            return row_groups(f.uri, storage_options)
-        except (OSError, pa.ArrowException, StorageError):
-            return None  # a corrupt file is planned whole; scoring it fails the shard, not the job
-
-    with concurrent.futures.ThreadPoolExecutor(min(FOOTER_THREADS, max(len(files), 1))) as pool:
-        return list(pool.map(one, files))
-
-
-Range = tuple[int | None, int | None, int | None, tuple[int, ...]]
-
-
-def _ranges(layout: Layout, rows_per_shard: int) -> list[Range]:
-    """``(rows, start, stop, row_groups)`` per shard of one file; start is None when it is whole."""
-    if layout is None:
-        return [(None, None, None, ())]
-    total = sum(layout)
-    if total <= rows_per_shard:
-        return [(total, None, None, ())]
-    out: list[Range] = []
-    groups: list[int] = []
-    start = count = 0
-    for g, n in enumerate(layout):
-        if groups and count + n > rows_per_shard:
-            out.append((count, start, start + count, tuple(groups)))
-            start, groups, count = start + count, [], 0
-        groups.append(g)
-        count += n
-    if groups:
-        out.append((count, start, start + count, tuple(groups)))
-    if len(out) == 1:  # one row group larger than rows_per_shard: the file stays whole
-        return [(total, None, None, ())]
-    return out
+def make_plan(cfg: Config, model_sha256: str, fmt: Format, files: Sequence[FileInfo]) -> Plan:
+    return Plan(fmt.plan(files, 0, 0), model_sha256, plan_keys(cfg), time.time())
 
 
 # -- resume ----------------------------------------------------------------------------------
 
 
 def extend(
-    old: Plan, cfg: Config, model_sha256: str, kind: str, files: Sequence[storage.FileInfo]
+    old: Plan, cfg: Config, model_sha256: str, fmt: Format, files: Sequence[FileInfo]
 ) -> tuple[Plan, list[Shard]]:
     """The plan to resume: ``old`` with shards for input files added since, and those new shards.
 
@@ -220,10 +95,10 @@ def extend(
         )
     keys = plan_keys(cfg)
     for key in PLAN_KEYS:
-        if old.keys.get(key) != keys[key]:
+        if old.keys.get(key) != keys.get(key):
             raise PlanChanged(
                 f"cannot resume: config key '{key}' changed since the plan was made "
-                f"({json.dumps(old.keys.get(key))} then, {json.dumps(keys[key])} now). {fix}"
+                f"({json.dumps(old.keys.get(key))} then, {json.dumps(keys.get(key))} now). {fix}"
             )
     now = {f.uri: f for f in files}
     planned = set()
@@ -246,11 +121,7 @@ def extend(
     if not added:
         return old, []
     first = max((s.index for s in old.shards), default=-1) + 1
-    if kind == "image_files":
-        position = sum(len(s.files) for s in old.shards)
-        new = _image_shards(cfg, added, first, position)
-    else:
-        new = shards_for(cfg, kind, added, first)
+    new = fmt.plan(added, first, sum(len(s.files) for s in old.shards))
     return Plan(old.shards + new, old.model_sha256, old.keys, old.created_at), new
 
 
@@ -268,6 +139,7 @@ PLAN_SCHEMA = pa.schema(
         ("row_start", pa.int64()),
         ("row_stop", pa.int64()),
         ("row_groups", pa.list_(pa.int64())),
+        ("rows_estimate", pa.int64()),
     ]
 )
 META_KEY = b"scoring.plan"
@@ -287,6 +159,7 @@ def to_table(plan: Plan) -> pa.Table:
             ("row_start", s.row_start),
             ("row_stop", s.row_stop),
             ("row_groups", list(s.row_groups)),
+            ("rows_estimate", s.rows_estimate),
         ):
             cols[name].append(value)
     meta = {"model_sha256": plan.model_sha256, "keys": plan.keys, "created_at": plan.created_at}
@@ -308,6 +181,7 @@ def from_table(table: pa.Table) -> Plan:
             r["row_start"],
             r["row_stop"],
             tuple(r["row_groups"] or ()),
+            r.get("rows_estimate"),
         )
         for r in table.to_pylist()
     ]

@@ -11,10 +11,11 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from scoring.record import ShardRecord
+from scoring.shard import Shard
 
 Echo = Callable[[str], None]
 
@@ -25,23 +26,42 @@ class Lines:
     def __init__(self, echo: Echo = print, every_s: float = 10.0) -> None:
         self.echo, self.every_s = echo, every_s
         self.shards = self.rows = self.rejected = self.failed = 0
-        self.total_shards = self.total_rows = 0
+        self.total_shards = 0
         self.rows_now, self.t0, self.last = 0, time.monotonic(), time.monotonic()
         self.lock = threading.Lock()
+        self.pending: dict[int, Shard] = {}
+        self.pending_rows = 0  # rows of the shards not settled, where the plan knows or guesses them
+        self.pending_bytes = 0  # bytes of those whose rows the plan cannot guess (tars)
+        self.settled_bytes = 0
 
-    def start(self, planned: dict[int, int | None], settled: list[ShardRecord], what: str) -> None:
-        """The job is about to dispatch: ``planned`` maps every shard of the plan to its rows
-        (None: unknown, a file whose footer could not be read); ``settled`` are the shards an
+    def start(self, shards: Sequence[Shard], settled: list[ShardRecord], what: str) -> None:
+        """The job is about to dispatch the plan's ``shards``; ``settled`` are the shards an
         earlier run settled."""
-        self.planned = planned
-        self.total_shards, self.total_rows = len(planned), sum(n or 0 for n in planned.values())
+        self.total_shards = len(shards)
+        self.pending = {s.index: s for s in shards}
+        for s in shards:
+            guess = s.rows if s.rows is not None else s.rows_estimate
+            self.pending_rows += guess or 0
+            self.pending_bytes += s.bytes if guess is None else 0
         for rec in settled:
             self._count(rec)
         self.t0 = self.last = time.monotonic()
         self.message(what)
 
+    @property
+    def total_rows(self) -> int:
+        """Rows settled, plus those the plan knows or guesses for the rest; rows of shards it
+        cannot guess (tars) are guessed from the bytes per row of the shards settled so far."""
+        per_byte = self.rows / self.settled_bytes if self.settled_bytes else 0.0
+        return self.rows + self.pending_rows + round(self.pending_bytes * per_byte)
+
     def _count(self, rec: ShardRecord) -> None:
-        self.total_rows += max(rec.rows - (self.planned.get(rec.index) or 0), 0)  # rows the plan did not know
+        shard = self.pending.pop(rec.index, None)
+        if shard is not None:
+            guess = shard.rows if shard.rows is not None else shard.rows_estimate
+            self.pending_rows -= guess or 0
+            self.pending_bytes -= shard.bytes if guess is None else 0
+        self.settled_bytes += rec.bytes
         self.shards += 1
         self.rows += rec.rows
         self.rejected += rec.rows_failed
@@ -110,8 +130,8 @@ class Bar(Lines):
         )
         self.task: Any = None
 
-    def start(self, planned: dict[int, int | None], settled: list[ShardRecord], what: str) -> None:
-        super().start(planned, settled, what)
+    def start(self, shards: Sequence[Shard], settled: list[ShardRecord], what: str) -> None:
+        super().start(shards, settled, what)
         self.task = self.bar.add_task("scoring", total=max(self.total_rows, 1), **self._fields())
         self.bar.update(self.task, completed=self.rows)
         self.bar.start()

@@ -4,9 +4,10 @@
 progress marker keeps beside them (providers, GPUs). It is a few hundred bytes whatever the
 shard holds, which is all that travels from a worker back to the driver.
 
-``Rejections`` holds rejected rows as ranges ``[start, stop)`` with a stage, an error kind and a
-message; consecutive rows rejected for the same reason share one range. The worker writes them
-itself (``sink``), one row per rejected row, so their number never reaches the driver.
+``Rejections`` holds rejected rows as ranges ``[start, stop)`` of an input file with a stage, an
+error kind and a message; consecutive rows rejected for the same reason share one range. The
+worker writes them itself (``sink``), one row per rejected row, so their number never reaches the
+driver.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ STAGE_TIMES = ("read_s", "preprocess_s", "infer_s", "write_s", "wait_s")
 ERROR_COLUMNS = pa.schema(
     [
         ("shard", pa.string()),
+        ("file", pa.string()),
         ("row", pa.int64()),
         ("stage", pa.string()),
         ("error", pa.string()),
@@ -73,6 +75,7 @@ class ShardRecord:
     cuda_visible_devices: str | None = None
     first_error: str | None = None  # the first rejected row's stage and message, for the console
     rejected_by_stage: dict[str, int] = dataclasses.field(default_factory=dict)
+    rejected_by_kind: dict[str, int] = dataclasses.field(default_factory=dict)  # "stage: error" -> rows
 
     @contextlib.contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -88,6 +91,7 @@ class ShardRecord:
         self.status = status
         self.rows_failed = rejections.count
         self.rejected_by_stage = rejections.by_stage()
+        self.rejected_by_kind = rejections.by_kind()
         self.rows = max(self.rows, self.rows_failed)  # an unreadable file of unknown size: 1 row
         self.first_error = rejections.first()
         self.finished_at = time.time()
@@ -129,84 +133,106 @@ class Reason:
     message: str  # where, what was expected, what was found, what to do
 
 
-class Rejections:
-    """Rejected rows of one shard as ranges ``[start, stop)``, each with a ``Reason``.
+Range = tuple[str, int, int, Reason]  # file, start, stop, why
 
-    ``(-1, -1)`` stands for the rows of a file that could not be read at all (count unknown); it
-    counts as one row and is written with a null ``row``.
+
+class Rejections:
+    """Rejected rows as ranges ``[start, stop)`` of one input file, each with a ``Reason``.
+
+    Rows are counted where the rows are: a preprocessor or the session rejects rows of the batch
+    it was given (``file`` left empty), and ``formats.Chunk.locate`` turns those into rows of
+    their input files, which is what ``_errors.parquet`` holds. ``(-1, -1)`` stands for the rows
+    of a file that could not be read at all (count unknown); it counts as one row and is written
+    with a null ``row``.
     """
 
     def __init__(self) -> None:
-        self.ranges: list[tuple[int, int, Reason]] = []
+        self.ranges: list[Range] = []
 
     def __len__(self) -> int:
         return len(self.ranges)
 
     @property
     def count(self) -> int:
-        return sum(max(stop - start, 1) for start, stop, _ in self.ranges)
+        return sum(max(stop - start, 1) for _, start, stop, _ in self.ranges)
 
-    def add(self, start: int, stop: int, reason: Reason) -> None:
+    def add(self, start: int, stop: int, reason: Reason, file: str = "") -> None:
         if self.ranges:
-            last_start, last_stop, last = self.ranges[-1]
-            if last_stop == start and last == reason and start >= 0:
-                self.ranges[-1] = (last_start, stop, reason)
+            last_file, last_start, last_stop, last = self.ranges[-1]
+            if last_file == file and last_stop == start and last == reason and start >= 0:
+                self.ranges[-1] = (file, last_start, stop, reason)
                 return
-        self.ranges.append((start, stop, reason))
+        self.ranges.append((file, start, stop, reason))
 
-    def add_rows(self, rows: np.ndarray, reason: Reason, offset: int = 0) -> None:
-        """Reject ``rows`` (ascending, distinct) shifted by ``offset``; consecutive rows share a range."""
+    def add_rows(self, rows: np.ndarray, reason: Reason, file: str = "") -> None:
+        """Reject ``rows`` (ascending, distinct); consecutive rows share a range."""
         if len(rows) == 0:
             return
-        rows = np.asarray(rows, dtype=np.int64) + offset
+        rows = np.asarray(rows, dtype=np.int64)
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1
         starts = np.concatenate([[0], breaks])
         stops = np.concatenate([breaks, [len(rows)]])
         for a, b in zip(starts.tolist(), stops.tolist()):
-            self.add(int(rows[a]), int(rows[b - 1]) + 1, reason)
+            self.add(int(rows[a]), int(rows[b - 1]) + 1, reason, file)
 
-    def extend(self, other: Rejections, offset: int = 0) -> None:
-        for start, stop, reason in other.ranges:
-            shift = offset if start >= 0 else 0
-            self.add(start + shift, stop + shift, reason)
+    def extend(self, other: Rejections) -> None:
+        for file, start, stop, reason in other.ranges:
+            self.add(start, stop, reason, file)
+
+    def rows(self) -> np.ndarray:
+        """Every rejected row (of a batch: ranges without a file), ascending."""
+        parts = [np.arange(start, stop) for _, start, stop, _ in self.ranges if start >= 0]
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
     def by_stage(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for start, stop, reason in self.ranges:
+        for _, start, stop, reason in self.ranges:
             counts[reason.stage] = counts.get(reason.stage, 0) + max(stop - start, 1)
+        return counts
+
+    def by_kind(self) -> dict[str, int]:
+        """Rows per ``"stage: error"``."""
+        counts: dict[str, int] = {}
+        for _, start, stop, reason in self.ranges:
+            kind = f"{reason.stage}: {reason.error}"
+            counts[kind] = counts.get(kind, 0) + max(stop - start, 1)
         return counts
 
     def first(self) -> str | None:
         if not self.ranges:
             return None
-        start, _, reason = min(self.ranges, key=lambda r: r[0])
-        where = f"row {start}" if start >= 0 else "file"
+        file, start, _, reason = min(self.ranges, key=lambda r: (r[0], r[1]))
+        where = (f"{file} " if file else "") + (f"row {start}" if start >= 0 else "the whole file")
         return f"{reason.stage} ({where}): {reason.message}"
 
     def table(self, shard: str) -> pa.Table:
-        """One row per rejected row, in row order (``ERROR_COLUMNS``); messages dictionary-encoded."""
-        ranges = sorted(self.ranges, key=lambda r: r[0])
-        lengths = np.array([max(stop - start, 1) for start, stop, _ in ranges], dtype=np.int64)
+        """One row per rejected row, by file and row (``ERROR_COLUMNS``); repeated values
+        dictionary-encoded."""
+        ranges = sorted(self.ranges, key=lambda r: (r[0], r[1]))
+        lengths = np.array([max(stop - start, 1) for _, start, stop, _ in ranges], dtype=np.int64)
         which = np.repeat(np.arange(len(ranges)), lengths)
-        starts = np.array([start for start, _, _ in ranges], dtype=np.int64)
+        starts = np.array([start for _, start, _, _ in ranges], dtype=np.int64)
         first_of = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(ranges) else np.zeros(0, np.int64)
         rows = starts[which] + (np.arange(len(which)) - first_of[which])
-        known = np.array([start >= 0 for start, _, _ in ranges], dtype=bool)
+        known = np.array([start >= 0 for _, start, _, _ in ranges], dtype=bool)
         row = pa.array(rows, pa.int64(), mask=~known[which]) if len(ranges) else pa.array([], pa.int64())
-        reasons: dict[Reason, int] = {}
-        codes = np.array([reasons.setdefault(r, len(reasons)) for _, _, r in ranges], dtype=np.int32)
-        ids = pa.array(codes[which] if len(ranges) else np.zeros(0, np.int32))
 
         def column(values: list[str]) -> pa.Array:
-            return pa.DictionaryArray.from_arrays(ids, pa.array(values, pa.string())).cast(pa.string())
+            codes: dict[str, int] = {}
+            ids = np.array([codes.setdefault(v, len(codes)) for v in values], dtype=np.int32)
+            indices = pa.array(ids[which] if len(ranges) else np.zeros(0, np.int32))
+            return pa.DictionaryArray.from_arrays(indices, pa.array(list(codes), pa.string())).cast(
+                pa.string()
+            )
 
         return pa.table(
             [
                 pa.repeat(pa.scalar(shard), len(rows)),
+                column([f for f, _, _, _ in ranges]),
                 row,
-                column([r.stage for r in reasons]),
-                column([r.error for r in reasons]),
-                column([r.message for r in reasons]),
+                column([r.stage for _, _, _, r in ranges]),
+                column([r.error for _, _, _, r in ranges]),
+                column([r.message for _, _, _, r in ranges]),
             ],
             schema=ERROR_COLUMNS,
         )

@@ -35,10 +35,9 @@ from typing import Any, Protocol
 
 from scoring.cluster import Pool
 from scoring.errors import ScoringError
-from scoring.plan import Shard
 from scoring.record import ShardRecord
-from scoring.scorer import JobSpec
-from scoring.worker import Placement, Worker
+from scoring.shard import Shard
+from scoring.worker import JobSpec, Placement, Worker
 
 POLL_S = 0.2  # how often the dispatch loop looks at signals while it waits for shards
 # A worker process that dies (killed, out of memory, a crash in native code) is replaced and its

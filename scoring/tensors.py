@@ -60,10 +60,8 @@ def plan_feeds(
     columns: Mapping[str, str | list[str]],
     schema: pa.Schema,
     where: str,
-    keep: Sequence[str] = (),
 ) -> list[Feed]:
-    """Map every model input to its column(s) in ``schema`` and check element types, then check
-    that the ``keep`` columns exist.
+    """Map every model input to its column(s) in ``schema`` and check element types.
 
     Raises ``ConfigError`` for ``input.columns`` keys that name no model input and
     ``InputError`` (naming ``where``, the column and the input) for missing or unconvertible columns.
@@ -109,9 +107,6 @@ def plan_feeds(
             rules.append(rule)
         cast = "checked" if "checked" in rules else "safe" if "safe" in rules else "same"
         feeds.append(Feed(spec, cols, stacked, cast))
-    missing = [c for c in keep if c not in schema.names]
-    if missing:
-        raise InputError(f"{where}: no column {missing} listed in input.keep (columns found: {schema.names})")
     return feeds
 
 
@@ -170,10 +165,15 @@ class _Rejecter:
         self.rejections.add_rows(rows, Reason("preprocess", error, message))
 
 
-def prepare(table: pa.Table, feeds: Sequence[Feed]) -> tuple[list[Group], Rejections]:
-    """Tensors for every input, grouped by shape, plus the rows rejected (row = index in ``table``)."""
+def prepare(
+    table: pa.Table, feeds: Sequence[Feed], skip: np.ndarray | None = None
+) -> tuple[list[Group], Rejections]:
+    """Tensors for every input, grouped by shape, plus the rows rejected (row = index in ``table``).
+    Rows in ``skip`` were rejected before: they are left out, not rejected again."""
     n = table.num_rows
     rejected = _Rejecter(n)
+    if skip is not None:
+        rejected.bad |= skip
     columns = [_column(table, f, rejected) for f in feeds]
     shapes: list[dict[int, tuple[int, ...]]] = []  # per input: row length -> row shape
     for feed, col in zip(feeds, columns):

@@ -1,25 +1,31 @@
 """``scoring validate``: every check a job makes before it starts, then the first rows of the
-first shard scored in this process, so a model that cannot be used is caught before a job runs.
+input scored in this process, so a model that cannot be used is caught before a job runs.
 
-Nothing is written. A model whose outputs cannot be matched with rows, or that fails on every
-row it is given, is a ``ModelError`` (exit 2) naming the output and the fix.
+Nothing is written. Empty files and shards are looked past to the first rows there are. A model
+whose outputs cannot be matched with rows, or that fails on every row it is given, or first rows
+none of which can be scored, is a ``ModelError`` (exit 2) naming the reason and the fix.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Iterator
 
 import pyarrow as pa
 
-from scoring import plan, sources
+from scoring import plan
 from scoring.config import Config
-from scoring.errors import ModelError, ModelFailure
+from scoring.errors import ModelError, ModelFailure, RowError
+from scoring.formats import Chunk
 from scoring.model import local_model_path
-from scoring.scorer import Scorer
+from scoring.record import Reason, Rejections
 from scoring.session import build_session
+from scoring.shard import Shard
+from scoring.worker import JobSpec
 
 PREVIEW_ROWS = 8
+SHARDS_LOOKED_AT = 64  # past this many shards without a row, validate gives up
 
 
 @dataclasses.dataclass
@@ -35,65 +41,81 @@ class Preview:
 def validate(cfg: Config) -> Preview:
     """Check ``cfg`` as ``run`` does, then score the first ``PREVIEW_ROWS`` rows here (CPU)."""
     from scoring.job import check
-    from scoring.tensors import feed_columns
-    from scoring.worker import decode_batch
 
-    spec, kind, files = check(cfg)
-    job_plan = plan.make_plan(cfg, spec.model.sha256, kind, files)
-    so = cfg.storage_options
-    path = local_model_path(spec.model.uri, spec.model.sha256, so)
+    spec, files = check(cfg)
+    job_plan = plan.make_plan(cfg, spec.model.sha256, spec.format, files)
+    path = local_model_path(spec.model.uri, spec.model.sha256, cfg.storage_options)
     session = build_session(path, spec.model, cfg.model, threads=1, gpu_ids=[])  # CPU: no GPU held
-    shard = job_plan.shards[0]
+    shard, chunk = _first_rows(spec, job_plan.shards)
     try:
-        scorer = Scorer(spec, session)
-        if kind == "image_files":
-            offset, uris = 0, list(shard.files[:PREVIEW_ROWS])
-            _, blobs = next(sources.image_files(dataclasses.replace(shard, files=tuple(uris)), so))
-            batch, ok_rows, bad = decode_batch(spec, blobs, uris)
-            scored = scorer.score_images(batch, ok_rows)
-            keep = pa.table({"path": pa.array(uris, pa.string())})
-        else:
-            column = [cfg.input.image_column] if kind == "image_parquet" else []
-            needed = column + feed_columns(spec.model, cfg.input.columns) + list(cfg.input.keep)
-            reader = sources.open_parquet(shard, needed, so)
-            first = reader.first_row
-            offset, chunk = next(iter(reader.chunks(PREVIEW_ROWS)), (first, None))
-            reader.close()
-            if chunk is None:
-                raise ModelError(f"{shard.id} has no rows to score")
-            keep = chunk.select(cfg.input.keep) if cfg.input.keep else None
-            if kind == "image_parquet":
-                blobs = chunk.column(cfg.input.image_column).to_pylist()
-                where = [f"{shard.id} row {offset + i}" for i in range(len(blobs))]
-                batch, ok_rows, bad = decode_batch(spec, blobs, where)
-                scored = scorer.score_images(batch, ok_rows)
-            else:
-                scored = scorer.score_table(chunk, scorer.plan(reader.schema, shard.id))
-                bad = None
+        scorer = spec.scorer(session)
+        prepared = spec.preprocessor.prepare(chunk.data, chunk.skip, None)
+        scored = scorer.run(prepared.groups)
     except ModelFailure as exc:
         raise ModelError(f"the model cannot score these rows: {exc}") from exc
-    rejected = [f"row {start}: {r.stage}: {r.message}" for start, _, r in scored.rejected.ranges]
-    if bad is not None:
-        rejected = [f"row {start}: {r.stage}: {r.message}" for start, _, r in bad.ranges] + rejected
-    if len(scored.rows) == 0 and scored.rejected.by_stage().get("infer"):
+    rejected = Rejections()
+    for part in (chunk.rejected, chunk.locate(prepared.rejected), chunk.locate(scored.rejected)):
+        rejected.extend(part)
+    lines = [
+        f"{file} {f'row {start}' if start >= 0 else '(file)'}: {r.stage}: {r.error}: {r.message}"
+        for file, start, _, r in rejected.ranges
+    ]
+    if len(scored.rows) == 0:
+        what = "failed in ONNX Runtime" if scored.rejected.by_stage().get("infer") else "were rejected"
         raise ModelError(
-            "the model failed on every one of the first rows: " + "; ".join(itertools.islice(rejected, 3))
+            f"none of the first rows can be scored: they {what}: "
+            + "; ".join(itertools.islice(lines, 3))
+            + ". Fix the config (input.columns, input.image_column, input.image) or the model first"
         )
     return Preview(
         files=len(files),
         shards=len(job_plan.shards),
         rows=job_plan.rows,
         inputs=[i.describe() for i in spec.model.inputs],
-        predictions=scorer.predictions(shard.id, offset, scored, keep),
-        rejected=rejected,
+        predictions=spec.predictions(shard.id, chunk, scored),
+        rejected=lines,
     )
+
+
+def _first_rows(spec: JobSpec, shards: list[Shard]) -> tuple[Shard, Chunk]:
+    """The first ``PREVIEW_ROWS`` rows of the input, past empty files and unreadable ones (whose
+    rejections come along). Raises ``ModelError`` when the first shards hold no row."""
+    looked: list[Chunk] = []
+    for shard in shards[:SHARDS_LOOKED_AT]:
+        for chunk in _read(spec, shard):
+            looked.append(chunk)
+            if len(chunk):
+                n = PREVIEW_ROWS
+                skip = chunk.skip[:n] if chunk.skip is not None else None
+                rejected = Rejections()
+                for seen in looked:
+                    rejected.extend(seen.rejected)
+                head = Chunk(
+                    chunk.data.slice(0, n), chunk.files, chunk.file_of[:n], chunk.rows[:n], rejected, skip
+                )
+                return shard, head
+    reasons = [r.message for c in looked for _, _, _, r in c.rejected.ranges][:3]
+    why = f" ({'; '.join(reasons)})" if reasons else ""
+    raise ModelError(
+        f"the first {min(len(shards), SHARDS_LOOKED_AT)} shard(s) hold no row to score{why}; check input.uri"
+    )
+
+
+def _read(spec: JobSpec, shard: Shard) -> Iterator[Chunk]:
+    """The shard's chunks; an unreadable shard is one chunk of no row, its rows rejected."""
+    try:
+        yield from spec.format.read(shard, spec.schema, PREVIEW_ROWS, None)
+    except RowError as exc:
+        rejected = Rejections()
+        rejected.add(exc.row_start, exc.row_stop, Reason(exc.stage, exc.error, exc.message), shard.uri)
+        yield Chunk.of_file(spec.schema.empty_table(), shard.uri, 0, rejected=rejected)
 
 
 def format_preview(p: Preview) -> str:
     lines = [
         f"ok: {p.shards} shard(s) from {p.files} input file(s), {p.rows:,} rows planned",
         "model inputs: " + ", ".join(p.inputs),
-        f"the first {PREVIEW_ROWS} rows of the first shard, scored here: "
+        f"the first {PREVIEW_ROWS} rows of the input, scored here: "
         f"{p.predictions.num_rows} scored, {len(p.rejected)} rejected",
         "prediction columns:",
     ]

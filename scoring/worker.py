@@ -1,8 +1,10 @@
-"""Scoring whole shards: read a shard chunk by chunk, score each chunk, write its predictions,
-commit the shard. A Ray actor (``runners``) or a thread of the local runner holds one ``Worker``.
+"""Scoring whole shards: read a shard chunk by chunk, prepare and score each chunk, write its
+predictions, commit the shard. A Ray actor (``runners``) or a thread of the local runner holds
+one ``Worker``. Nothing here knows a format or a kind of preprocessing: ``JobSpec`` carries the
+job's ``Format`` and ``Preprocessor``, resolved on the driver.
 
 Up to ``compute.shards_in_flight`` shards go through one worker at once, in threads: reading,
-decoding and writing overlap, while ``turn`` gives the session to one shard at a time, so
+preprocessing and writing overlap, while ``turn`` gives the session to one shard at a time, so
 inference never competes with itself for the worker's CPUs or GPU. Timing is measured here,
 where the work happens (README "How timing is attributed").
 """
@@ -22,17 +24,64 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from scoring import images, sink, sources
-from scoring.errors import InputError, RowError
-from scoring.model import local_model_path
-from scoring.plan import Shard
+from scoring import sink
+from scoring.config import Config
+from scoring.errors import RowError
+from scoring.formats import Chunk, Format
+from scoring.model import ModelInfo, local_model_path
+from scoring.postprocess import Postprocess
+from scoring.preprocess import Preprocessor
 from scoring.record import Reason, Rejections, ShardRecord
-from scoring.scorer import JobSpec, Scored, Scorer
-from scoring.tensors import feed_columns
+from scoring.scorer import Scored, Scorer
+from scoring.shard import Shard
 
 # How often a worker writing to object storage checks that its run still holds OUT (a GET);
 # on local disk it checks every chunk (a small file read).
 REMOTE_FENCE_CHECK_S = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    """Everything a worker needs, checked on the driver; plain data, cheap to pickle.
+
+    ``schema`` is the input columns read from every shard, in the job's types (the model's
+    columns and ``input.keep``). ``run_id`` is the run's claim on the output folder (``sink``);
+    ``driver`` is the host and pid of the driver process, so workers on its machine stop when it
+    is gone.
+    """
+
+    config: Config
+    model: ModelInfo
+    format: Format
+    preprocessor: Preprocessor
+    schema: pa.Schema
+    postprocess: Postprocess | None = None
+    run_id: str = ""
+    driver: tuple[str, int] = ("", 0)
+
+    def scorer(self, session: Any) -> Scorer:
+        cfg = self.config
+        return Scorer(self.model, session, cfg.output.outputs, self.postprocess, cfg.compute.batch_size)
+
+    def predictions(self, shard: str, chunk: Chunk, scored: Scored) -> pa.Table:
+        """The prediction rows of a scored chunk: ``shard``, where each row comes from (``file``
+        and ``row``, or ``row`` and ``path``), the ``keep`` columns, then the output columns."""
+        take = scored.rows
+        n = len(take)
+        row = (pa.field("row", pa.int64()), pa.array(chunk.rows[take], pa.int64()))
+        if self.format.provenance == "path":
+            where = [row, (pa.field("path", pa.string()), chunk.file_column(take))]
+        else:
+            where = [(pa.field("file", pa.string()), chunk.file_column(take)), row]
+        fields = [pa.field("shard", pa.string()), *(f for f, _ in where)]
+        arrays: list[Any] = [pa.array(np.full(n, shard, dtype=object), pa.string()), *(a for _, a in where)]
+        keep = self.config.input.keep
+        if keep:
+            indices = pa.array(take, pa.int64())
+            for name in keep:
+                fields.append(self.schema.field(name))
+                arrays.append(chunk.data.column(name).take(indices))
+        return pa.Table.from_arrays(arrays + scored.columns, schema=pa.schema(fields + scored.fields))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,18 +111,16 @@ class Worker:
             device_id=placement.device_id,
         )
         self.spec, self.placement = spec, placement
-        self.scorer = Scorer(spec, session)
+        self.scorer = spec.scorer(session)
         self.output = sink.Output(cfg.output.uri, cfg.storage_options, spec.run_id)
         self.lock = threading.Lock()
-        # Images decode on the worker's own CPUs: Pillow releases the GIL while it decodes and
-        # resizes, so threads use every CPU the worker holds (a GPU worker's share of its node).
-        self.decoders = (
-            concurrent.futures.ThreadPoolExecutor(placement.threads, "scoring-decode")
-            if placement.threads > 1 and cfg.input.format == "images"
+        # Reading many small files and decoding images run on the worker's own CPUs: pyarrow and
+        # Pillow release the GIL, so threads use every CPU the worker holds (a GPU worker's share).
+        self.pool = (
+            concurrent.futures.ThreadPoolExecutor(placement.threads, "scoring-read")
+            if placement.threads > 1
             else None
         )
-        # Columns read from each table shard: the same for every shard of the job.
-        self.needed = list(dict.fromkeys([*feed_columns(spec.model, cfg.input.columns), *cfg.input.keep]))
         self.checked_at = 0.0
 
     # -- one shard ---------------------------------------------------------------------------
@@ -85,118 +132,38 @@ class Worker:
         rejections = Rejections()
         with self.output.shard(shard.index, shard.id) as out:
             try:
-                if shard.kind == "image_files":
-                    self._image_files(shard, rec, rejections, out)
-                elif shard.kind == "image_parquet":
-                    self._image_parquet(shard, rec, rejections, out)
-                else:
-                    self._table(shard, rec, rejections, out)
-            except RowError as exc:  # unreadable, or columns unusable: the whole shard is rejected
+                self._chunks(shard, rec, rejections, out)
+            except RowError as exc:  # unreadable: the whole shard is rejected
                 failed = Rejections()
-                failed.add(exc.row_start, exc.row_stop, Reason(exc.stage, exc.error, exc.message))
+                failed.add(exc.row_start, exc.row_stop, Reason(exc.stage, exc.error, exc.message), shard.uri)
+                rec.rows = shard.rows or 0
                 out.commit(rec, failed, "failed")
                 return rec
+            if not out.started:  # no row scored: the file still gets its columns
+                empty = Chunk.of_file(self.spec.schema.empty_table(), shard.uri, 0)
+                out.write(self.spec.predictions(shard.id, empty, self.scorer.run([])))
             out.commit(rec, rejections, "partial" if len(rejections) else "succeeded")
         return rec
 
-    def _table(self, shard: Shard, rec: ShardRecord, rejections: Rejections, out: sink.ShardOutput) -> None:
-        cfg = self.spec.config
-        with rec.timed("read_s"):
-            reader = sources.open_parquet(shard, self.needed, cfg.storage_options)
-        rec.rows, rec.bytes = reader.rows, reader.size
-        keep_schema = None
-        with contextlib.closing(reader):
-            for offset, chunk in _timed(reader.chunks(max(sources.CHUNK_ROWS, cfg.compute.batch_size)), rec):
-                self.check_alive()
-                with self.turn(rec):
-                    try:
-                        feeds = self.scorer.plan(reader.schema, shard.id)
-                    except InputError as exc:
-                        first = reader.first_row
-                        raise RowError("read", str(exc), "InputError", first, first + reader.rows) from exc
-                    scored = self.scorer.score_table(chunk, feeds)
-                keep = chunk.select(cfg.input.keep) if cfg.input.keep else None
-                keep_schema = keep.schema if keep is not None else None
-                self._write(shard, offset, scored, keep, rec, rejections, out)
-        if not out.started:  # no row scored: the file still gets its columns
-            out.write(self.scorer.empty(keep_schema or _keep_schema(reader.schema, cfg.input.keep)))
-
-    def _image_files(
-        self, shard: Shard, rec: ShardRecord, rejections: Rejections, out: sink.ShardOutput
-    ) -> None:
-        so = self.spec.config.storage_options
-        rec.rows = len(shard.files)
-        for start, blobs in _timed(sources.image_files(shard, so), rec):
-            where = list(shard.files[start : start + len(blobs)])
-            keep = pa.table({"path": pa.array(where, pa.string())})
-            self._images(shard, start, blobs, where, keep, rec, rejections, out)
-        if not out.started:
-            out.write(self.scorer.empty(pa.schema([("path", pa.string())])))
-
-    def _image_parquet(
-        self, shard: Shard, rec: ShardRecord, rejections: Rejections, out: sink.ShardOutput
-    ) -> None:
-        cfg = self.spec.config
-        column = cfg.input.image_column
-        with rec.timed("read_s"):
-            reader = sources.open_parquet(shard, [column, *cfg.input.keep], cfg.storage_options)
-        rec.rows, rec.bytes = reader.rows, reader.size
-        missing = [c for c in (column, *cfg.input.keep) if c not in reader.schema.names]
-        if missing:
-            reader.close()
-            raise RowError(
-                "read",
-                f"{shard.id}: no column {missing} (columns found: {reader.schema.names}); set "
-                "input.image_column to the column of encoded image bytes",
-                "InputError",
-                reader.first_row,
-                reader.first_row + reader.rows,
-            )
-        with contextlib.closing(reader):
-            for offset, chunk in _timed(reader.chunks(sources.IMAGES_PER_CHUNK), rec):
-                blobs = chunk.column(column).to_pylist()
-                where = [f"{shard.id} row {offset + i}" for i in range(len(blobs))]
-                keep = chunk.drop_columns([column]) if cfg.input.keep else None
-                self._images(shard, offset, blobs, where, keep, rec, rejections, out)
-        if not out.started:
-            out.write(self.scorer.empty(_keep_schema(reader.schema, cfg.input.keep)))
-
-    def _images(
-        self,
-        shard: Shard,
-        offset: int,
-        blobs: list[Any],
-        where: list[str],
-        keep: pa.Table | None,
-        rec: ShardRecord,
-        rejections: Rejections,
-        out: sink.ShardOutput,
-    ) -> None:
-        """Decode a chunk of encoded images, score the ones that decode, write their rows."""
-        self.check_alive()
-        with rec.timed("preprocess_s"):
-            batch, ok_rows, bad = decode_batch(self.spec, blobs, where, self.decoders)
-        rejections.extend(bad, offset)
-        with self.turn(rec):
-            scored = self.scorer.score_images(batch, ok_rows)
-        self._write(shard, offset, scored, keep, rec, rejections, out)
-
-    def _write(
-        self,
-        shard: Shard,
-        offset: int,
-        scored: Scored,
-        keep: pa.Table | None,
-        rec: ShardRecord,
-        rejections: Rejections,
-        out: sink.ShardOutput,
-    ) -> None:
-        rec.preprocess_s += scored.preprocess_s
-        rec.infer_s += scored.infer_s
-        rejections.extend(scored.rejected, offset)
-        if len(scored.rows):
-            with rec.timed("write_s"):
-                out.write(self.scorer.predictions(shard.id, offset, scored, keep))
+    def _chunks(self, shard: Shard, rec: ShardRecord, rejections: Rejections, out: sink.ShardOutput) -> None:
+        spec = self.spec
+        pre = spec.preprocessor
+        rows = max(pre.chunk_rows, spec.config.compute.batch_size)
+        rec.rows = 0
+        for chunk in _timed(spec.format.read(shard, spec.schema, rows, self.pool), rec):
+            self.check_alive()
+            rec.rows += len(chunk) + chunk.absent
+            rejections.extend(chunk.rejected)
+            with rec.timed("preprocess_s"):
+                prepared = pre.prepare(chunk.data, chunk.skip, self.pool)
+            rejections.extend(chunk.locate(prepared.rejected))
+            with self.turn(rec):
+                scored = self.scorer.run(prepared.groups)
+            rec.infer_s += scored.infer_s
+            rejections.extend(chunk.locate(scored.rejected))
+            if len(scored.rows):
+                with rec.timed("write_s"):
+                    out.write(spec.predictions(shard.id, chunk, scored))
 
     # -- sharing the session, staying in charge ----------------------------------------------
 
@@ -237,46 +204,6 @@ class Worker:
             gpu_ids=list(p.gpu_ids),
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
         )
-
-
-def decode_batch(
-    spec: JobSpec, blobs: list[Any], where: list[str], pool: concurrent.futures.Executor | None = None
-) -> tuple[np.ndarray, np.ndarray, Rejections]:
-    """uint8 [N, H, W, C] of the encoded images that decode, their rows, and the rows that do
-    not (stage "read" for a file that could not be read, "decode" for bytes that are no image);
-    decoded in ``pool``'s threads when given."""
-    assert spec.image_size is not None, "image jobs resolve the size on the driver"
-    cfg = spec.config.input
-    size = spec.image_size
-
-    def one(blob: Any) -> np.ndarray | Exception:
-        try:
-            if isinstance(blob, Exception):
-                raise blob
-            if blob is None:
-                raise ValueError(f"column {cfg.image_column} is null")
-            return images.decode(blob, cfg.image, size)
-        except Exception as exc:  # PIL raises many types for bad bytes; the row is rejected
-            return exc
-
-    decoded = list(pool.map(one, blobs)) if pool is not None else [one(b) for b in blobs]
-    arrays, ok_rows, bad = [], [], Rejections()
-    for row, (blob, result) in enumerate(zip(blobs, decoded)):
-        if isinstance(result, Exception):
-            stage = "read" if isinstance(blob, Exception) else "decode"
-            message = f"{where[row]}: cannot {stage} image: {result}. The file is skipped; fix or remove it."
-            bad.add(row, row + 1, Reason(stage, type(result).__name__, message))
-        else:
-            arrays.append(result)
-            ok_rows.append(row)
-    h, w = size
-    c = 1 if cfg.image.mode == "L" else 3
-    batch = np.stack(arrays) if arrays else np.zeros((0, h, w, c), np.uint8)
-    return batch, np.asarray(ok_rows, np.int64), bad
-
-
-def _keep_schema(schema: pa.Schema, keep: list[str]) -> pa.Schema | None:
-    return pa.schema([schema.field(c) for c in keep if c in schema.names]) if keep else None
 
 
 def _running(pid: int) -> bool:

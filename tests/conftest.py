@@ -89,7 +89,10 @@ def fixed_list(x: np.ndarray) -> pa.Array:
 
 
 def read_predictions(out: str | Path) -> pa.Table:
-    return pq.read_table(Path(out) / "predictions").sort_by([("shard", "ascending"), ("row", "ascending")])
+    """Every prediction row, in input order: by shard, then file, then row in the file."""
+    table = pq.read_table(Path(out) / "predictions")
+    keys = [k for k in ("shard", "file", "row") if k in table.column_names]
+    return table.sort_by([(k, "ascending") for k in keys])
 
 
 def read_errors(out: str | Path) -> pa.Table:

@@ -29,11 +29,11 @@ def test_run_takes_a_file_or_a_dict_and_overrides(tmp_path: Path) -> None:
     result = scoring.run(path, overrides={"compute.batch_size": 7}, echo=lines.append)
     assert result.ok and result.job["totals"]["rows"] == 200
     assert result.job["config"]["compute"]["batch_size"] == 7 and result.out == str(tmp_path / "o")
-    assert any("[2/2]" in line for line in lines)
+    assert any("[1/1]" in line for line in lines)  # two small files: one shard
     again = scoring.run(
         cfg, overrides={"output.mode": "overwrite", "output.outputs": {"p": "probs"}}, echo=None
     )
-    assert again.ok and again.records[0].rows == 100
+    assert again.ok and again.records[0].rows == 200
     with pytest.raises(InputError, match="no column 'nope'"):
         scoring.run(cfg, overrides={"input.columns": {"x": "nope"}, "output.mode": "overwrite"}, echo=None)
 

@@ -120,7 +120,7 @@ def test_run_validate_and_report_end_to_end(tmp_path: Path) -> None:
         },
     )
     proc = scoring("validate", path)
-    assert proc.returncode == 0 and "ok: 2 shard(s)" in proc.stdout
+    assert proc.returncode == 0 and "ok: 1 shard(s)" in proc.stdout  # two small files, packed
     proc = scoring("run", path, "--set", "compute.actors=1")
     assert proc.returncode == 0, proc.stderr
     assert "status: succeeded" in proc.stdout and "rows: 100 scored" in proc.stdout
@@ -177,7 +177,7 @@ def test_validate_scores_the_first_rows_and_refuses_a_model_whose_outputs_do_not
     }
     proc = scoring("validate", config_file(tmp_path, data))
     assert proc.returncode == 0, proc.stderr
-    assert "ok: 2 shard(s) from 2 input file(s), 100 rows planned" in proc.stdout
+    assert "ok: 1 shard(s) from 2 input file(s), 100 rows planned" in proc.stdout
     assert "8 scored, 0 rejected" in proc.stdout
     assert "probs                    fixed_size_list<item: float>[3]  shape [3]" in proc.stdout
     assert "first row: shard=" in proc.stdout and "id=0" in proc.stdout

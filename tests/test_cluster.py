@@ -31,11 +31,13 @@ def table_job(
 ) -> dict[str, Any]:
     model = make_mlp(tmp_path / "m.onnx", (8, hidden, hidden, 4))
     write_tables(tmp_path / "data", files=files, rows=rows, features=8)
-    return {
+    job = {
         **features_job(tmp_path / "data", model),
         "output": {"uri": str(tmp_path / "out")},
         "compute": {"runner": "ray", **compute},
     }
+    job["input"]["rows_per_shard"] = rows  # a shard per file
+    return job
 
 
 def progress(out: str | Path) -> list[dict[str, Any]]:

@@ -243,7 +243,9 @@ def test_the_rejected_rows_limit_stops_a_job_with_shards_in_flight(tmp_path: Pat
             pa.table({"id": ids, "features": pa.array(rows, pa.list_(pa.float32(), 64))}),
             bad / f"part-{i:03d}.parquet",
         )
-    path = config(tmp_path, {**data, "data": bad}, errors={"max_rejected_rows": 5})
+    path = config(
+        tmp_path, {**data, "data": bad}, errors={"max_rejected_rows": 5}, input={"rows_per_shard": 50_000}
+    )
     out = tmp_path / "out"
     proc = run(path)
     assert proc.returncode == 1
@@ -266,6 +268,7 @@ def test_input_added_changed_or_removed_between_runs(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_tables(data, files=3, rows=100, features=8)
     cfg = features_job(data, model, keep=["id"], actors=1)
+    cfg["input"]["rows_per_shard"] = 100  # a shard per file
     cfg["output"] = {"uri": str(tmp_path / "out")}
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -13,9 +13,9 @@ import pytest
 from conftest import RUNNERS, read_errors, read_predictions, write_parquet
 from PIL import Image, ImageOps
 
-from scoring import images
 from scoring.config import ImageConfig
 from scoring.demo import make_cnn
+from scoring.preprocess import images
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -181,7 +181,7 @@ def test_parquet_image_shards_keep_columns(run_job, tmp_path: Path) -> None:
     )
     assert result.ok, result.job["error"]
     preds = read_predictions(result.out)
-    assert preds.column_names == ["shard", "row", "key", "probs"]
+    assert preds.column_names == ["shard", "file", "row", "key", "probs"]
     assert preds.column("key").to_pylist() == list("abcd")
     assert read_errors(result.out).column("row").to_pylist() == [4]
 
@@ -198,10 +198,9 @@ def test_an_unreadable_parquet_image_shard_is_a_failed_shard_not_a_crash(run_job
         }
     )
     assert result.ok, result.job["error"]  # one unreadable file: within max_rejected_rows
-    shards = {
-        Path(s["shard"]).name: s for s in pq.read_table(Path(result.out) / "_shards.parquet").to_pylist()
-    }
-    assert shards["a.parquet"]["status"] == "succeeded" and shards["b.parquet"]["status"] == "failed"
+    (shard,) = pq.read_table(Path(result.out) / "_shards.parquet").to_pylist()
+    assert Path(shard["shard"]).name == "a.parquet+1" and shard["status"] == "partial"
     (error,) = read_errors(result.out).to_pylist()
-    assert error["stage"] == "read" and "b.parquet: cannot read Parquet shard" in error["message"]
+    assert error["stage"] == "read" and error["file"].endswith("b.parquet") and error["row"] is None
+    assert "b.parquet: cannot read Parquet file" in error["message"]
     assert read_predictions(result.out).num_rows == 2

@@ -41,7 +41,13 @@ def test_predictions_equal_a_direct_ort_run_row_by_row(run_job, tmp_path: Path, 
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert json.loads(preds.schema.field("probs").metadata[b"shape"]) == [4]
     shards = pq.read_table(Path(result.out) / "_shards.parquet").to_pylist()
-    assert [s["rows"] for s in shards] == [1000, 1000, 1000]
+    # Three files far smaller than rows_per_shard: packed into one shard, named by its first file.
+    first = tmp_path / "data" / "part-000.parquet"
+    assert [(s["shard"], s["rows"]) for s in shards] == [(f"{first}+2", 3000)]
+    files = [Path(f).name for f in preds.column("file").to_pylist()]  # where each row comes from
+    assert [int(f[5:8]) * 1000 + r for f, r in zip(files, preds.column("row").to_pylist())] == preds.column(
+        "id"
+    ).to_pylist()
     assert all(
         s["status"] == "succeeded" and s["infer_s"] > 0 and s["wall_s"] >= s["infer_s"] for s in shards
     )
@@ -65,7 +71,7 @@ def test_stacked_columns_several_inputs_and_int_cast(run_job, tmp_path: Path) ->
     )
     assert result.ok
     preds = read_predictions(result.out)
-    assert preds.column_names == ["shard", "row", "total"]
+    assert preds.column_names == ["shard", "file", "row", "total"]
     np.testing.assert_allclose(preds.column("total").to_numpy(), a0 + a1 + b)
 
 
@@ -138,25 +144,31 @@ def test_bad_rows_are_rejected_with_reasons_and_every_row_lands_once(run_job, tm
     assert (shard["rows"], shard["rows_failed"], shard["status"]) == (5, 3, "partial")
 
 
-def test_corrupt_shard_and_schema_drift_are_rejected_and_the_job_goes_on(run_job, tmp_path: Path) -> None:
+def test_corrupt_file_and_schema_drift_are_rejected_and_the_job_goes_on(run_job, tmp_path: Path) -> None:
     model = make_mlp(tmp_path / "m.onnx", (4, 2))
     x = np.ones((10, 4), np.float32)
     write_parquet(tmp_path / "d" / "a.parquet", {"x": fixed_list(x)})
     write_parquet(tmp_path / "d" / "b.parquet", {"other": fixed_list(x[:6])})
     (tmp_path / "d" / "c.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
-    result = run_job({"model": {"uri": model}, "input": {"uri": str(tmp_path / "d"), "format": "parquet"}})
-    assert result.ok
-    assert read_predictions(result.out).num_rows == 10
-    errors = read_errors(result.out).to_pylist()
-    drift = [e for e in errors if e["shard"].endswith("b.parquet")]
-    assert len(drift) == 6 and "no column 'x' for model input 'x'" in drift[0]["message"]
-    corrupt = [e for e in errors if e["shard"].endswith("c.parquet")]
-    assert len(corrupt) == 1 and corrupt[0]["row"] is None and corrupt[0]["stage"] == "read"
-    statuses = {
-        Path(s["shard"]).name: s["status"]
-        for s in pq.read_table(Path(result.out) / "_shards.parquet").to_pylist()
-    }
-    assert statuses == {"a.parquet": "succeeded", "b.parquet": "failed", "c.parquet": "failed"}
+    cfg = {"model": {"uri": model}, "input": {"uri": str(tmp_path / "d"), "format": "parquet"}}
+    for per_shard in (1_000_000, 6):  # the three files packed into one shard, then a shard each
+        cfg["input"]["rows_per_shard"] = per_shard
+        result = run_job(cfg | {"output": {"mode": "overwrite"}})
+        assert result.ok
+        assert read_predictions(result.out).num_rows == 10
+        errors = read_errors(result.out).to_pylist()
+        drift = [e for e in errors if e["file"].endswith("b.parquet")]
+        assert [e["row"] for e in drift] == list(range(6)) and "no column ['x']" in drift[0]["message"]
+        corrupt = [e for e in errors if e["file"].endswith("c.parquet")]
+        assert len(corrupt) == 1 and corrupt[0]["row"] is None and corrupt[0]["stage"] == "read"
+        statuses = {
+            Path(s["shard"]).name: s["status"]
+            for s in pq.read_table(Path(result.out) / "_shards.parquet").to_pylist()
+        }
+        if per_shard > 10:
+            assert statuses == {"a.parquet+2": "partial"}
+        else:
+            assert statuses == {"a.parquet": "succeeded", "b.parquet": "failed", "c.parquet": "failed"}
 
 
 def test_too_many_rejected_rows_fail_the_job(run_job, tmp_path: Path) -> None:
@@ -196,6 +208,7 @@ def test_output_modes(run_job, tmp_path: Path) -> None:
     model = make_mlp(tmp_path / "m.onnx", (4, 2))
     write_tables(tmp_path / "d", files=2, rows=10, features=4)
     cfg = features_job(tmp_path / "d", model)
+    cfg["input"]["rows_per_shard"] = 10  # a shard per file
     assert run_job(dict(cfg)).ok
     with pytest.raises(StorageError, match="already holds a job.*--mode overwrite"):
         run_job(dict(cfg))
@@ -226,7 +239,7 @@ def test_output_with_batch_on_axis_one(run_job, tmp_path: Path, declare: bool) -
 
 
 def test_a_shard_larger_than_a_chunk_is_scored_in_pieces_with_rows_in_place(run_job, tmp_path: Path) -> None:
-    from scoring.sources import CHUNK_ROWS
+    from scoring.preprocess.tables import CHUNK_ROWS
 
     n = 2 * CHUNK_ROWS + 1000  # three chunks
     rng = np.random.default_rng(3)
@@ -269,7 +282,9 @@ def test_a_worker_reads_its_next_shard_while_it_scores_one(
         write_parquet(tmp_path / "data" / f"{i}.parquet", {"features": fixed_list(x)})
     model = make_mlp(tmp_path / "m.onnx", (8, 512, 512, 4))  # inference outlasts reading a shard
     compute = {} if in_flight is None else {"shards_in_flight": in_flight}
-    result = run_job(features_job(tmp_path / "data", model, runner=runner, **compute))
+    cfg = features_job(tmp_path / "data", model, runner=runner, **compute)
+    cfg["input"]["rows_per_shard"] = 60_000  # a shard per file
+    result = run_job(cfg)
     assert result.ok, result.job["error"]
     preds = read_predictions(result.out)
     got = np.stack(preds.column("probs").to_numpy(zero_copy_only=False))
@@ -347,7 +362,11 @@ def test_a_model_that_fails_on_every_row_stops_the_job(run_job, tmp_path: Path, 
             "output": {"uri": str(tmp_path / "out-small")},
         }
     )
-    assert not small.ok and "no row was scored: every row that reached the model failed" in small.job["error"]
+    assert (
+        not small.ok
+        and "no row was scored: all 2 rows of 1 shard(s) were rejected at stage infer" in (small.job["error"])
+    )
+    assert "scoring validate CONFIG" in small.job["error"]
     assert read_errors(small.out).column("error").to_pylist() == ["Fail", "Fail"]
 
 

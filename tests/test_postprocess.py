@@ -43,7 +43,7 @@ def test_labels_from_the_model_metadata_top_k_and_no_raw_output(run_job, tmp_pat
     )
     assert result.ok, result.job["error"]
     preds = read_predictions(result.out).sort_by("id")
-    assert preds.column_names == ["shard", "row", "id", "label", "score", "top_labels", "top_scores"]
+    assert preds.column_names == ["shard", "file", "row", "id", "label", "score", "top_labels", "top_scores"]
     logits = x.astype(np.float64) @ np.asarray(_weights(model), np.float64)
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)

@@ -34,6 +34,7 @@ def job_with_bad_rows(tmp_path: Path) -> Path:
         "output": {"uri": str(tmp_path / "o")},
     }
     cfg["compute"]["runner"] = "local"
+    cfg["input"]["rows_per_shard"] = 16_000  # a shard per file: none is under a sixteenth of that
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -46,7 +47,7 @@ def test_a_terminal_gets_one_live_bar_and_no_ray_noise(tmp_path: Path) -> None:
     assert code == 0, text
     assert "100%  41,001/41,001 rows  4/4 shards" in text, text  # the unreadable file: 1 row, unknown before
     assert "rows/s  ETA 0:00:00" in text and "11 rejected, 1 failed" in text
-    assert "part-003.parquet: failed: read (file): " in text  # a failed shard gets its own line
+    assert "part-003.parquet: failed: read (" in text and "the whole file): " in text  # its own line
     assert "[1/4]" not in text  # no per-shard lines under the bar
     for noise in ("Token authentication", "core_worker", "(raylet)", "ShardActor pid="):
         assert noise not in text

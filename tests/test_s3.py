@@ -60,11 +60,13 @@ def tables(s3: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def job(src: str, out: str, model: str, endpoint: str) -> dict[str, Any]:
-    return {
+    cfg = {
         **features_job(src, model, keep=["id"]),
         "output": {"uri": out},
         "storage_options": options(endpoint),
     }
+    cfg["input"]["rows_per_shard"] = 200  # a shard per file
+    return cfg
 
 
 def test_tables_s3_to_s3_with_the_model_in_a_bucket(run_job, s3: Any, tables: Path) -> None:
@@ -130,7 +132,9 @@ def test_images_s3_to_s3(run_job, s3: Any, tmp_path: Path) -> None:
     assert len(paths) == 12 and all(p.startswith("s3://data/imgs/") for p in paths)
     with fs.open("results/i1/_errors.parquet") as f:
         errors = pq.read_table(f).to_pylist()
-    assert [e["stage"] for e in errors] == ["decode"] and "broken.jpg" in errors[0]["message"]
+    assert [e["stage"] for e in errors] == ["decode"] and errors[0][
+        "file"
+    ] == "s3://data/imgs/d000/broken.jpg"
 
 
 def test_missing_bucket_prefix_and_model_fail_before_scoring(run_job, s3: Any, tables: Path) -> None:

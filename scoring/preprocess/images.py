@@ -1,5 +1,9 @@
 """Image preprocessing: decode, orient, convert, resize, then normalise into the model's layout.
 
+The image comes from one column of encoded bytes (``input.image_column``): binary, or Hugging
+Face's image ``struct<bytes, path>``. A null, or bytes that are no image, is a rejected row.
+Decoding runs in the worker's threads (Pillow releases the GIL while it decodes and resizes).
+
 Steps, in order (README repeats them):
 1. decode with Pillow; apply the EXIF orientation;
 2. convert to the mode: palette and RGBA/LA images go through RGBA and lose alpha, 16-bit
@@ -7,30 +11,116 @@ Steps, in order (README repeats them):
 3. resize to ``size`` = [height, width]: ``stretch`` resizes directly; ``center_crop`` resizes the
    short side to ``resize_short_side`` (aspect kept) then crops the centre; ``letterbox`` fits the
    image inside keeping aspect and pads with grey (114), centred;
-4. to uint8 HWC (this is what crosses from decode tasks to the actors: 4x less than float32);
-5. in the actor, per batch: float32 ``x * scale``, ``- mean``, ``/ std`` per channel, then
+4. to uint8 HWC;
+5. per batch: float32 ``x * scale``, ``- mean``, ``/ std`` per channel, then
    NCHW or NHWC, then the model input's element type.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import io
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 
-from scoring.config import ImageConfig
+from scoring.config import ImageConfig, InputConfig
 from scoring.errors import InputError
-from scoring.model import TensorSpec
+from scoring.model import ModelInfo, TensorSpec
+from scoring.preprocess import Prepared, reject_nulls, unskipped
+from scoring.record import Reason, Rejections
+from scoring.tensors import Group
 
 if TYPE_CHECKING:
     from PIL import Image
 
 LETTERBOX_FILL = 114
 RESAMPLING = {"nearest": "NEAREST", "bilinear": "BILINEAR", "bicubic": "BICUBIC", "lanczos": "LANCZOS"}
+# Images decoded at once: enough for a few batches, little memory (~10 MB at 224x224).
+IMAGES_PER_CHUNK = 64
+NULL = Reason("decode", "NullValue", "the image is null (no bytes); the row is skipped")
 
 
-def resolve(cfg: ImageConfig, spec: TensorSpec) -> tuple[tuple[int, int], str, int]:
+@dataclasses.dataclass(frozen=True)
+class Images:
+    column: str  # the column of encoded images
+    struct: bool  # Hugging Face's struct<bytes, path>: the bytes are its field "bytes"
+    image: ImageConfig
+    size: tuple[int, int]
+    layout: str
+    input: TensorSpec
+    chunk_rows: int = IMAGES_PER_CHUNK
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (self.column,)
+
+    def prepare(
+        self, data: pa.Table, skip: np.ndarray | None, pool: concurrent.futures.Executor | None
+    ) -> Prepared:
+        column = data.column(self.column)
+        if self.struct:
+            column = pa.chunked_array([c.field("bytes") for c in column.chunks], pa.binary())
+        blobs = column.to_pylist()
+        rejected = Rejections()
+        rows = reject_nulls(blobs, unskipped(len(blobs), skip), rejected, NULL)
+        decoded = _map(pool, lambda i: self._decode(blobs[i]), rows.tolist())
+        ok = []
+        for row, result in zip(rows.tolist(), decoded):
+            if isinstance(result, Exception):
+                message = f"cannot decode image: {result}. The row is skipped; fix or remove the image."
+                rejected.add(row, row + 1, Reason("decode", type(result).__name__, message))
+            else:
+                ok.append(row)
+        if not ok:
+            return Prepared([], rejected)
+        batch = np.stack([d for d in decoded if not isinstance(d, Exception)])
+        tensor = normalise(batch, self.image, self.layout, self.input.dtype)
+        return Prepared([Group(np.asarray(ok, np.int64), {self.input.name: tensor})], rejected)
+
+    def _decode(self, blob: bytes) -> np.ndarray | Exception:
+        try:
+            return decode(blob, self.image, self.size)
+        except Exception as exc:  # PIL raises many types for bad bytes; the row is rejected
+            return exc
+
+
+def needs(inp: InputConfig, model: ModelInfo) -> list[str]:
+    return [inp.image_column]
+
+
+def resolve(inp: InputConfig, model: ModelInfo, schema: pa.Schema, where: str) -> Images:
+    """Raises ``InputError`` for a model that is not one image input, or a column that holds no
+    encoded images."""
+    if len(model.inputs) != 1:
+        raise InputError(
+            f"an image job feeds one model input; this model has {[i.name for i in model.inputs]}"
+        )
+    size, layout, _ = geometry(inp.image, model.inputs[0])
+    column = inp.image_column
+    if column not in schema.names:
+        raise InputError(
+            f"{where}: no column '{column}' (columns found: {schema.names}); set input.image_column to "
+            "the column of encoded image bytes"
+        )
+    t = schema.field(column).type
+    struct = pa.types.is_struct(t) and t.get_field_index("bytes") >= 0
+    binary = pa.types.is_binary(t) or pa.types.is_large_binary(t)
+    if not (binary or (struct and pa.types.is_binary(t.field("bytes").type))):
+        raise InputError(
+            f"{where}: column '{column}' holds {t}; an image column holds encoded image bytes (binary) "
+            "or Hugging Face's image struct<bytes: binary, path: string>. Set input.image_column"
+        )
+    return Images(column, struct, inp.image, size, layout, model.inputs[0])
+
+
+def _map(pool: concurrent.futures.Executor | None, fn: Any, items: list[int]) -> list[Any]:
+    return list(pool.map(fn, items)) if pool is not None and len(items) > 1 else [fn(i) for i in items]
+
+
+def geometry(cfg: ImageConfig, spec: TensorSpec) -> tuple[tuple[int, int], str, int]:
     """(size, layout, channels) for ``spec``, from config or read off the input's shape.
 
     Raises ``InputError`` when the model's shape cannot tell and the config does not say.

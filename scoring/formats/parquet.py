@@ -1,0 +1,398 @@
+"""Parquet files as shards: big files split at row-group boundaries, small ones packed together.
+
+- A file with more than ``input.rows_per_shard`` rows becomes row ranges (id ``URI#rows=A-B``,
+  B exclusive), split at row-group boundaries, so one big file is scored by every worker.
+- Files far smaller than a shard (under ``rows_per_shard / SMALL`` rows) are packed, in listing
+  order, into shards of about ``rows_per_shard`` rows and at most ``input.files_per_shard`` files
+  (id ``FIRST_FILE+N``, N more files): one predictions file, one marker and one record per shard
+  instead of one per file.
+- Up to ``EXACT_FILES`` files every footer is read and shards know their rows. Past that, a few
+  footers give the bytes per row, and only files large enough to be split are opened: sizes from
+  the listing place the rest (measured: 20,000 footers take 7.5 s, the listing 0.3 s).
+
+Rows keep their index in their file; Hive partition folders (``key=value``) give string columns.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import pyarrow as pa
+
+from scoring import storage
+from scoring.config import InputConfig
+from scoring.errors import InputError, RowError, StorageError
+from scoring.formats import Chunk, concat, listing_root, partitions, unify
+from scoring.record import Reason, Rejections
+from scoring.shard import FileInfo, Shard
+
+EXACT_FILES = 256
+SMALL = 16
+SAMPLE = 16  # footers read to estimate bytes per row when there are too many to read them all
+FOOTER_THREADS = 16  # footers are small reads, mostly waiting
+WINDOW = 64  # files of a packed shard read ahead at once (a few MB)
+# Row-range shards of remote files are read through a block cache of this size (ranged GETs).
+REMOTE_BLOCK = 16 << 20
+Layout = list[int] | None  # rows per row group; None when the footer cannot be read
+NOT_READ: Layout = [-1]  # a small file whose footer planning did not need
+T = TypeVar("T")
+
+
+class Parquet:
+    name = "parquet"
+    suffixes = (".parquet", ".pq")
+    provenance = "file"
+
+    def __init__(self, inp: InputConfig, storage_options: dict[str, Any]) -> None:
+        self.inp, self.so = inp, storage_options
+        self.root = listing_root(inp.uri, storage_options)
+
+    # -- planning ----------------------------------------------------------------------------
+
+    def plan(self, files: Sequence[FileInfo], first_index: int, first_position: int = 0) -> list[Shard]:
+        per_shard, small = self.inp.rows_per_shard, self.inp.rows_per_shard / SMALL
+        layouts, bytes_per_row = self._layouts(files)
+        shards: list[Shard] = []
+        group: list[tuple[FileInfo, int | None, float]] = []  # file, its rows if known, estimate
+
+        def flush() -> None:
+            if group:
+                shards.append(_packed(self.name, first_index + len(shards), group))
+                group.clear()
+
+        for f, layout in zip(files, layouts):
+            rows = None if layout is None or layout is NOT_READ else sum(layout)
+            estimate = f.size / bytes_per_row if rows is None else rows
+            if estimate < small:
+                group.append((f, rows, estimate))
+                if sum(g[2] for g in group) >= per_shard or len(group) >= self.inp.files_per_shard:
+                    flush()
+                continue
+            flush()
+            for n, start, stop, groups in _ranges(layout, per_shard):
+                shard_id = f.uri if start is None else f"{f.uri}#rows={start}-{stop}"
+                index = first_index + len(shards)
+                file = ((f.uri,), (f.size,), (f.version,))
+                shards.append(Shard(index, shard_id, self.name, *file, n, start, stop, groups))
+        flush()
+        return shards
+
+    def _layouts(self, files: Sequence[FileInfo]) -> tuple[list[Layout], float]:
+        """Each file's row groups (``NOT_READ`` for small files left unread, None for a footer
+        that cannot be read), and the bytes per row of the files that were read."""
+        if len(files) <= EXACT_FILES:
+            layouts = self._footers(files)
+            return layouts, _bytes_per_row(files, layouts)
+        step = max(len(files) // SAMPLE, 1)
+        sample = files[::step][:SAMPLE]
+        bytes_per_row = _bytes_per_row(sample, self._footers(sample))
+        limit = self.inp.rows_per_shard / SMALL * bytes_per_row
+        big = [f for f in files if f.size >= limit]
+        found = dict(zip((f.uri for f in big), self._footers(big)))
+        return [found.get(f.uri, NOT_READ) for f in files], bytes_per_row
+
+    def _footers(self, files: Sequence[FileInfo]) -> list[Layout]:
+        def one(f: FileInfo) -> Layout:
+            try:
+                return row_groups(f.uri, self.so)
+            except (OSError, pa.ArrowException, StorageError):
+                return None  # a corrupt file is planned whole; scoring it fails its rows, not the job
+
+        return _threaded(one, files, FOOTER_THREADS)
+
+    # -- the job's schema --------------------------------------------------------------------
+
+    def schema(self, files: Sequence[FileInfo], columns: Sequence[str]) -> pa.Schema:
+        """The first file's columns (and its Hive partitions, as strings), with ``columns``
+        unified over every file that has them. Raises ``InputError`` naming two files that
+        disagree."""
+        first = read_schema(files[0].uri, self.so)
+        parts = partitions(files[0].uri, self.root)
+        fields = [f for f in first if f.name not in parts] + [pa.field(k, pa.string()) for k in parts]
+        stored = [c for c in dict.fromkeys(columns) if c in first.names and c not in parts]
+        if stored and len(files) > 1:
+            types = self._unified(files, stored, first)
+            fields = [f.with_type(types[f.name]) if f.name in types else f for f in fields]
+        return pa.schema(fields)
+
+    def _unified(self, files: Sequence[FileInfo], columns: list[str], first: pa.Schema) -> dict[str, Any]:
+        if storage.is_local(storage.split_uri(files[0].uri, self.so)[0]):
+            merged = _inspect_local([f.uri for f in files])
+            if merged is not None:  # every file agrees (a column of nulls takes the others' type)
+                return {c: merged.field(c).type for c in columns}
+        return _unify_files(files, columns, first, lambda uri: read_schema(uri, self.so))
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def read(
+        self, shard: Shard, schema: pa.Schema, rows: int, pool: concurrent.futures.Executor | None
+    ) -> Iterator[Chunk]:
+        if len(shard.files) == 1:
+            yield from self._file(shard, schema, rows)
+            return
+        pending: list[Chunk] = []
+        for chunk in _windowed(lambda uri: self._whole(uri, schema), shard.files, pool):
+            pending.append(chunk)
+            if sum(len(c) for c in pending) >= rows:
+                yield concat(pending)
+                pending = []
+        if pending:
+            yield concat(pending)
+
+    def _file(self, shard: Shard, schema: pa.Schema, rows: int) -> Iterator[Chunk]:
+        """A whole file or a row range of one, ``rows`` rows at a time."""
+        uri, first = shard.uri, shard.first_row
+        file, handle = self._open(shard)
+        total = shard.row_stop - first if shard.row_stop is not None else file.metadata.num_rows
+        try:
+            columns = self._present(uri, file.schema_arrow, schema, first, total)
+            groups = list(shard.row_groups) or None
+            offset = first
+            for batch in file.iter_batches(batch_size=rows, row_groups=groups, columns=columns):
+                data = self._conform(pa.Table.from_batches([batch]), uri, schema)
+                yield Chunk.of_file(data, uri, offset)
+                offset += batch.num_rows
+        except (OSError, pa.ArrowException) as exc:
+            raise RowError(
+                "read", f"{uri}: cannot read Parquet data: {exc}", type(exc).__name__, first, first + total
+            ) from exc
+        finally:
+            if handle is not None:
+                handle.close()
+
+    def _open(self, shard: Shard) -> tuple[Any, Any]:
+        """The ``ParquetFile`` of a shard's one file, and a handle to close. Raises ``RowError``
+        (stage read) for an unreadable file: the shard's rows when the plan knows them."""
+        import pyarrow.parquet as pq
+
+        uri = shard.uri
+        fs, path = storage.split_uri(uri, self.so)
+        handle = None
+        try:
+            if storage.is_local(fs):
+                # A buffered stream: without it pyarrow reads whole column chunks ahead (measured:
+                # 277 MB held for a 256 MB file, 5 MB with it, at the same speed).
+                return pq.ParquetFile(path, buffer_size=8 << 20, pre_buffer=False), None
+            if shard.row_groups:
+                handle = fs.open(path, "rb", block_size=REMOTE_BLOCK, cache_type="readahead")
+                return pq.ParquetFile(handle, pre_buffer=True), handle
+            # A whole object in one GET, decoded from memory (zero-copy, unlike io.BytesIO).
+            return pq.ParquetFile(pa.BufferReader(storage.read_bytes(uri, self.so))), None
+        except (OSError, pa.ArrowException, StorageError) as exc:
+            if handle is not None:
+                handle.close()
+            start = shard.first_row
+            known = (start, start + shard.rows) if shard.rows is not None else (-1, -1)
+            raise RowError(
+                "read", f"{uri}: cannot read Parquet file: {exc}", type(exc).__name__, *known
+            ) from exc
+
+    def _whole(self, uri: str, schema: pa.Schema) -> Chunk:
+        """One small file of a packed shard, read at once; an unreadable one is its rows rejected."""
+        import pyarrow.parquet as pq
+
+        file = None
+        try:
+            # Read whole, then parsed from memory: 0.3 ms a small file, against 0.6 streamed.
+            file = pq.ParquetFile(pa.BufferReader(storage.read_bytes(uri, self.so)))
+            n = file.metadata.num_rows
+            columns = self._present(uri, file.schema_arrow, schema, 0, n)
+            table = self._conform(file.read(columns=columns, use_threads=False), uri, schema)
+        except RowError as exc:
+            return _rejected(
+                schema, uri, exc.row_start, exc.row_stop, Reason(exc.stage, exc.error, exc.message)
+            )
+        except (OSError, pa.ArrowException, StorageError) as exc:
+            n = file.metadata.num_rows if file is not None else None
+            why = Reason("read", type(exc).__name__, f"{uri}: cannot read Parquet file: {exc}")
+            return _rejected(schema, uri, 0 if n is not None else -1, n if n is not None else -1, why)
+        return Chunk.of_file(table, uri, 0)
+
+    def _present(self, uri: str, found: pa.Schema, schema: pa.Schema, first: int, rows: int) -> list[str]:
+        """The columns of ``schema`` stored in the file; ``RowError`` if one is missing."""
+        parts = partitions(uri, self.root)
+        missing = [f.name for f in schema if f.name not in found.names and f.name not in parts]
+        if missing:
+            raise RowError(
+                "read",
+                f"{uri}: no column {missing} (columns found: {found.names}); every file of the input "
+                "needs the columns the model reads (input.columns, input.image_column) and input.keep",
+                "InputError",
+                first,
+                first + rows,
+            )
+        return [f.name for f in schema if f.name not in parts]
+
+    def _conform(self, table: pa.Table, uri: str, schema: pa.Schema) -> pa.Table:
+        """``table`` in the job's types, with its file's Hive partitions as columns."""
+        parts = partitions(uri, self.root)
+        n = table.num_rows
+        columns = [
+            pa.array([parts[f.name]] * n, pa.string()) if f.name in parts else table.column(f.name)
+            for f in schema
+        ]
+        return pa.Table.from_arrays(columns, schema=schema)  # type: ignore[arg-type]
+
+
+def _bytes_per_row(files: Sequence[FileInfo], layouts: Sequence[Layout]) -> float:
+    """Bytes per row over the files whose footer was read (1 when none has a row)."""
+    read = [(f.size, sum(layout)) for f, layout in zip(files, layouts) if layout]
+    rows = sum(n for _, n in read)
+    return sum(size for size, _ in read) / rows if rows else 1.0
+
+
+def _packed(kind: str, index: int, group: list[tuple[FileInfo, int | None, float]]) -> Shard:
+    """One shard of small files, id ``FIRST_FILE+N``."""
+    files = [f for f, _, _ in group]
+    known = [n for _, n, _ in group]
+    exact = None if None in known else sum(n for n in known if n is not None)
+    shard_id = files[0].uri if len(files) == 1 else f"{files[0].uri}+{len(files) - 1}"
+    estimate = None if exact is not None else round(sum(e for _, _, e in group))
+    return Shard(
+        index,
+        shard_id,
+        kind,
+        tuple(f.uri for f in files),
+        tuple(f.size for f in files),
+        tuple(f.version for f in files),
+        exact,
+        rows_estimate=estimate,
+    )
+
+
+def _rejected(schema: pa.Schema, uri: str, start: int, stop: int, reason: Reason) -> Chunk:
+    rejected = Rejections()
+    rejected.add(start, stop, reason, uri)
+    return Chunk.of_file(schema.empty_table(), uri, 0, rejected=rejected)
+
+
+Range = tuple[int | None, int | None, int | None, tuple[int, ...]]
+
+
+def _ranges(layout: Layout, rows_per_shard: int) -> list[Range]:
+    """``(rows, start, stop, row_groups)`` per shard of one file; start is None when it is whole."""
+    if layout is None:
+        return [(None, None, None, ())]
+    total = sum(layout)
+    if total <= rows_per_shard:
+        return [(total, None, None, ())]
+    out: list[Range] = []
+    groups: list[int] = []
+    start = count = 0
+    for g, n in enumerate(layout):
+        if groups and count + n > rows_per_shard:
+            out.append((count, start, start + count, tuple(groups)))
+            start, groups, count = start + count, [], 0
+        groups.append(g)
+        count += n
+    if groups:
+        out.append((count, start, start + count, tuple(groups)))
+    if len(out) == 1:  # one row group larger than rows_per_shard: the file stays whole
+        return [(total, None, None, ())]
+    return out
+
+
+# -- footers and schemas ---------------------------------------------------------------------
+
+
+def row_groups(uri: str, storage_options: dict[str, Any]) -> list[int]:
+    """Rows per row group of a Parquet file, from its footer alone (small ranged reads)."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.split_uri(uri, storage_options)
+
+    def read() -> list[int]:
+        # A small block: s3fs would otherwise fetch 50 MiB to read a footer of a few KB.
+        with fs.open(path, "rb", block_size=1 << 16) as f:
+            meta = pq.ParquetFile(f).metadata
+            return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+    return storage.with_retries(read, f"reading the footer of {uri}")
+
+
+def read_schema(uri: str, storage_options: dict[str, Any]) -> pa.Schema:
+    """The Arrow schema of a Parquet file, from its footer. Raises ``InputError`` if unreadable."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.split_uri(uri, storage_options)
+    try:
+        with fs.open(path, "rb", block_size=1 << 16) as f:
+            return pq.ParquetFile(f).schema_arrow
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{uri}: cannot read the Parquet footer ({exc}). Is it a Parquet file?") from exc
+
+
+def _inspect_local(paths: list[str]) -> pa.Schema | None:
+    """Every local file's schema merged by Arrow in C++ (0.6 s for 20,000 files on 2 cores, in 4
+    parts at once), or None when two files disagree on some column's type."""
+    import pyarrow.dataset as ds
+    import pyarrow.fs as pafs
+
+    def inspect(part: list[str]) -> pa.Schema:
+        factory = ds.FileSystemDatasetFactory(pafs.LocalFileSystem(), part, ds.ParquetFileFormat())
+        return factory.inspect(fragments=None)
+
+    parts = [paths[i::4] for i in range(min(4, len(paths)))]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(len(parts)) as pool:
+            return pa.unify_schemas(list(pool.map(inspect, parts)))
+    except (pa.ArrowException, OSError):
+        return None  # a type conflict, or an unreadable file: the slow path says which
+
+
+def _unify_files(
+    files: Sequence[FileInfo], columns: list[str], first: pa.Schema, read: Callable[[str], pa.Schema]
+) -> dict[str, Any]:
+    """Each column's type over every file that has it. Raises ``InputError`` naming the column
+    and two files whose types no type holds without changing values."""
+
+    def one(f: FileInfo) -> pa.Schema | None:
+        try:
+            return read(f.uri)
+        except InputError:
+            return None  # unreadable: its shard fails when read, the job goes on
+
+    schemas = _threaded(one, files[1:], FOOTER_THREADS)
+    types = {c: (first.field(c).type, files[0].uri) for c in columns}
+    for f, schema in zip(files[1:], schemas):
+        for c in columns:
+            if schema is None or c not in schema.names:
+                continue
+            have, where = types[c]
+            found = schema.field(c).type
+            both = unify(have, found)
+            if both is None:
+                raise InputError(
+                    f"input files disagree on column '{c}': {have} in {where}, {found} in {f.uri}; no "
+                    "type holds both without changing values. Convert the column upstream, or score "
+                    "those files in separate jobs"
+                )
+            types[c] = (both, where if both == have else f.uri)
+    return {c: t for c, (t, _) in types.items()}
+
+
+def _threaded(fn: Callable[[Any], T], items: Sequence[Any], threads: int) -> list[T]:
+    if len(items) <= 1:
+        return [fn(i) for i in items]
+    with concurrent.futures.ThreadPoolExecutor(min(threads, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def _windowed(
+    fn: Callable[[str], Chunk], items: Iterable[str], pool: concurrent.futures.Executor | None
+) -> Iterator[Chunk]:
+    """``map(fn, items)`` in order, up to ``WINDOW`` calls ahead in ``pool`` (memory stays flat)."""
+    if pool is None:
+        yield from map(fn, items)
+        return
+    it = iter(items)
+    ahead = [pool.submit(fn, i) for i in itertools.islice(it, WINDOW)]
+    while ahead:
+        future = ahead.pop(0)
+        nxt = next(it, None)
+        if nxt is not None:
+            ahead.append(pool.submit(fn, nxt))
+        yield future.result()

@@ -1,0 +1,175 @@
+"""WebDataset tar shards: each ``.tar`` is a shard, read as a stream, one row per sample.
+
+A sample is the members that share a key: the member's path up to the first dot of its base
+name (``d/0001.seg.png`` has key ``d/0001`` and extension ``seg.png``). Its members must be
+adjacent in the tar; a key met again after another key is an error of that shard, never a silent
+merge (ray-project/ray#44068). Columns: ``key``, then one per extension: ``cls`` as int64,
+``txt`` and ``json`` as strings, anything else as binary. The image comes from
+``input.image_column`` (an extension), by default the first of jpg, jpeg, png, webp in each
+sample, as the column ``image``; a sample without one is a rejected row. ``row`` is the sample's
+index in its tar.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import posixpath
+import tarfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from scoring import storage
+from scoring.config import InputConfig
+from scoring.errors import InputError, RowError, StorageError
+from scoring.formats import Chunk
+from scoring.record import Reason, Rejections
+from scoring.shard import FileInfo, Shard
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+AUTO_IMAGE = "image"  # the column holding each sample's first image member
+INTEGERS, TEXTS = ("cls",), ("txt", "json")
+PEEK = 32  # samples of the first tar looked at to learn its members
+STREAM_BLOCK = 8 << 20  # remote tars are streamed through a read-ahead buffer of this size
+
+Sample = tuple[str, dict[str, bytes]]
+
+
+class WebDataset:
+    name = "webdataset"
+    suffixes = (".tar",)
+    provenance = "file"
+
+    def __init__(self, inp: InputConfig, storage_options: dict[str, Any]) -> None:
+        self.inp, self.so = inp, storage_options
+
+    def plan(self, files: Sequence[FileInfo], first_index: int, first_position: int) -> list[Shard]:
+        return [
+            Shard(first_index + i, f.uri, self.name, (f.uri,), (f.size,), (f.version,))
+            for i, f in enumerate(files)
+        ]
+
+    def schema(self, files: Sequence[FileInfo], columns: Sequence[str]) -> pa.Schema:
+        """The columns the first samples of the first tar give. Raises ``InputError`` when it
+        cannot be read or holds no sample."""
+        uri = files[0].uri
+        try:
+            samples = [s for _, s in zip(range(PEEK), _samples(uri, self.so))]
+        except RowError as exc:
+            raise InputError(f"{uri}: {exc.message}") from exc
+        if not samples:
+            raise InputError(f"{uri}: the tar holds no sample; is it a WebDataset shard?")
+        found = {"key": pa.string()}
+        for _, members in samples:
+            found |= {ext: column_type(ext) for ext in members}
+        if any(ext in IMAGE_EXTENSIONS for _, m in samples for ext in m) and AUTO_IMAGE not in found:
+            found[AUTO_IMAGE] = pa.binary()
+        return pa.schema(list(found.items()))
+
+    def read(
+        self, shard: Shard, schema: pa.Schema, rows: int, pool: concurrent.futures.Executor | None
+    ) -> Iterator[Chunk]:
+        uri, batch, first = shard.uri, [], 0
+        for sample in _samples(uri, self.so):
+            batch.append(sample)
+            if len(batch) == rows:
+                yield self._chunk(uri, first, batch, schema)
+                first, batch = first + len(batch), []
+        if batch:
+            yield self._chunk(uri, first, batch, schema)
+
+    def _chunk(self, uri: str, first: int, samples: list[Sample], schema: pa.Schema) -> Chunk:
+        rejected, skip = Rejections(), np.zeros(len(samples), bool)
+
+        def reject(i: int, error: str, message: str) -> None:
+            if not skip[i]:
+                skip[i] = True
+                rejected.add(first + i, first + i + 1, Reason("read", error, f"{uri}: {message}"), uri)
+
+        columns = []
+        image = self.inp.image_column or AUTO_IMAGE
+        for f in schema:
+            values: list[Any] = []
+            for i, (key, members) in enumerate(samples):
+                value = _member(key, members, f.name)
+                if value is None and f.name == image:
+                    found = ", ".join(members) or "none"
+                    want = image if image != AUTO_IMAGE else " or ".join(IMAGE_EXTENSIONS)
+                    reject(i, "MissingMember", f"sample {key} has no {want} member (members: {found})")
+                elif value is not None and f.name != "key":
+                    try:
+                        value = _decode(f.name, value)
+                    except ValueError as exc:
+                        reject(i, "ValueError", f"sample {key}: member {f.name} is not a {f.type}: {exc}")
+                        value = None
+                values.append(value)
+            columns.append(pa.array(values, f.type))
+        data = pa.Table.from_arrays(columns, schema=schema)
+        rows = np.arange(first, first + len(samples), dtype=np.int64)
+        return Chunk(
+            data, [uri], np.zeros(len(samples), np.int32), rows, rejected, skip if skip.any() else None
+        )
+
+
+def column_type(extension: str) -> pa.DataType:
+    if extension in INTEGERS:
+        return pa.int64()
+    return pa.string() if extension in TEXTS else pa.binary()
+
+
+def _member(key: str, members: dict[str, bytes], column: str) -> Any:
+    if column == "key":
+        return key
+    if column == AUTO_IMAGE and AUTO_IMAGE not in members:
+        return next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
+    return members.get(column)
+
+
+def _decode(extension: str, data: bytes) -> Any:
+    if extension in INTEGERS:
+        return int(data.decode().strip())
+    if extension in TEXTS:
+        return data.decode("utf-8")
+    return data
+
+
+def _samples(uri: str, storage_options: dict[str, Any]) -> Iterator[Sample]:
+    """The samples of a tar, streamed in order. Raises ``RowError`` for the whole shard when the
+    tar cannot be read or a key's members are not adjacent."""
+    fs, path = storage.split_uri(uri, storage_options)
+    key: str | None = None
+    members: dict[str, bytes] = {}
+    seen: set[str] = set()
+    try:
+        local = storage.is_local(fs)
+        with fs.open(path, "rb", **({} if local else {"block_size": STREAM_BLOCK})) as f:
+            with tarfile.open(fileobj=f, mode="r|*") as tar:
+                for info in tar:
+                    if not info.isfile():
+                        continue
+                    folder, base = posixpath.split(info.name)
+                    stem, dot, ext = base.partition(".")
+                    if not dot or stem.startswith("__"):
+                        continue
+                    name = posixpath.join(folder, stem)
+                    if name != key:
+                        if key is not None:
+                            yield key, members
+                        if name in seen:
+                            raise RowError(
+                                "read",
+                                f"{uri}: the members of sample {name} are not adjacent ({info.name} "
+                                "comes after other samples); rewrite the tar with each sample's "
+                                "members together (tar sorted by name)",
+                                "NonAdjacentKey",
+                            )
+                        key, members = name, {}
+                        seen.add(name)
+                    handle = tar.extractfile(info)
+                    members[ext.lower()] = handle.read() if handle is not None else b""
+        if key is not None:
+            yield key, members
+    except (OSError, tarfile.TarError, StorageError) as exc:
+        raise RowError("read", f"{uri}: cannot read the tar: {exc}", type(exc).__name__) from exc

@@ -1,0 +1,100 @@
+"""Preprocessing: the columns a shard's rows give -> the tensors the model takes. One seam.
+
+A preprocessor is resolved on the driver, against the model and the job's schema, before
+anything starts (``resolve`` raises ``InputError`` or ``ConfigError``, exit 2), and travels to
+the workers as plain data. It has one job there:
+
+- ``prepare(data, skip, pool) -> Prepared``: the rows of ``data`` (a chunk of a shard; ``skip``
+  marks rows already rejected) as groups of rows with equal tensor shapes, and the rows it
+  rejected (indices into ``data``, with the reason); ``pool`` (or None) lends threads.
+
+Besides it, ``columns`` (the input columns it reads) and ``chunk_rows`` (rows worth reading at
+once). Which one a job gets: ``text`` when ``input.text`` is set, ``images`` for image inputs,
+else ``tables``. Each module has ``needs(inp, model)`` (the columns to ask the input for) and
+``resolve(inp, model, schema, where)``. Example, a preprocessor that feeds one column as is::
+
+    @dataclasses.dataclass(frozen=True)
+    class Raw:
+        column: str
+        input: str
+        columns = property(lambda self: (self.column,))
+        chunk_rows = 4096
+        def prepare(self, data, skip, pool):
+            rows = np.flatnonzero(~skip) if skip is not None else np.arange(data.num_rows)
+            x = data.column(self.column).to_numpy()[rows]
+            return Prepared([Group(rows, {self.input: x})], Rejections())
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import importlib
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from scoring.config import InputConfig
+from scoring.model import ModelInfo
+from scoring.record import Rejections
+from scoring.tensors import Group
+
+# Kind -> the module that holds its ``needs`` and ``resolve``.
+PREPROCESSORS = {
+    "tables": "scoring.preprocess.tables",
+    "images": "scoring.preprocess.images",
+    "text": "scoring.preprocess.text",
+}
+IMAGE_FORMATS = ("images", "webdataset")
+
+
+@dataclasses.dataclass
+class Prepared:
+    groups: list[Group]
+    rejected: Rejections  # rows of the chunk (indices into its data)
+
+
+class Preprocessor(Protocol):
+    @property
+    def columns(self) -> tuple[str, ...]: ...
+
+    @property
+    def chunk_rows(self) -> int: ...
+
+    def prepare(
+        self, data: pa.Table, skip: np.ndarray | None, pool: concurrent.futures.Executor | None
+    ) -> Prepared: ...
+
+
+def kind(inp: InputConfig) -> str:
+    if getattr(inp, "text", None) is not None:
+        return "text"
+    return "images" if inp.format in IMAGE_FORMATS else "tables"
+
+
+def _module(inp: InputConfig) -> Any:
+    return importlib.import_module(PREPROCESSORS[kind(inp)])
+
+
+def needs(inp: InputConfig, model: ModelInfo) -> list[str]:
+    """The input columns the job's preprocessor reads."""
+    return list(_module(inp).needs(inp, model))
+
+
+def resolve(inp: InputConfig, model: ModelInfo, schema: pa.Schema, where: str) -> Preprocessor:
+    """The job's preprocessor, checked against ``model`` and ``schema`` (read from ``where``)."""
+    return _module(inp).resolve(inp, model, schema, where)  # type: ignore[no-any-return]
+
+
+def unskipped(n: int, skip: np.ndarray | None) -> np.ndarray:
+    """The rows of a chunk of ``n`` that are not already rejected."""
+    return np.arange(n, dtype=np.int64) if skip is None else np.flatnonzero(~skip).astype(np.int64)
+
+
+def reject_nulls(values: Sequence[Any], rows: np.ndarray, rejected: Rejections, why: Any) -> np.ndarray:
+    """``rows`` whose value is not None; the others are added to ``rejected`` with ``why``."""
+    null = np.array([values[i] is None for i in rows.tolist()], dtype=bool)
+    rejected.add_rows(rows[null], why)
+    return rows[~null]
