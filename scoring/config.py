@@ -84,13 +84,17 @@ class ImageConfig(_Section):
 
 class InputConfig(_Section):
     uri: str
-    format: Literal["parquet", "images"]
+    format: Literal["parquet", "images", "webdataset"]
     columns: dict[str, str | list[str]] = {}
     keep: list[str] = []
+    # At most this many files in a shard: image files, or small Parquet files packed together.
     files_per_shard: int = Field(default=1024, gt=0)
     # Parquet files with more rows are split at row-group boundaries into shards of about this
-    # many rows, so one big file is scored by every actor instead of one.
+    # many rows, so one big file is scored by every actor instead of one; files far smaller
+    # (under a sixteenth) are packed together into shards of about this many rows.
     rows_per_shard: int = Field(default=1_000_000, gt=0)
+    # Parquet: the column of encoded images (binary, or Hugging Face's struct<bytes, path>);
+    # webdataset: a member's extension ("image": the first of jpg, jpeg, png, webp).
     image_column: str = "image"
     image: ImageConfig = ImageConfig()
 

@@ -137,6 +137,29 @@ def test_images_s3_to_s3(run_job, s3: Any, tmp_path: Path) -> None:
     ] == "s3://data/imgs/d000/broken.jpg"
 
 
+def test_webdataset_tars_streamed_from_a_bucket(run_job, s3: Any, tmp_path: Path) -> None:
+    from test_formats import image_job, webdataset
+
+    endpoint, fs = s3
+    _, good = webdataset(tmp_path / "wds")
+    upload(fs, tmp_path / "wds", "data/wds")
+    model = make_cnn(tmp_path / "cnn.onnx", size=24, classes=3)
+    cfg = image_job("s3://data/wds", str(model), "webdataset", keep=["cls"])
+    result = run_job({**cfg, "output": {"uri": "s3://results/w1"}, "storage_options": options(endpoint)})
+    assert result.ok, result.job["error"]
+    rows = []
+    for key in sorted(fs.ls("results/w1/predictions")):
+        with fs.open(key) as f:
+            rows += pq.read_table(f).to_pylist()
+    assert [(r["file"], r["row"], r["cls"]) for r in rows] == [
+        ("s3://data/wds/shard-000000.tar", 0, 3),
+        ("s3://data/wds/shard-000000.tar", 1, 1),
+        ("s3://data/wds/shard-000001.tar", 0, 5),
+        ("s3://data/wds/shard-000001.tar", 1, 9),
+    ]
+    assert result.job["totals"]["rows"] == 6 and result.job["totals"]["rows_failed"] == 2
+
+
 def test_missing_bucket_prefix_and_model_fail_before_scoring(run_job, s3: Any, tables: Path) -> None:
     endpoint, _ = s3
     with pytest.raises(StorageError, match=r"s3://data/nothing-here/: no such file or folder"):

@@ -52,15 +52,26 @@ class WebDataset:
         ]
 
     def schema(self, files: Sequence[FileInfo], columns: Sequence[str]) -> pa.Schema:
-        """The columns the first samples of the first tar give. Raises ``InputError`` when it
-        cannot be read or holds no sample."""
-        uri = files[0].uri
-        try:
-            samples = [s for _, s in zip(range(PEEK), _samples(uri, self.so))]
-        except RowError as exc:
-            raise InputError(f"{uri}: {exc.message}") from exc
+        """The columns the first samples give (of the first tars that can be read: a broken one
+        fails its own shard later). Raises ``InputError`` when none of them holds a sample."""
+        samples: list[Sample] = []
+        errors = []
+        for f in files[:PEEK]:
+            try:
+                for sample in _samples(f.uri, self.so):
+                    samples.append(sample)
+                    if len(samples) == PEEK:
+                        break
+            except RowError as exc:
+                errors.append(exc.message)
+                continue  # what a broken tar holds may not be all the members: look at the next
+            if samples:
+                break
         if not samples:
-            raise InputError(f"{uri}: the tar holds no sample; is it a WebDataset shard?")
+            why = f" ({errors[0]})" if errors else ""
+            raise InputError(
+                f"{files[0].uri}: found no sample in the first tars{why}; are they WebDataset shards?"
+            )
         found = {"key": pa.string()}
         for _, members in samples:
             found |= {ext: column_type(ext) for ext in members}
