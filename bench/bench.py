@@ -356,7 +356,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--only", choices=["tables", "images", "s3"], default=None)
+    parser.add_argument("--only", choices=["tables", "images", "s3", "small", "webdataset"], default=None)
     parser.add_argument("--no-daft", action="store_true", help="leave Daft out (no .venv-peers)")
     args = parser.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
@@ -369,6 +369,14 @@ def main() -> None:
             )
             rows = report(kind, measure(kind, args.reps, peers), args.reps)
             targets(kind, rows)
+    if args.only in (None, "small"):
+        from formats import small_files
+
+        small_files(args.reps)
+    if args.only in (None, "webdataset"):
+        from formats import webdataset
+
+        webdataset(args.reps)
     if args.only in (None, "s3"):
         from s3 import s3_vs_local
 

@@ -84,7 +84,7 @@ class ImageConfig(_Section):
 
 class InputConfig(_Section):
     uri: str
-    format: Literal["parquet", "images", "webdataset"]
+    format: str  # a key of scoring.formats.INPUTS: parquet | images | webdataset
     columns: dict[str, str | list[str]] = {}
     keep: list[str] = []
     # At most this many files in a shard: image files, or small Parquet files packed together.
@@ -97,6 +97,15 @@ class InputConfig(_Section):
     # webdataset: a member's extension ("image": the first of jpg, jpeg, png, webp).
     image_column: str = "image"
     image: ImageConfig = ImageConfig()
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        from scoring.formats import INPUTS  # the registry; imported when a config is checked
+
+        if v not in INPUTS:
+            raise ValueError(f"expected one of {', '.join(INPUTS)}")
+        return v
 
 
 class PostprocessConfig(_Section):

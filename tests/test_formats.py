@@ -367,3 +367,28 @@ def test_validate_looks_past_empty_files(tmp_path: Path) -> None:
         range(8)
     )
     assert "8 scored, 0 rejected" in format_preview(preview)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_the_tar_reader_reads_what_tarfile_writes(tmp_path: Path, fmt: int) -> None:
+    from scoring.formats.webdataset import tar_files
+
+    deep = "/".join(["a-rather-long-folder-name"] * 5)  # 129 characters: past ustar's 100
+    members = [(f"{deep}/s0.jpg", b"x" * 700), ("s1.cls", b"7"), (f"{deep}/s2.ünïcode.txt", "é".encode())]
+    path = tmp_path / "t.tar"
+    with tarfile.open(path, "w", format=fmt) as tar:
+        folder = tarfile.TarInfo("a-folder")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)  # a folder entry: not a member
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1700000000.5
+            tar.addfile(info, io.BytesIO(data))
+    with open(path, "rb") as f:
+        assert list(tar_files(f)) == members
+    with open(path, "rb") as f:
+        cut = io.BytesIO(f.read()[:1500])  # the first member's data cut short
+    with pytest.raises(tarfile.ReadError, match="unexpected end of data"):
+        list(tar_files(cut))
+    with pytest.raises(tarfile.ReadError, match="bad header"):
+        list(tar_files(io.BytesIO(b"PK\x03\x04 a zip file, not a tar" + b"\0" * 600)))

@@ -18,8 +18,8 @@ workers) and has three jobs:
 ``provenance`` says how prediction rows name their origin: ``"file"`` (``file`` and ``row``, its
 index in the file) or ``"path"`` (``row``, its index in the shard, and ``path``).
 
-Formats are registered by name, imported when used. Adding one is a module and a line in
-``FORMATS`` (and in ``INPUTS`` for the ``input.format`` value that reaches it). Example, a format
+Formats are registered by name, imported when used; ``input.format`` names one (or ``images``).
+Adding one is a module and a line in ``FORMATS``. Example, a format
 whose every file is one row holding its bytes::
 
     class Blobs:
@@ -58,12 +58,9 @@ FORMATS = {
     "image_files": "scoring.formats.image_files:ImageFiles",
     "webdataset": "scoring.formats.webdataset:WebDataset",
 }
-# input.format -> the formats that may read it, tried in this order on the listing.
-INPUTS = {
-    "parquet": ("parquet",),
-    "images": ("image_files", "parquet"),  # an image folder, or Parquet with an image column
-    "webdataset": ("webdataset",),
-}
+# input.format -> the formats that may read it, tried in this order on the listing: each format
+# by its own name, and "images", an image folder or Parquet with an image column.
+INPUTS = {name: (name,) for name in FORMATS if name != "image_files"} | {"images": ("image_files", "parquet")}
 # Shard kinds written by earlier versions of scoring, read by a format of today.
 RENAMED = {"image_parquet": "parquet"}
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # Hive's folder name for a null partition value

@@ -57,18 +57,22 @@ class Parquet:
         layouts, bytes_per_row = self._layouts(files)
         shards: list[Shard] = []
         group: list[tuple[FileInfo, int | None, float]] = []  # file, its rows if known, estimate
+        grouped = 0.0  # the group's rows, estimated
 
         def flush() -> None:
+            nonlocal grouped
             if group:
                 shards.append(_packed(self.name, first_index + len(shards), group))
                 group.clear()
+            grouped = 0.0
 
         for f, layout in zip(files, layouts):
             rows = None if layout is None or layout is NOT_READ else sum(layout)
             estimate = f.size / bytes_per_row if rows is None else rows
             if estimate < small:
                 group.append((f, rows, estimate))
-                if sum(g[2] for g in group) >= per_shard or len(group) >= self.inp.files_per_shard:
+                grouped += estimate
+                if grouped >= per_shard or len(group) >= self.inp.files_per_shard:
                     flush()
                 continue
             flush()
@@ -134,11 +138,13 @@ class Parquet:
             yield from self._file(shard, schema, rows)
             return
         pending: list[Chunk] = []
+        count = 0
         for chunk in _windowed(lambda uri: self._whole(uri, schema), shard.files, pool):
             pending.append(chunk)
-            if sum(len(c) for c in pending) >= rows:
+            count += len(chunk)
+            if count >= rows:
                 yield concat(pending)
-                pending = []
+                pending, count = [], 0
         if pending:
             yield concat(pending)
 
