@@ -22,6 +22,7 @@ from scoring.record import Rejections
 if TYPE_CHECKING:
     import ray.data
 
+    from scoring.embedding import Embedding
     from scoring.job import JobResult
     from scoring.model import ModelInfo
     from scoring.postprocess import Postprocess
@@ -62,6 +63,8 @@ def predict(
     keep: Sequence[str] = (),
     outputs: Mapping[str, str] | None = None,
     postprocess: Mapping[str, Any] | None = None,
+    text: Mapping[str, Any] | None = None,
+    embedding: Mapping[str, Any] | None = None,
     batch_size: int = 256,
     actors: int | None = None,
     cpus_per_actor: float = 1.0,
@@ -72,8 +75,10 @@ def predict(
 ) -> ray.data.Dataset:
     """Score every row of ``ds`` with ``model`` (a path or fsspec URI), lazily.
 
-    ``columns``, ``keep``, ``outputs`` and ``postprocess`` mean what ``input.columns``,
-    ``input.keep``, ``output.outputs`` and ``output.postprocess`` mean in a job. ``actors``
+    ``columns``, ``keep``, ``outputs``, ``postprocess``, ``text`` and ``embedding`` mean what
+    ``input.columns``, ``input.keep``, ``output.outputs``, ``output.postprocess``, ``input.text``
+    and ``output.embedding`` mean in a job (``text={"column": "text", "tokenizer":
+    "tokenizer.json"}``, ``embedding={"pooling": "mean"}``). ``actors``
     sessions (default: one per CPU left after one for reading, or one per GPU) of
     ``cpus_per_actor`` threads each. A row that cannot be scored raises with its reason, unless
     ``on_error="null"``: its outputs are null and an ``error`` column says why.
@@ -84,16 +89,24 @@ def predict(
     import ray
     from ray.data import ActorPoolStrategy
 
+    from scoring import embedding as embeddings
+    from scoring import preprocess
     from scoring.model import load_model_info
     from scoring.postprocess import resolve
-    from scoring.preprocess import tables
 
     so = dict(storage_options or {})
+    inp = {
+        "uri": WHERE,
+        "format": "parquet",
+        "columns": dict(columns or {}),
+        "keep": list(keep),
+        "text": text,
+    }
     cfg = load_config(
         data={
             "model": {"uri": model, **({"providers": list(providers)} if providers else {})},
-            "input": {"uri": WHERE, "format": "parquet", "columns": dict(columns or {}), "keep": list(keep)},
-            "output": {"uri": WHERE, "outputs": outputs, "postprocess": postprocess},
+            "input": inp,
+            "output": {"uri": WHERE, "outputs": outputs, "postprocess": postprocess, "embedding": embedding},
             "compute": {
                 "batch_size": batch_size,
                 "cpus_per_actor": cpus_per_actor,
@@ -105,9 +118,10 @@ def predict(
     )
     info, _ = load_model_info(model, so)
     pp = resolve(cfg.output.postprocess, info, so)
+    emb = embeddings.resolve(cfg.output.embedding, info)
     schema = _known_schema(ds)
     if schema is not None:
-        tables.resolve(cfg.input, info, schema, WHERE)
+        preprocess.resolve(cfg, info, schema, WHERE)
         _check_keep(cfg.input.keep, schema)
     if actors is None:
         resources = ray.cluster_resources()
@@ -117,7 +131,7 @@ def predict(
             actors = max(1, int((resources.get("CPU", 1) - 1) / cpus_per_actor))
     return ds.map_batches(
         _Predict,
-        fn_constructor_args=(cfg, info, pp, max(1, int(cpus_per_actor)), on_error),
+        fn_constructor_args=(cfg, info, pp, emb, max(1, int(cpus_per_actor)), on_error),
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=actors),
@@ -146,7 +160,13 @@ class _Predict:
     """The Ray Data UDF: one session, scoring each batch with a job's rules."""
 
     def __init__(
-        self, cfg: Config, info: ModelInfo, pp: Postprocess | None, threads: int, on_error: str
+        self,
+        cfg: Config,
+        info: ModelInfo,
+        pp: Postprocess | None,
+        emb: Embedding | None,
+        threads: int,
+        on_error: str,
     ) -> None:
         import ray
 
@@ -159,17 +179,17 @@ class _Predict:
             os.environ["CUDA_VISIBLE_DEVICES"] = ""
         path = local_model_path(info.uri, info.sha256, cfg.storage_options)
         session = build_session(path, info, cfg.model, threads=threads, gpu_ids=gpu_ids)
-        self.scorer = Scorer(info, session, cfg.output.outputs, pp, cfg.compute.batch_size)
+        self.scorer = Scorer(info, session, cfg.output.outputs, pp, cfg.compute.batch_size, emb)
         self.cfg, self.info, self.on_error = cfg, info, on_error
         self.preprocessors: dict[pa.Schema, Preprocessor] = {}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from scoring.preprocess import tables
+        from scoring import preprocess
 
         pre = self.preprocessors.get(batch.schema)
         if pre is None:
-            pre = self.preprocessors[batch.schema] = tables.resolve(
-                self.cfg.input, self.info, batch.schema, WHERE
+            pre = self.preprocessors[batch.schema] = preprocess.resolve(
+                self.cfg, self.info, batch.schema, WHERE
             )
             _check_keep(self.cfg.input.keep, batch.schema)
         prepared = pre.prepare(batch, None, None)

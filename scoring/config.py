@@ -82,6 +82,13 @@ class ImageConfig(_Section):
         return v
 
 
+class TextConfig(_Section):
+    column: str = "text"  # a string column (webdataset: the txt member)
+    tokenizer: str  # a Hugging Face tokenizers file (tokenizer.json), local or any fsspec URI
+    # Tokens per row; longer rows are truncated. Default: the tokenizer's own truncation, else 512.
+    max_length: int | None = Field(default=None, gt=0)
+
+
 class InputConfig(_Section):
     uri: str
     format: str  # a key of scoring.formats.INPUTS: parquet | images | webdataset
@@ -97,6 +104,7 @@ class InputConfig(_Section):
     # webdataset: a member's extension ("image": the first of jpg, jpeg, png, webp).
     image_column: str = "image"
     image: ImageConfig = ImageConfig()
+    text: TextConfig | None = None  # text models: tokenize this column (see README "Text models")
 
     @field_validator("format")
     @classmethod
@@ -116,11 +124,19 @@ class PostprocessConfig(_Section):
     labels: str | list[str] | None = None
 
 
+class EmbeddingConfig(_Section):
+    output: str | None = None  # default: the only float output shaped [N, T, D] or [N, D]
+    pooling: Literal["mean", "cls", "max", "none"] = "mean"  # mean: over the attention mask
+    normalize: bool = True  # L2-normalise each vector
+
+
 class OutputConfig(_Section):
     uri: str
     mode: Literal["error", "overwrite", "resume"] = "error"
-    outputs: dict[str, str] | None = None  # None: every output; {}: none (postprocess columns only)
+    # None: every output (none with output.embedding); {}: none (postprocess or embedding columns only)
+    outputs: dict[str, str] | None = None
     postprocess: PostprocessConfig | None = None
+    embedding: EmbeddingConfig | None = None  # sentence embeddings: the column `embedding`
 
 
 class ComputeConfig(_Section):

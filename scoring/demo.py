@@ -80,6 +80,78 @@ def make_cnn(path: str | Path, size: int = 224, classes: int = 10, seed: int = 0
     return _save(graph, path)
 
 
+def make_text_model(
+    path: str | Path, vocab: int, dim: int = 16, int_type: str = "int64", seed: int = 0
+) -> str:
+    """A tiny BERT-like encoder: ``input_ids``, ``attention_mask``, ``token_type_ids``
+    [batch, sequence] -> ``last_hidden_state`` [batch, sequence, dim]. Each token's state mixes in
+    the mean of the sequence's unmasked tokens, so padding that were not masked would show."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    ids = TensorProto.INT64 if int_type == "int64" else TensorProto.INT32
+
+    def table(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+
+    axes1, axes2 = (numpy_helper.from_array(np.array([a], np.int64), f"axis{a}") for a in (1, 2))
+    nodes = [
+        helper.make_node("Gather", ["words", "input_ids"], ["w"]),
+        helper.make_node("Gather", ["types", "token_type_ids"], ["t"]),
+        helper.make_node("Add", ["w", "t"], ["h0"]),
+        helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["m", "axis2"], ["m3"]),
+        helper.make_node("Mul", ["h0", "m3"], ["hm"]),
+        helper.make_node("ReduceSum", ["hm", "axis1"], ["total"], keepdims=1),
+        helper.make_node("ReduceSum", ["m3", "axis1"], ["count"], keepdims=1),
+        helper.make_node("Div", ["total", "count"], ["context"]),
+        helper.make_node("Add", ["h0", "context"], ["h1"]),
+        helper.make_node("MatMul", ["h1", "dense"], ["h2"]),
+        helper.make_node("Tanh", ["h2"], ["last_hidden_state"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny-bert",
+        [helper.make_tensor_value_info(n, ids, ["batch", "sequence"]) for n in TEXT_INPUTS],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", dim])],
+        [table("words", vocab, dim), table("types", 2, dim), table("dense", dim, dim), axes1, axes2],
+    )
+    return _save(graph, path)
+
+
+def make_tokenizer(path: str | Path, sentences: list[str], vocab: int = 120) -> str:
+    """A WordPiece tokenizer trained on ``sentences``, with BERT's special tokens around each text
+    (``[CLS] … [SEP]``), saved as a Hugging Face tokenizer.json."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab, special_tokens=special, show_progress=False)
+    tok.train_from_iterator(sentences, trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tok.save(str(path))
+    return str(path)
+
+
+def sentences(count: int, seed: int = 0, longest: int = 60) -> list[str]:
+    """Sentences of 1 to ``longest`` words (lengths spread log-uniformly, as real text's are)."""
+    rng = np.random.default_rng(seed)
+    lengths = np.exp(rng.uniform(0, np.log(longest), count)).astype(int)
+    return [" ".join(rng.choice(WORDS, n)) + "." for n in lengths]
+
+
+WORDS = (
+    "the a model scores every row of data on a cluster with many nodes and a laptop while people "
+    "wait for results written back as parquet files in object storage or on local disk quickly"
+).split()
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
 def _save(graph: onnx.GraphProto, path: str | Path) -> str:
     """Save ``graph`` as an opset-17 model (IR 8, which every onnxruntime >= 1.16 loads)."""
     import onnx
@@ -109,6 +181,22 @@ def write_tables(folder: str | Path, files: int, rows: int, features: int, seed:
         pq.write_table(pa.table({"id": ids, "features": feats}), path, row_group_size=64 * 1024)
         paths.append(path)
     return paths
+
+
+def write_texts(folder: str | Path, files: int, rows: int, seed: int = 0) -> list[str]:
+    """``files`` Parquet files of ``rows`` rows: ``id`` int64 and ``text`` (1 to 60 words)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    os.makedirs(folder, exist_ok=True)
+    texts = sentences(files * rows, seed=seed)
+    for i in range(files):
+        part = slice(i * rows, (i + 1) * rows)
+        ids = np.arange(i * rows, (i + 1) * rows, dtype=np.int64)
+        pq.write_table(
+            pa.table({"id": ids, "text": texts[part]}), os.path.join(folder, f"part-{i:03d}.parquet")
+        )
+    return texts
 
 
 def write_images(
@@ -155,6 +243,9 @@ def run_demo(directory: str, echo: Callable[[str], None] = print) -> int:
     make_cnn(root / "cnn.onnx", size=64, classes=5)
     write_tables(root / "tables", files=4, rows=5000, features=16)
     write_images(root / "images", count=120, size=(80, 100), per_folder=60)
+    texts = write_texts(root / "texts", files=2, rows=500)
+    make_tokenizer(root / "tokenizer.json", texts)
+    make_text_model(root / "encoder.onnx", vocab=120)
     jobs = {
         "tables": {
             "model": {"uri": str(root / "mlp.onnx")},
@@ -179,6 +270,16 @@ def run_demo(directory: str, echo: Callable[[str], None] = print) -> int:
                 },
             },
             "output": {"uri": str(root / "out-images"), "mode": "overwrite"},
+        },
+        "texts": {
+            "model": {"uri": str(root / "encoder.onnx")},
+            "input": {
+                "uri": str(root / "texts"),
+                "format": "parquet",
+                "keep": ["id"],
+                "text": {"column": "text", "tokenizer": str(root / "tokenizer.json"), "max_length": 64},
+            },
+            "output": {"uri": str(root / "out-texts"), "mode": "overwrite", "embedding": {"pooling": "mean"}},
         },
     }
     started = cluster.connect(None)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from scoring.embedding import Embedding
 from scoring.errors import ConfigError, ModelFailure
 from scoring.model import ModelInfo, TensorSpec
 from scoring.record import Reason, Rejections
@@ -31,6 +32,7 @@ from scoring.session import Session
 from scoring.tensors import Group
 
 FAILURES_BEFORE_STOP = 3
+POOLED = "\x00embedding"  # where run_groups keeps pooled vectors, apart from any output's name
 
 
 @dataclasses.dataclass
@@ -79,21 +81,27 @@ def run_groups(
     names: Sequence[str],
     batch_size: int,
     health: Health,
+    embedding: Embedding | None = None,
 ) -> tuple[np.ndarray, dict[str, list[Any]], Rejections, float]:
     """Score every group in batches of ``batch_size`` (or the model's fixed batch size).
 
-    Returns the rows scored (ascending), each output's per-batch values in that order, the rows
-    rejected and the time spent in ORT. Raises ``ModelFailure`` (see the module docstring).
+    Returns the rows scored (ascending), each output in ``names`` as per-batch values in that
+    order (with ``embedding``, its vectors under ``POOLED``: pooled per batch, before reordering),
+    the rows rejected and the time spent in ORT. Raises ``ModelFailure`` (see the module
+    docstring).
     """
     fixed = info.inputs[0].batch_dim if info.inputs else None
     step = fixed if isinstance(fixed, int) and fixed > 0 else batch_size
-    run = _Runner(session, info, list(names), fixed if isinstance(fixed, int) and fixed > 0 else None, health)
+    fetch = list(dict.fromkeys([*names, *([embedding.output] if embedding else [])]))
+    run = _Runner(session, info, fetch, fixed if isinstance(fixed, int) and fixed > 0 else None, health)
+    run.embedding, run.raw = embedding, set(names)
     for group in groups:
         for start in range(0, len(group.rows), step):
             run.batch(group, start, min(start + step, len(group.rows)))
     order_rows = np.concatenate(run.kept_rows) if run.kept_rows else np.zeros(0, np.int64)
     order = np.argsort(order_rows, kind="stable")
-    values = {name: _reorder(run.kept.get(name, []), order) for name in names}
+    kept = [*names, *([POOLED] if embedding else [])]
+    values = {name: _reorder(run.kept.get(name, []), order) for name in kept}
     return order_rows[order], values, run.rejected, run.infer_s
 
 
@@ -108,6 +116,8 @@ class _Runner:
     kept: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
     rejected: Rejections = dataclasses.field(default_factory=Rejections)
     infer_s: float = 0.0
+    embedding: Embedding | None = None
+    raw: set[str] = dataclasses.field(default_factory=set)  # outputs kept as they are
 
     def batch(self, group: Group, a: int, b: int) -> None:
         """Score rows ``a:b`` of ``group``; on failure, each half again (see the module docstring)."""
@@ -133,7 +143,12 @@ class _Runner:
         self.health.succeeded = True
         self.kept_rows.append(rows)
         for name, value in zip(self.names, aligned):
-            self.kept.setdefault(name, []).append(value)
+            if name in self.raw:
+                self.kept.setdefault(name, []).append(value)
+        if self.embedding is not None:
+            states = aligned[self.names.index(self.embedding.output)]
+            mask = group.mask[a:b] if group.mask is not None else None
+            self.kept.setdefault(POOLED, []).append(self.embedding.pool(np.asarray(states), mask))
 
 
 def _reorder(chunks: list[Any], order: np.ndarray) -> list[Any]:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from scoring import cluster, formats, outcome, plan, postprocess, preprocess, sink, storage
+from scoring import cluster, embedding, formats, outcome, plan, postprocess, preprocess, sink, storage
 from scoring.config import Config, redact_argv
 from scoring.errors import ConfigError, InputError, JobFailed, ScoringError, StorageError
 from scoring.inference import output_columns
@@ -59,21 +59,23 @@ def check(cfg: Config) -> tuple[JobSpec, list[FileInfo]]:
     info, _ = load_model_info(cfg.model.uri, so)
     output_columns(info, cfg.output.outputs)
     pp = postprocess.resolve(cfg.output.postprocess, info, so)
-    if cfg.output.outputs == {} and pp is None:
+    if cfg.output.outputs == {} and pp is None and cfg.output.embedding is None:
         raise ConfigError(
-            "config key 'output.outputs' is {} (no raw output) and output.postprocess is not set: "
-            "the predictions would have no column. Set output.postprocess, or leave output.outputs out"
+            "config key 'output.outputs' is {} (no raw output) and neither output.postprocess nor "
+            "output.embedding is set: the predictions would have no column. Set one of them, or "
+            "leave output.outputs out"
         )
     fmt, files = formats.list_input(inp, so)
     columns = list(dict.fromkeys([*preprocess.needs(inp, info), *inp.keep]))
     schema = fmt.schema(files, columns)
     first = files[0].uri
-    pre = preprocess.resolve(inp, info, schema, first)
+    pre = preprocess.resolve(cfg, info, schema, first)
+    emb = embedding.resolve(cfg.output.embedding, info)
     missing = [c for c in inp.keep if c not in schema.names]
     if missing:
         raise InputError(f"{first}: no column {missing} listed in input.keep (columns found: {schema.names})")
     schema = pa.schema([schema.field(c) for c in columns])
-    return JobSpec(cfg, info, fmt, pre, schema, pp), files
+    return JobSpec(cfg, info, fmt, pre, schema, pp, emb), files
 
 
 def decide_plan(

@@ -69,6 +69,8 @@ class ModelInfo:
     opset: dict[str, int]
     producer: str
     metadata: dict[str, str]
+    # Rows of the embedding table that ``input_ids`` index (text models), when the graph shows it.
+    vocab_rows: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -116,7 +118,34 @@ def parse_model(uri: str, data: bytes) -> ModelInfo:
         opset={o.domain or "ai.onnx": o.version for o in proto.opset_import},
         producer=f"{proto.producer_name} {proto.producer_version}".strip(),
         metadata={p.key: p.value for p in proto.metadata_props},
+        vocab_rows=_table_rows(proto.graph, "input_ids") if "input_ids" in {i.name for i in inputs} else None,
     )
+
+
+# Ops between a stored table and the Gather that indexes it (quantised exports dequantise first).
+TABLE_PATH = ("Cast", "Identity", "Mul", "Div", "Add", "DequantizeLinear")
+
+
+def _table_rows(graph: Any, name: str) -> int | None:
+    """The rows of the table that the first Gather indexed by ``name`` reads: its vocabulary."""
+    indices = {name}
+    producers = {out: node for node in graph.node for out in node.output}
+    tables = {t.name: t for t in graph.initializer}
+    for node in graph.node:  # topological order: casts of the ids come before their Gather
+        if node.op_type in ("Cast", "Identity", "Unsqueeze", "Reshape") and node.input[0] in indices:
+            indices.update(node.output)
+        elif node.op_type == "Gather" and len(node.input) == 2 and node.input[1] in indices:
+            data = node.input[0]
+            for _ in range(8):
+                if data in tables:
+                    dims = tables[data].dims
+                    return int(dims[0]) if dims else None
+                producer = producers.get(data)
+                if producer is None or producer.op_type not in TABLE_PATH:
+                    return None
+                data = producer.input[0]
+            return None
+    return None
 
 
 def _spec(value: Any) -> TensorSpec:
@@ -149,15 +178,21 @@ def cache_dir() -> Path:
 
 
 def local_model_path(uri: str, sha256: str, storage_options: dict[str, Any]) -> str:
-    """A local path holding the model with this sha256, fetched at most once per node.
+    """A local path holding the model with this sha256, fetched at most once per node."""
+    return local_copy(uri, sha256, storage_options, "models", ".onnx")
 
-    Local files are used in place. Remote ones are copied into ``cache_dir()/models/<sha256>.onnx``
-    under a file lock, so the actors of one node share one download; the copy is verified.
+
+def local_copy(uri: str, sha256: str, storage_options: dict[str, Any], folder: str, suffix: str) -> str:
+    """A local path holding the file at ``uri`` with this sha256, fetched at most once per node.
+
+    Local files are used in place. Remote ones are copied into
+    ``cache_dir()/FOLDER/<sha256>SUFFIX`` under a file lock, so the actors of one node share one
+    download; the copy is verified.
     """
     fs, path = storage.split_uri(uri, storage_options)
     if storage.is_local(fs):
         return path
-    target = cache_dir() / "models" / f"{sha256}.onnx"
+    target = cache_dir() / folder / f"{sha256}{suffix}"
     if target.exists():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +204,7 @@ def local_model_path(uri: str, sha256: str, storage_options: dict[str, Any]) -> 
             if found != sha256:
                 raise ModelError(
                     f"{uri} changed while the job started: sha256 {found}, "
-                    f"expected {sha256}. Do not overwrite a model during a job."
+                    f"expected {sha256}. Do not overwrite it during a job."
                 )
             tmp = target.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_bytes(data)

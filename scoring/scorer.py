@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from scoring.inference import Health, align, output_columns, run_groups, to_arrow
+from scoring.embedding import Embedding
+from scoring.inference import POOLED, Health, align, output_columns, run_groups, to_arrow
 from scoring.model import ModelInfo
 from scoring.postprocess import Postprocess
 from scoring.record import Rejections
@@ -36,8 +37,9 @@ class Scored:
 
 class Scorer:
     """Scores groups of rows with ``session``: ``outputs`` maps prediction columns to model
-    outputs (``output.outputs``; None: every output). Raises ``ModelFailure`` at construction when
-    the warm-up batch already shows an output that cannot be aligned with rows."""
+    outputs (``output.outputs``; None: every output, or none with an ``embedding``), then the
+    ``postprocess`` and ``embedding`` columns. Raises ``ModelFailure`` at construction when the
+    warm-up batch already shows an output that cannot be aligned with rows."""
 
     def __init__(
         self,
@@ -46,23 +48,26 @@ class Scorer:
         outputs: Mapping[str, str] | None,
         postprocess: Postprocess | None,
         batch_size: int,
+        embedding: Embedding | None = None,
     ) -> None:
         self.model, self.session, self.postprocess, self.batch_size = model, session, postprocess, batch_size
-        self.outputs = output_columns(model, outputs)
+        self.embedding = embedding
+        self.outputs = output_columns(model, {} if outputs is None and embedding else outputs)
         pp = postprocess
         self.names = list(
             dict.fromkeys([*(s.name for s in self.outputs.values()), *([pp.output] if pp else [])])
         )
         self.health = Health()
-        rows, values = warm_up(session, model, self.names)
+        fetch = list(dict.fromkeys([*self.names, *([embedding.output] if embedding else [])]))
+        rows, values = warm_up(session, model, fetch)
         if values is not None:
-            aligned = align(values, self.names, model, rows, rows)  # ModelFailure names the output
+            aligned = align(values, fetch, model, rows, rows)  # ModelFailure names the output
             if pp is not None:  # the class count against the labels, before the first shard
-                pp.columns(np.asarray(aligned[self.names.index(pp.output)]))
+                pp.columns(np.asarray(aligned[fetch.index(pp.output)]))
 
     def run(self, groups: Sequence[Group]) -> Scored:
         rows, values, rejected, infer_s = run_groups(
-            self.session, self.model, groups, self.names, self.batch_size, self.health
+            self.session, self.model, groups, self.names, self.batch_size, self.health, self.embedding
         )
         fields, columns = [], []
         for col, spec in self.outputs.items():
@@ -75,4 +80,16 @@ class Scorer:
             scores = np.concatenate(chunks) if chunks else np.zeros((0, 1), np.float32)
             fields += pp.fields()
             columns += pp.columns(scores)
+        if self.embedding is not None:
+            chunks = values[POOLED]
+            vectors = np.concatenate(chunks) if chunks else np.zeros((0, self._dim()), np.float32)
+            field, array = self.embedding.column(vectors)
+            fields.append(field)
+            columns.append(array)
         return Scored(rows, fields, columns, rejected, infer_s)
+
+    def _dim(self) -> int:
+        """The embedding's size from the model's declaration, for a chunk with no row scored."""
+        spec = next(o for o in self.model.outputs if o.name == self.embedding.output)  # type: ignore[union-attr]
+        last = spec.shape[-1] if spec.shape else None
+        return last if isinstance(last, int) and last > 0 else 0

@@ -38,10 +38,12 @@ class Feed:
 
 @dataclasses.dataclass
 class Group:
-    """Rows (indices into the shard table) that share one shape per input, and their tensors."""
+    """Rows (indices into the shard table) that share one shape per input, and their tensors;
+    ``mask`` marks the real tokens of padded text rows (for pooling), where there are some."""
 
     rows: np.ndarray
     feed: dict[str, np.ndarray]
+    mask: np.ndarray | None = None
 
 
 def input_columns(spec: TensorSpec, columns: Mapping[str, str | list[str]]) -> tuple[str, ...]:

@@ -36,6 +36,7 @@ class Preview:
     inputs: list[str]
     predictions: pa.Table  # the first rows' prediction columns
     rejected: list[str]  # why some of those rows were rejected
+    notes: list[str] = dataclasses.field(default_factory=list)  # the preprocessor's (token counts)
 
 
 def validate(cfg: Config) -> Preview:
@@ -74,6 +75,7 @@ def validate(cfg: Config) -> Preview:
         inputs=[i.describe() for i in spec.model.inputs],
         predictions=spec.predictions(shard.id, chunk, scored),
         rejected=lines,
+        notes=spec.preprocessor.notes(chunk.data),
     )
 
 
@@ -117,6 +119,7 @@ def format_preview(p: Preview) -> str:
         "model inputs: " + ", ".join(p.inputs),
         f"the first {PREVIEW_ROWS} rows of the input, scored here: "
         f"{p.predictions.num_rows} scored, {len(p.rejected)} rejected",
+        *p.notes,
         "prediction columns:",
     ]
     for field in p.predictions.schema:

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from scoring import sink
 from scoring.config import Config
+from scoring.embedding import Embedding
 from scoring.errors import RowError
 from scoring.formats import Chunk, Format
 from scoring.model import ModelInfo, local_model_path
@@ -56,12 +57,15 @@ class JobSpec:
     preprocessor: Preprocessor
     schema: pa.Schema
     postprocess: Postprocess | None = None
+    embedding: Embedding | None = None
     run_id: str = ""
     driver: tuple[str, int] = ("", 0)
 
     def scorer(self, session: Any) -> Scorer:
         cfg = self.config
-        return Scorer(self.model, session, cfg.output.outputs, self.postprocess, cfg.compute.batch_size)
+        return Scorer(
+            self.model, session, cfg.output.outputs, self.postprocess, cfg.compute.batch_size, self.embedding
+        )
 
     def predictions(self, shard: str, chunk: Chunk, scored: Scored) -> pa.Table:
         """The prediction rows of a scored chunk: ``shard``, where each row comes from (``file``

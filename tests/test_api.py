@@ -87,3 +87,28 @@ def test_predict_rows_that_cannot_be_scored_raise_or_come_back_null(ray_session:
     assert "column x is null" in text and "on_error='null'" in text
     with pytest.raises(InputError, match=r"the dataset: no column 'x' for model input 'x'"):
         scoring.predict(ds.select_columns(["id"]), model=model)
+
+
+def test_predict_embeds_a_text_column(ray_session: Any, tmp_path: Path) -> None:
+    from test_text import reference
+
+    from scoring.demo import make_text_model, make_tokenizer, sentences
+
+    texts = sentences(40, seed=5)
+    tokenizer = make_tokenizer(tmp_path / "tokenizer.json", texts)
+    model = make_text_model(tmp_path / "bert.onnx", vocab=120)
+    write_parquet(tmp_path / "d" / "a.parquet", {"id": np.arange(40), "body": texts})
+    ds = ray_session.data.read_parquet(str(tmp_path / "d"))
+    scored = scoring.predict(
+        ds,
+        model=model,
+        text={"column": "body", "tokenizer": tokenizer, "max_length": 16},
+        embedding={"pooling": "mean"},
+        keep=["id"],
+        batch_size=8,
+        actors=1,
+    )
+    table = pa.Table.from_pylist(scored.take_all()).sort_by("id")
+    assert table.column_names == ["id", "embedding"]
+    got = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(got, reference(model, tokenizer, texts, 16), atol=2e-6)

@@ -6,12 +6,13 @@ the workers as plain data. It has one job there:
 
 - ``prepare(data, skip, pool) -> Prepared``: the rows of ``data`` (a chunk of a shard; ``skip``
   marks rows already rejected) as groups of rows with equal tensor shapes, and the rows it
-  rejected (indices into ``data``, with the reason); ``pool`` (or None) lends threads.
+  rejected (indices into ``data``, with the reason); ``pool`` (or None) lends threads;
+- ``notes(data) -> [str]``: what ``scoring validate`` says about the first rows (token counts).
 
 Besides it, ``columns`` (the input columns it reads) and ``chunk_rows`` (rows worth reading at
 once). Which one a job gets: ``text`` when ``input.text`` is set, ``images`` for image inputs,
 else ``tables``. Each module has ``needs(inp, model)`` (the columns to ask the input for) and
-``resolve(inp, model, schema, where)``. Example, a preprocessor that feeds one column as is::
+``resolve(cfg, model, schema, where)``. Example, a preprocessor that feeds one column as is::
 
     @dataclasses.dataclass(frozen=True)
     class Raw:
@@ -20,9 +21,10 @@ else ``tables``. Each module has ``needs(inp, model)`` (the columns to ask the i
         columns = property(lambda self: (self.column,))
         chunk_rows = 4096
         def prepare(self, data, skip, pool):
-            rows = np.flatnonzero(~skip) if skip is not None else np.arange(data.num_rows)
+            rows = unskipped(data.num_rows, skip)
             x = data.column(self.column).to_numpy()[rows]
             return Prepared([Group(rows, {self.input: x})], Rejections())
+        def notes(self, data): return []
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from scoring.config import InputConfig
+from scoring.config import Config, InputConfig
 from scoring.model import ModelInfo
 from scoring.record import Rejections
 from scoring.tensors import Group
@@ -67,9 +69,11 @@ class Preprocessor(Protocol):
         self, data: pa.Table, skip: np.ndarray | None, pool: concurrent.futures.Executor | None
     ) -> Prepared: ...
 
+    def notes(self, data: pa.Table) -> list[str]: ...
+
 
 def kind(inp: InputConfig) -> str:
-    if getattr(inp, "text", None) is not None:
+    if inp.text is not None:
         return "text"
     return "images" if inp.format in IMAGE_FORMATS else "tables"
 
@@ -83,9 +87,9 @@ def needs(inp: InputConfig, model: ModelInfo) -> list[str]:
     return list(_module(inp).needs(inp, model))
 
 
-def resolve(inp: InputConfig, model: ModelInfo, schema: pa.Schema, where: str) -> Preprocessor:
+def resolve(cfg: Config, model: ModelInfo, schema: pa.Schema, where: str) -> Preprocessor:
     """The job's preprocessor, checked against ``model`` and ``schema`` (read from ``where``)."""
-    return _module(inp).resolve(inp, model, schema, where)  # type: ignore[no-any-return]
+    return _module(cfg.input).resolve(cfg, model, schema, where)  # type: ignore[no-any-return]
 
 
 def unskipped(n: int, skip: np.ndarray | None) -> np.ndarray:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from scoring.config import ImageConfig, InputConfig
+from scoring.config import Config, ImageConfig, InputConfig
 from scoring.errors import InputError
 from scoring.model import ModelInfo, TensorSpec
 from scoring.preprocess import Prepared, reject_nulls, unskipped
@@ -80,6 +80,9 @@ class Images:
         tensor = normalise(batch, self.image, self.layout, self.input.dtype)
         return Prepared([Group(np.asarray(ok, np.int64), {self.input.name: tensor})], rejected)
 
+    def notes(self, data: pa.Table) -> list[str]:
+        return []
+
     def _decode(self, blob: bytes) -> np.ndarray | Exception:
         try:
             return decode(blob, self.image, self.size)
@@ -91,9 +94,10 @@ def needs(inp: InputConfig, model: ModelInfo) -> list[str]:
     return [inp.image_column]
 
 
-def resolve(inp: InputConfig, model: ModelInfo, schema: pa.Schema, where: str) -> Images:
+def resolve(cfg: Config, model: ModelInfo, schema: pa.Schema, where: str) -> Images:
     """Raises ``InputError`` for a model that is not one image input, or a column that holds no
     encoded images."""
+    inp = cfg.input
     if len(model.inputs) != 1:
         raise InputError(
             f"an image job feeds one model input; this model has {[i.name for i in model.inputs]}"

@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import pyarrow as pa
 
-from scoring.config import InputConfig
+from scoring.config import Config, InputConfig
 from scoring.model import ModelInfo
 from scoring.preprocess import Prepared
 from scoring.tensors import Feed, feed_columns, plan_feeds, prepare
@@ -36,11 +36,14 @@ class Tables:
         groups, rejected = prepare(data, self.feeds, skip)
         return Prepared(groups, rejected)
 
+    def notes(self, data: pa.Table) -> list[str]:
+        return []
+
 
 def needs(inp: InputConfig, model: ModelInfo) -> list[str]:
     return feed_columns(model, inp.columns)
 
 
-def resolve(inp: InputConfig, model: ModelInfo, schema: pa.Schema, where: str) -> Tables:
+def resolve(cfg: Config, model: ModelInfo, schema: pa.Schema, where: str) -> Tables:
     """Raises ``ConfigError``/``InputError`` naming the file, column and input that cannot work."""
-    return Tables(tuple(plan_feeds(model, inp.columns, schema, where)))
+    return Tables(tuple(plan_feeds(model, cfg.input.columns, schema, where)))
