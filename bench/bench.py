@@ -356,7 +356,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--only", choices=["tables", "images", "s3", "small", "webdataset"], default=None)
+    parser.add_argument(
+        "--only", choices=["tables", "images", "s3", "small", "webdataset", "text"], default=None
+    )
     parser.add_argument("--no-daft", action="store_true", help="leave Daft out (no .venv-peers)")
     args = parser.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
@@ -377,6 +379,10 @@ def main() -> None:
         from formats import webdataset
 
         webdataset(args.reps)
+    if args.only in (None, "text"):
+        from text import text_vs_loop
+
+        text_vs_loop(args.reps)
     if args.only in (None, "s3"):
         from s3 import s3_vs_local
 

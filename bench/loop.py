@@ -2,6 +2,8 @@
 
     python bench/loop.py tables MODEL OUT FILE...   pyarrow read -> ORT -> a Parquet file per input file
     python bench/loop.py images MODEL OUT FILE...   PIL decode + resize + normalise -> ORT -> a file per 1,000
+    python bench/loop.py text MODEL,TOKENIZER OUT FILE...   tokenizers batch encode 256 rows in input
+                                                   order, pad to the batch's longest -> ORT -> mean pooling
 
 ORT uses every core (intra-op threads = the machine's CPUs); reading, decoding and writing run
 on the main thread between ORT calls. Run as a command, so its time includes Python's start-up
@@ -66,9 +68,38 @@ def images(model: str, out: Path, files: list[str], providers: list[str] | None 
     return len(files)
 
 
+def text(model: str, out: Path, files: list[str], max_length: int = 256) -> int:
+    """Sentence embeddings as the model card's example computes them, 256 rows at a time."""
+    from tokenizers import Tokenizer
+
+    onnx_path, tokenizer = model.split(",")
+    tok = Tokenizer.from_file(tokenizer)
+    tok.enable_truncation(max_length)
+    tok.enable_padding(pad_id=tok.token_to_id("[PAD]") or 0)  # to the longest row of each batch
+    out.mkdir(parents=True, exist_ok=True)
+    sess, rows = session(onnx_path), 0
+    for i, f in enumerate(files):
+        t = pq.read_table(f)
+        texts = t.column("text").to_pylist()
+        vectors = []
+        for j in range(0, len(texts), 256):
+            enc = tok.encode_batch(texts[j : j + 256])
+            ids = np.array([e.ids for e in enc], np.int64)
+            mask = np.array([e.attention_mask for e in enc], np.int64)
+            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            states = sess.run(None, feed)[0]
+            mean = (states * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+            vectors.append(mean / np.linalg.norm(mean, axis=1, keepdims=True))
+        v = np.concatenate(vectors).astype(np.float32)
+        flat = pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1])
+        pq.write_table(pa.table({"id": t.column("id"), "embedding": flat}), out / f"{i}.parquet")
+        rows += len(texts)
+    return rows
+
+
 def main() -> None:
     kind, model, out, *files = sys.argv[1:]
-    (tables if kind == "tables" else images)(model, Path(out), files)
+    {"tables": tables, "images": images, "text": text}[kind](model, Path(out), files)
 
 
 if __name__ == "__main__":

@@ -83,11 +83,11 @@ def dispatch(
     free = [runner.slots] * runner.workers
     attempts: collections.Counter[int] = collections.Counter()
     while todo or running:
-        for w in range(runner.workers):
-            while free[w] and todo:
-                shard = todo.popleft()
-                running[runner.submit(w, shard)] = (w, shard)
-                free[w] -= 1
+        while todo and max(free) > 0:
+            w = free.index(max(free))  # the least busy worker: one shard each before a second
+            shard = todo.popleft()
+            running[runner.submit(w, shard)] = (w, shard)
+            free[w] -= 1
         done, _ = concurrent.futures.wait(running, timeout=POLL_S, return_when="FIRST_COMPLETED")
         for future in sorted(done, key=lambda f: running[f][1].index):
             w, shard = running.pop(future)

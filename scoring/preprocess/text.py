@@ -34,6 +34,9 @@ TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DEFAULT_MAX_LENGTH = 512
 # Rows tokenized and sorted at once: the window of length bucketing (a few MB of token ids).
 CHUNK_ROWS = 8192
+# A batch of text holds compute.batch_size rows of up to this many tokens each, on average: fewer
+# rows when they are longer (attention's cost and memory grow with the padded length).
+TOKENS_PER_ROW = 32
 NULL = Reason("preprocess", "NullValue", "the text is null; the row is skipped")
 INTEGERS = ("int64", "int32", "int16", "uint32", "uint64")
 _loaded: dict[tuple[str, int], Any] = {}  # (sha256, max_length) -> Tokenizer, one per process
@@ -67,8 +70,7 @@ class Text:
         order = np.argsort(lengths, kind="stable")  # similar lengths share a batch
         groups = [
             self._batch(rows[part], [encodings[i] for i in part.tolist()])
-            for part in np.array_split(order, -(-len(order) // self.batch_size) or 1)
-            if len(part)
+            for part in batches(lengths, order, self.batch_size)
         ]
         return Prepared(groups, rejected)
 
@@ -96,6 +98,23 @@ class Text:
             cut = f" (truncated to {self.max_length})" if e.overflowing else ""
             counts.append(f"{len(e.ids)}{cut}")
         return [f"tokens per row (max_length {self.max_length}): {', '.join(counts) or '-'}"]
+
+
+def batches(lengths: np.ndarray, order: np.ndarray, rows: int) -> list[np.ndarray]:
+    """``order`` (indices sorted by length) cut into batches of at most ``rows`` rows and of
+    ``rows * TOKENS_PER_ROW`` tokens once padded: short rows go many to a batch, long rows few,
+    so no batch holds much more than its share of padding or of memory."""
+    budget = rows * TOKENS_PER_ROW
+    out, start = [], 0
+    while start < len(order):
+        stop = start + 1
+        while (
+            stop < len(order) and stop - start < rows and (stop - start + 1) * lengths[order[stop]] <= budget
+        ):
+            stop += 1
+        out.append(order[start:stop])
+        start = stop
+    return out
 
 
 def tokenizer(text: Text) -> Any:
