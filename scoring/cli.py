@@ -29,7 +29,9 @@ def _errors(fn: F) -> F:
         except ScoringError as exc:
             if os.environ.get("SCORING_DEBUG") == "1":
                 raise
-            click.echo(f"Error: {exc}", err=True)
+            from scoring import secrets
+
+            click.echo(f"Error: {secrets.text(str(exc))}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:  # a second Ctrl-C: stopped without the summary
             if os.environ.get("SCORING_DEBUG") == "1":
@@ -87,7 +89,12 @@ def run(
         click.echo(interrupted_message(result), err=True)
         sys.exit(130)
     if not result.ok:
+        from scoring.summary import resume_hint
+
         click.echo(f"Error: {result.job['error']}", err=True)
+        totals = result.job["totals"]
+        if totals["shards_complete"] < totals["shards_planned"]:
+            click.echo(resume_hint(result.job), err=True)
         sys.exit(1)
 
 

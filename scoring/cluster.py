@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import subprocess
 from typing import Any
 
@@ -18,6 +19,18 @@ from scoring.config import ComputeConfig
 from scoring.errors import ConfigError
 
 log = logging.getLogger(__name__)
+CONNECT_TIMEOUT_S = 5  # a cluster's GCS answers a TCP connection at once, or not at all
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeType:
+    """A kind of node the cluster's autoscaler can launch, up to ``max_workers`` of them."""
+
+    resources: dict[str, float]
+    max_workers: int
+
+
+MAX_LAUNCHED = 64  # workers counted per node type whose max_workers is unbounded (-1) or huge
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +85,95 @@ def nodes(runner: str) -> list[dict[str, float]]:
     return [{"CPU": local_cpus(), "GPU": float(local_gpus())}]
 
 
+def check_address(address: str | None) -> None:
+    """Refuse within seconds an address where no Ray cluster answers (``ConfigError``, exit 2,
+    naming it): ``ray.init`` would retry its GCS connection for minutes."""
+    address = address or os.environ.get("RAY_ADDRESS") or ""
+    if address in ("", "auto", "local"):
+        return
+    if address.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"--address {address} is a dashboard (Job API) address: `scoring run` joins a cluster at "
+            "its GCS address (HOST:6379) or its Ray Client address (ray://HOST:10001); `scoring "
+            "submit` is the command that takes the Job API address"
+        )
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address}: expected HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); check the "
+            "address (and RAY_ADDRESS), or leave --address out to start Ray on this machine"
+        ) from exc
+
+
+def launchable(timeout: float = 5.0) -> list[NodeType]:
+    """The node types the connected cluster's autoscaler can launch; [] without one.
+
+    Ray 2.60 has no public API for this. Two private sources, each bounded by ``timeout``: the
+    cluster config in the GCS (what KubeRay and Ray's v2 autoscaler report), else the YAML of
+    the running autoscaler monitor (``ray start --autoscaling-config``, read on its machine).
+    Anything unexpected reads as no autoscaler: the pool is then sized by the nodes alive.
+    """
+    try:
+        from ray.experimental.internal_kv import internal_kv_get_gcs_client
+
+        gcs = internal_kv_get_gcs_client()
+        return _reported_types(gcs, timeout) or _monitor_types(gcs, timeout)
+    except Exception:  # private APIs that may move: never a reason to fail the job
+        log.debug("could not read the autoscaler's node types", exc_info=True)
+        return []
+
+
+def _reported_types(gcs: Any, timeout: float) -> list[NodeType]:
+    from ray._raylet import (  # type: ignore[attr-defined]
+        GCS_AUTOSCALER_CLUSTER_CONFIG_KEY,
+        GCS_AUTOSCALER_STATE_NAMESPACE,
+    )
+    from ray.core.generated.autoscaler_pb2 import ClusterConfig  # type: ignore[attr-defined]
+
+    raw = gcs.internal_kv_get(
+        GCS_AUTOSCALER_CLUSTER_CONFIG_KEY.encode(), GCS_AUTOSCALER_STATE_NAMESPACE.encode(), timeout=timeout
+    )
+    groups = ClusterConfig.FromString(raw).node_group_configs if raw else []
+    return [
+        NodeType(
+            {k: float(v) for k, v in g.resources.items()}, MAX_LAUNCHED if g.max_count < 0 else g.max_count
+        )
+        for g in groups
+        if g.max_count != 0 and g.resources
+    ]
+
+
+def _monitor_types(gcs: Any, timeout: float) -> list[NodeType]:
+    import json
+
+    import psutil
+    import yaml
+
+    raw = gcs.internal_kv_get(b"__autoscaling_status", None, timeout=timeout)
+    pid = json.loads(raw).get("monitor_pid") if raw else None
+    if pid is None:
+        return []
+    args = psutil.Process(pid).cmdline()
+    port = gcs.address.rsplit(":", 1)[1]
+    if not any(a.startswith("--gcs-address=") and a.rsplit(":", 1)[1] == port for a in args):
+        return []  # a pid reused, or another cluster's monitor
+    path = next((a.split("=", 1)[1] for a in args if a.startswith("--autoscaling-config=")), None)
+    if path is None:
+        return []
+    with open(path) as f:
+        conf = yaml.safe_load(f)
+    head = conf.get("head_node_type")
+    return [
+        NodeType({k: float(v) for k, v in t.get("resources", {}).items()}, int(t.get("max_workers", 0)))
+        for name, t in conf.get("available_node_types", {}).items()
+        if name != head and t.get("max_workers", 0)
+    ]
+
+
 def connect(address: str | None) -> bool:
     """Join ``address`` (or ``RAY_ADDRESS``), or start Ray locally. True if this call started it."""
     import ray
@@ -123,25 +225,56 @@ def shutdown() -> None:
     ray.shutdown()
 
 
-def plan_pool(cfg: ComputeConfig, nodes: list[dict[str, float]], where: str = "the cluster") -> Pool:
+def plan_pool(
+    cfg: ComputeConfig,
+    nodes: list[dict[str, float]],
+    where: str = "the cluster",
+    launchable: list[NodeType] | None = None,
+) -> Pool:
     """Size the worker pool for ``nodes`` (each node's CPUs and GPUs: the Ray cluster's alive
-    nodes, or this machine).
+    nodes, or this machine) and, on a cluster, the node types its autoscaler can ``launch``.
 
     ``compute.cpus_per_actor: auto`` is 1 for CPU workers, and for GPU workers the CPUs of a GPU
-    node divided among the workers its GPUs hold (they decode images and feed the GPU). Raises
-    ``ConfigError`` when the request cannot be scheduled: the job would wait forever.
+    node divided among the workers its GPUs hold (they decode images and feed the GPU). By
+    default, as many workers as the nodes (and those the autoscaler may add) can host.
+
+    This machine (``launchable`` None) is fixed: a request it cannot host is a ``ConfigError``.
+    A cluster is elastic — workers start as nodes come, and dispatch never waits for one that is
+    not placed — so only a worker that no node and no launchable node type could ever host is
+    refused.
     """
+    shapes = nodes + [t.resources for t in launchable or []]
+    gpa = cfg.gpus_per_actor
+    if gpa > 0 and not any(float(n.get("GPU", 0)) for n in shapes):
+        raise ConfigError(
+            f"compute.gpus_per_actor is {gpa:g} but {where} has no GPUs"
+            + (" and its autoscaler launches none" if launchable else "")
+            + "; set compute.gpus_per_actor: 0 to score on CPU, or join a GPU cluster"
+        )
+    cpa = _cpus_per_actor(cfg, shapes)
+    capacity = sum(_fits(n, cpa, gpa) for n in nodes)  # workers the nodes can host, node by node
+    if launchable is None:
+        actors = cfg.actors or max(capacity, 1)
+        _fixed(actors, cpa, gpa, nodes, capacity, where)
+        return Pool(actors, cpa, gpa)
+    if not any(_fits(n, cpa, gpa) for n in shapes):
+        types = (
+            "; its autoscaler launches " + _describe([t.resources for t in launchable]) if launchable else ""
+        )
+        raise ConfigError(
+            f"a worker of {cpa:g} CPU / {gpa:g} GPU fits no node of {where} ({_describe(nodes)}){types}: "
+            "it could never be placed. Lower compute.cpus_per_actor or compute.gpus_per_actor"
+        )
+    more = sum(_fits(t.resources, cpa, gpa) * min(t.max_workers, MAX_LAUNCHED) for t in launchable)
+    return Pool(cfg.actors or max(capacity + more, 1), cpa, gpa)
+
+
+def _fixed(
+    actors: int, cpa: float, gpa: float, nodes: list[dict[str, float]], capacity: int, where: str
+) -> None:
+    """Raises ``ConfigError`` when ``actors`` workers do not fit ``nodes``: the job would wait."""
     cpus = sum(float(n.get("CPU", 0)) for n in nodes)
     gpus = sum(float(n.get("GPU", 0)) for n in nodes)
-    gpa = cfg.gpus_per_actor
-    if gpa > 0 and gpus == 0:
-        raise ConfigError(
-            f"compute.gpus_per_actor is {gpa:g} but {where} has no "
-            "GPUs; set compute.gpus_per_actor: 0 to score on CPU, or join a GPU cluster"
-        )
-    cpa = _cpus_per_actor(cfg, nodes)
-    capacity = sum(_fits(n, cpa, gpa) for n in nodes)  # workers the nodes can host, node by node
-    actors = cfg.actors or max(capacity, 1)
     if actors * cpa > cpus + 1e-9:
         raise ConfigError(
             f"compute.actors={actors} x compute.cpus_per_actor={cpa:g} needs "
@@ -155,14 +288,16 @@ def plan_pool(cfg: ComputeConfig, nodes: list[dict[str, float]], where: str = "t
             "lower compute.actors or compute.gpus_per_actor"
         )
     if actors > capacity:
-        shapes = ", ".join(f"{n.get('CPU', 0):g} CPU / {n.get('GPU', 0):g} GPU" for n in nodes)
         raise ConfigError(
             f"compute.actors={actors} workers of {cpa:g} CPU / {gpa:g} GPU each: {where} has the "
-            f"CPUs and GPUs in all, but its nodes ({shapes}) can host only {capacity} such workers, "
-            "each on one node: the job would wait forever. Lower compute.actors, or "
+            f"CPUs and GPUs in all, but its nodes ({_describe(nodes)}) can host only {capacity} such "
+            "workers, each on one node: the job would wait forever. Lower compute.actors, or "
             "compute.cpus_per_actor / gpus_per_actor so that workers fit the nodes."
         )
-    return Pool(actors, cpa, gpa)
+
+
+def _describe(shapes: list[dict[str, float]]) -> str:
+    return ", ".join(f"{n.get('CPU', 0):g} CPU / {n.get('GPU', 0):g} GPU" for n in shapes) or "none"
 
 
 def _cpus_per_actor(cfg: ComputeConfig, nodes: list[dict[str, float]]) -> float:

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from scoring.errors import ConfigError
 
 ENV_PREFIX = "SCORING_"
-SECRET_KEYS = ("key", "secret", "token", "password", "credential", "sas", "account_key")
 
 
 class _Section(BaseModel):
@@ -158,6 +157,9 @@ class ComputeConfig(_Section):
     # Shards an actor holds at once: one at the session while the next is fetched and the one
     # before is uploaded. 1 = one at a time, least memory (a remote shard is held whole).
     shards_in_flight: int = Field(default=2, ge=1)
+    # A job with shards left and no worker ready for this long stops (failed): no node could host
+    # one, or the autoscaler never launched one. Workers still waiting never hold shards back.
+    placement_timeout_s: float = Field(default=600.0, gt=0)
 
 
 class ErrorsConfig(_Section):
@@ -171,33 +173,6 @@ class Config(_Section):
     compute: ComputeConfig = ComputeConfig()
     errors: ErrorsConfig = ErrorsConfig()
     storage_options: dict[str, Any] = {}
-
-    def redacted(self) -> dict[str, Any]:
-        """The config as plain data with secrets in ``storage_options`` replaced by ``***``."""
-        data = self.model_dump(mode="json")
-        data["storage_options"] = _redact(data["storage_options"])
-        return data
-
-
-def _secret(key: str) -> bool:
-    return any(s in key.lower() for s in SECRET_KEYS)
-
-
-def redact_argv(argv: Sequence[str]) -> list[str]:
-    """``argv`` with the values of secret-looking keys (``--set storage_options.secret=…``)
-    replaced by ``***``, as in ``Config.redacted``."""
-    out = []
-    for arg in argv:
-        prefix, sep, rest = arg.partition("--set=") if arg.startswith("--set=") else ("", "", arg)
-        key, eq, _ = rest.partition("=")
-        out.append(f"{prefix}{sep}{key}=***" if eq and _secret(key.rsplit(".", 1)[-1]) else arg)
-    return out
-
-
-def _redact(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: "***" if _secret(str(k)) else _redact(v) for k, v in value.items()}
-    return value
 
 
 def load_config(

@@ -12,23 +12,29 @@ the workers are stopped, and ``_job.json`` says ``interrupted`` with the shards 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import platform
-import signal
 import socket
-import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
 
-from scoring import cluster, embedding, formats, outcome, plan, postprocess, preprocess, sink, storage
-from scoring.config import Config, redact_argv
+from scoring import (
+    cluster,
+    embedding,
+    formats,
+    outcome,
+    plan,
+    postprocess,
+    preprocess,
+    sink,
+    storage,
+    summary,
+)
+from scoring.config import Config
 from scoring.errors import ConfigError, InputError, JobFailed, ScoringError, StorageError
 from scoring.inference import output_columns
 from scoring.model import load_model_info
@@ -36,6 +42,7 @@ from scoring.progress import Lines
 from scoring.record import Reason, ShardRecord
 from scoring.runners import RUNNERS, WorkerDied, dispatch
 from scoring.shard import FileInfo, Shard
+from scoring.stopping import Stop
 from scoring.worker import JobSpec
 
 Echo = Callable[[str], None]
@@ -116,38 +123,55 @@ def run_job(
     cfg: Config, *, address: str | None = None, echo: Echo = print, progress: Lines | None = None
 ) -> JobResult:
     """Score every shard of the plan and write the output layout. ``result.ok`` is False when the
-    job failed (too many rejected rows, a model or provider failure) or was interrupted.
+    job failed (too many rejected rows, a model or provider failure, storage or a cluster that
+    failed mid-job) or was interrupted. Raises ``ScoringError`` for what is wrong before the job
+    starts (exit 2), ``Interrupted`` for a signal before then, and ``JobFailed`` when the summary
+    itself cannot be written.
 
     ``echo`` takes the messages before scoring starts; ``progress`` (default: plain lines through
     ``echo``) reports the shards as they settle."""
     progress = progress or Lines(echo)
     started = time.time()
-    with _signals() as stop:
-        spec, out, job_plan, settled = _prepare(cfg, address, echo, stop)
-        t0 = time.time()
-        started_ray = cluster.connect(address) if cfg.compute.runner == "ray" else False
-        ray_init_s = time.time() - t0
+    stop = Stop()
+    stop.install()
+    started_ray = False
+    try:
         try:
-            _signals_again(stop)  # ray.init installs its own SIGTERM handler
-            t_ready = time.time()
-            status, error, run = _score(spec, out, job_plan, settled, progress, stop)
-            records = run.collect()
-            if status == "succeeded":
-                error = outcome.nothing_scored(records)
-                status = "failed" if error else status
-            job = _job_record(spec, job_plan, records, run.scored, started, t_ready, status, error)
-            job["totals"]["ray_init_s"] = ray_init_s
-            out.write_summary(records, job)
-        finally:
-            if started_ray:
-                cluster.shutdown()
+            spec, out, job_plan, settled = _prepare(cfg, address, echo)
+            t0 = time.time()
+            started_ray = cluster.connect(address) if cfg.compute.runner == "ray" else False
+            ray_init_s = time.time() - t0
+            stop.install()  # ray.init installs its own SIGTERM handler
+        except KeyboardInterrupt:
+            raise _interrupted(0, 0, nothing=True) from None
+        t_ready = time.time()
+        status, error, run = _score(spec, out, job_plan, settled, progress, stop)
+        records = run.collect(stop)
+        if status == "succeeded":
+            error = outcome.nothing_scored(records)
+            status = "failed" if error else status
+        job = summary.job_record(spec, job_plan, records, run.scored, started, t_ready, status, error)
+        job["totals"]["ray_init_s"] = ray_init_s
+        try:
+            stop.bounded(lambda: out.write_summary(records, job), "writing the job summary")
+        except ScoringError as exc:
+            raise JobFailed(
+                f"{job['error'] or 'the job ended'}; then writing its summary failed: {exc}. "
+                f"{summary.resume_hint(job)}"
+            ) from exc
+    finally:
+        stop.restore()
+        if started_ray:
+            cluster.shutdown()
     return JobResult(cfg.output.uri, job, records)
 
 
 def _prepare(
-    cfg: Config, address: str | None, echo: Echo, stop: threading.Event
+    cfg: Config, address: str | None, echo: Echo
 ) -> tuple[JobSpec, sink.Output, plan.Plan, dict[int, ShardRecord]]:
     """Every check, the plan, then a probe write to OUT: all before Ray starts."""
+    if cfg.compute.runner == "ray":
+        cluster.check_address(address)
     spec, files = check(cfg)
     if cfg.compute.runner == "local" or cluster.starts_locally(address):
         cluster.plan_pool(cfg.compute, cluster.nodes("local"), "this machine")
@@ -155,11 +179,7 @@ def _prepare(
     spec = dataclasses.replace(spec, run_id=run_id, driver=(socket.gethostname(), os.getpid()))
     out = sink.Output(cfg.output.uri, cfg.storage_options, run_id)
     job_plan, settled = decide_plan(out, spec, files, echo)
-    storage.check_writable(
-        cfg.output.uri, cfg.storage_options
-    )  # the first write: refusals above leave no trace
-    if stop.is_set():
-        raise _interrupted(0, 0, nothing=True)
+    storage.check_writable(cfg.output.uri, cfg.storage_options)  # the first write: none before it
     return spec, out, job_plan, settled
 
 
@@ -169,52 +189,51 @@ def _score(
     job_plan: plan.Plan,
     settled: dict[int, ShardRecord],
     progress: Lines,
-    stop: threading.Event,
+    stop: Stop,
 ) -> tuple[str, str | None, _Run]:
     """Claim OUT, write the plan, dispatch the shards not settled; the claim is revoked and the
     workers stopped whatever happens. Returns the status, the error and the run's records."""
     cfg = spec.config
     runner_name = cfg.compute.runner
     where = "the cluster" if runner_name == "ray" else "this machine"
-    pool = cluster.plan_pool(cfg.compute, cluster.nodes(runner_name), where)
-    if stop.is_set():
-        raise _interrupted(0, len(job_plan.shards), nothing=True)
+    launchable = cluster.launchable() if runner_name == "ray" else None
+    pool = cluster.plan_pool(cfg.compute, cluster.nodes(runner_name), where, launchable)
     out.claim()
-    if cfg.output.mode == "overwrite":
-        out.clear()
-    out.start_over(settled)
-    out.write_plan(job_plan)
-    todo = [s for s in job_plan.shards if s.index not in settled]
-    progress.start(
-        job_plan.shards,
-        list(settled.values()),
-        f"scoring {len(todo)} of {len(job_plan.shards)} shard(s) with {pool.actors} worker(s) "
-        f"x {pool.cpus_per_actor:g} CPU / {pool.gpus_per_actor:g} GPU ({runner_name} runner)",
-    )
-    run = _Run(spec, out, settled, progress, len(todo))
+    stop.dispatching = True  # from here a signal stops the job and writes its summary
     runner = RUNNERS[runner_name](spec, pool)
-
-    def tick() -> bool:
-        progress.tick()
-        return stop.is_set()
-
+    run = _Run(spec, out, settled, progress, len(job_plan.shards) - len(settled))
     try:
+        if cfg.output.mode == "overwrite":
+            out.clear()
+        out.start_over(settled)
+        out.write_plan(job_plan)
+        todo = [s for s in job_plan.shards if s.index not in settled]
+        progress.start(
+            job_plan.shards,
+            list(settled.values()),
+            f"scoring {len(todo)} of {len(job_plan.shards)} shard(s) with {pool.actors} worker(s) "
+            f"x {pool.cpus_per_actor:g} CPU / {pool.gpus_per_actor:g} GPU ({runner_name} runner)",
+        )
         runner.start()
-        if not dispatch(runner, todo, run.settle, tick, progress.message):
+        timeout = cfg.compute.placement_timeout_s
+        if not dispatch(runner, todo, run.settle, lambda: run.tick(stop), progress.message, timeout):
             return "interrupted", None, run
     except ScoringError as exc:  # the job's own stop says why; a worker's says what it was
         return "failed", str(exc) if isinstance(exc, JobFailed) else f"{type(exc).__name__}: {exc}", run
     finally:
-        out.revoke()  # no commit of this run lands after this
         progress.close()
         runner.stop()
-        out.sweep()  # what stopped workers left half-written
+        try:  # no commit of this run lands after this; what stopped workers left half-written goes
+            stop.bounded(out.revoke, "revoking the claim on OUT")
+            out.sweep()
+        except ScoringError as exc:
+            progress.message(f"could not revoke the claim on {out.uri}: {exc}")
     return "succeeded", None, run
 
 
 class _Run:
     """The driver's side of the shards of one run: their records as they settle, the rejected-row
-    limit, the progress lines."""
+    limit, the progress lines, the claim's heartbeat."""
 
     def __init__(
         self, spec: JobSpec, out: sink.Output, settled: dict[int, ShardRecord], progress: Lines, todo: int
@@ -224,6 +243,7 @@ class _Run:
         self.watch = outcome.Watch(todo)
         self.rejected = sum(r.rows_failed for r in settled.values())
         self.scored = 0  # rows scored by this run (not by the runs it resumes)
+        self.beat = time.monotonic()
 
     def settle(self, shard: Shard, future: Any) -> None:
         """Take a finished shard's outcome. Raises ``ScoringError`` to stop the job."""
@@ -249,19 +269,39 @@ class _Run:
                 f"stopped. See {self.out.uri}/_errors.parquet for the reasons."
             )
 
+    def tick(self, stop: Stop) -> bool:
+        """Progress, the claim's heartbeat; True once a signal said to stop."""
+        self.progress.tick()
+        if time.monotonic() - self.beat > sink.HEARTBEAT_S and not stop.event.is_set():
+            self.beat = time.monotonic()
+            try:
+                self.out.heartbeat()
+            except ScoringError:
+                pass  # an outage: the next beat tries again; report calls the driver gone only later
+        return stop.event.is_set()
+
     def _died(self, shard: Shard, why: str) -> ShardRecord:
         """A shard whose worker process kept dying: settled as failed, by the driver."""
         rec = ShardRecord(index=shard.index, shard=shard.id, rows=shard.rows or 0, started_at=time.time())
         reason = Reason("infer", "WorkerDied", f"{shard.id}: {why}")
         failed = formats.every_row(shard, self.spec.format.provenance, reason)
-        with self.out.shard(shard.index, shard.id) as output:
-            output.commit(rec, failed, "failed")
+        try:
+            with self.out.shard(shard.index, shard.id) as output:
+                output.commit(rec, failed, "failed")
+        except StorageError:  # OUT cannot be written either: resume scores it again
+            rec.close("failed", failed)
+            rec.committed = False
         return rec
 
-    def collect(self) -> list[ShardRecord]:
+    def collect(self, stop: Stop) -> list[ShardRecord]:
         """Every settled shard: those seen here, and any whose marker landed before the claim was
-        revoked but whose record never reached the driver (an interrupted or stopped run)."""
-        self.records.update(self.out.markers(skip=self.records))
+        revoked but whose record never reached the driver (an interrupted or stopped run). When
+        OUT cannot be listed, the records seen here."""
+        try:
+            found = stop.bounded(lambda: self.out.markers(skip=self.records), "listing the shards settled")
+            self.records.update(found)
+        except ScoringError as exc:
+            self.progress.message(f"could not list the shards settled in {self.out.uri}: {exc}")
         return sorted(self.records.values(), key=lambda r: r.index)
 
 
@@ -278,96 +318,3 @@ def _interrupted(done: int, total: int, nothing: bool = False) -> ScoringError:
 def interrupted_message(result: JobResult) -> str:
     totals = result.job["totals"]
     return str(_interrupted(totals["shards_complete"], totals["shards_planned"]))
-
-
-@contextlib.contextmanager
-def _signals() -> Iterator[threading.Event]:
-    """SIGINT and SIGTERM set the event the dispatch loop watches; a second one stops at once.
-    Only in the main thread (Python delivers signals there); elsewhere the event is never set."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    _install(stop)
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _install(stop: threading.Event) -> None:
-    def handler(signum: int, frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt  # a second signal: stop without the summary
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
-
-
-def _signals_again(stop: threading.Event) -> None:
-    if threading.current_thread() is threading.main_thread():
-        _install(stop)
-
-
-def _job_record(
-    spec: JobSpec,
-    job_plan: plan.Plan,
-    records: list[ShardRecord],
-    scored: int,
-    started: float,
-    t_ready: float,
-    status: str,
-    error: str | None,
-) -> dict[str, Any]:
-    import onnxruntime
-    import pyarrow
-
-    import scoring
-
-    cfg, info = spec.config, spec.model
-    finished = time.time()
-    rows = sum(r.rows for r in records)
-    failed = sum(r.rows_failed for r in records)
-    wall = finished - started
-    versions = {
-        "scoring": scoring.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "pyarrow": pyarrow.__version__,
-        "python": platform.python_version(),
-    }
-    if "ray" in sys.modules:  # the local runner never imports it
-        versions["ray"] = sys.modules["ray"].__version__
-    return {
-        "job_id": spec.run_id,
-        "status": status,
-        "error": error,
-        "config": cfg.redacted(),
-        "model": {
-            "uri": info.uri,
-            "sha256": info.sha256,
-            "opset": info.opset,
-            "inputs": [dataclasses.asdict(i) for i in info.inputs],
-            "outputs": [dataclasses.asdict(o) for o in info.outputs],
-        },
-        "versions": versions,
-        "providers": sorted({p for r in records for p in r.providers}),
-        "cpu_fallback": sorted({r.fallback for r in records if r.fallback}),
-        "started_at": started,
-        "finished_at": finished,
-        "totals": {
-            "rows": rows,
-            "rows_failed": failed,
-            "shards": len(records),
-            "shards_complete": sum(r.status in ("succeeded", "partial") for r in records),
-            "shards_planned": len(job_plan.shards),
-            "rows_planned": job_plan.rows,
-            "wall_s": wall,
-            "ready_s": t_ready - started,  # checks, plan, Ray (if any): until the first shard went out
-            "rows_scored_now": scored,
-            "rows_per_s": scored / wall if wall > 0 else 0.0,  # this run's rows over its wall time
-        },
-        "argv": redact_argv(sys.argv),
-    }

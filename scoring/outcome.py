@@ -14,14 +14,18 @@ from scoring.errors import JobFailed, ModelFailure
 from scoring.record import ShardRecord
 
 FIRST_SHARDS = 3  # shards rejected whole, with one kind, before the job stops
-# What to change when every row fails at a stage.
+# What every row failing at one stage says, and what to change.
 HINTS = {
-    "read": "check input.uri, input.format and the columns or members the job reads",
-    "decode": "check input.image_column (it must hold encoded images) and the files themselves",
-    "preprocess": "check input.columns, input.text and that the columns fit the model's inputs",
-    "infer": "the model fails on every row: `scoring validate CONFIG` scores the first rows here "
-    "and shows the error",
-    "write": "check output.uri",
+    "read": "A problem of the input or the config, not of some rows: check input.uri, input.format "
+    "and the columns or members the job reads",
+    "decode": "A problem of the config, not of some rows: check input.image_column (it must hold "
+    "encoded images) and the files themselves",
+    "preprocess": "A problem of the config or the model, not of some rows: check input.columns, "
+    "input.text and that the columns fit the model's inputs",
+    "infer": "A problem of the model or of how it is fed, not of some rows: `scoring validate "
+    "CONFIG` scores the first rows here and shows the error",
+    "write": "The output cannot be written (its storage: space, credentials, endpoint): fix it, "
+    "then run again with --mode resume; what was written stays",
 }
 
 
@@ -76,7 +80,6 @@ def _message(kind: str, records: Sequence[ShardRecord], what: str) -> str:
     return str(
         error(
             f"{what}: all {rows:,} rows of {len(records)} shard(s) were rejected at stage {stage} "
-            f"({kind}), e.g. {first}. This is a problem of the config or the model, not of some "
-            f"rows: {HINTS.get(stage, 'check the config')}"
+            f"({kind}), e.g. {first}. {HINTS.get(stage, 'Check the config')}"
         )
     )

@@ -44,7 +44,13 @@ pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px;max-height:360p
 .error{background:#fdecea;border:1px solid #f5c2bd;padding:8px 12px;border-radius:6px;white-space:pre-wrap}
 svg text{font:11px system-ui,sans-serif;fill:#555}
 """
-STATUS_COLORS = {"succeeded": "#2e7d32", "failed": "#c62828", "interrupted": "#ef6c00", "running": "#1565c0"}
+STATUS_COLORS = {
+    "succeeded": "#2e7d32",
+    "failed": "#c62828",
+    "interrupted": "#ef6c00",
+    "stopped": "#ef6c00",
+    "running": "#1565c0",
+}
 
 
 def write_html(path: str, report: Report) -> None:

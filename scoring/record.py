@@ -76,6 +76,7 @@ class ShardRecord:
     first_error: str | None = None  # the first rejected row's stage and message, for the console
     rejected_by_stage: dict[str, int] = dataclasses.field(default_factory=dict)
     rejected_by_kind: dict[str, int] = dataclasses.field(default_factory=dict)  # "stage: error" -> rows
+    committed: bool = True  # False: OUT could not be written (no marker): resume scores it again
 
     @contextlib.contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -202,7 +203,8 @@ class Rejections:
         if not self.ranges:
             return None
         file, start, _, reason = min(self.ranges, key=lambda r: (r[0], r[1]))
-        where = (f"{file} " if file else "") + (f"row {start}" if start >= 0 else "the whole file")
+        name = file.rstrip("/").rsplit("/", 1)[-1]  # the shard's line names the folder already
+        where = (f"{name} " if name else "") + (f"row {start}" if start >= 0 else "the whole file")
         return f"{reason.stage} ({where}): {reason.message}"
 
     def table(self, shard: str) -> pa.Table:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,12 +40,35 @@ def load_report(out: str, storage_options: dict[str, Any] | None = None) -> Repo
         job = json.loads(storage.read_bytes(job_uri, so))
     elif records or storage.exists(storage.join(out, sink.PLAN), so):
         plan = output.read_plan()
-        job = {"status": "running", "totals": totals_of(records)}
+        job = {"totals": totals_of(records)} | _driver(output)
         if plan is not None:
             job["totals"] |= {"shards_planned": len(plan.shards), "rows_planned": plan.rows}
     else:
         raise StorageError(f"{out} holds no job (no _job.json, no plan, no markers); check the URI")
     return Report(out, job, records, _rejected(output, records))
+
+
+def _driver(output: sink.Output) -> dict[str, Any]:
+    """Whether the run writing OUT (no ``_job.json`` yet) is alive: ``running``, or ``stopped``
+    with why, from its claim (host, pid, heartbeat)."""
+    holder = output.holder()
+    if holder is None:
+        return {
+            "status": "stopped",
+            "error": "no run holds this folder and there is no _job.json: its driver stopped before "
+            "writing the summary (killed?). Run the job again with --mode resume to finish it",
+        }
+    state = sink.driver_state(holder)
+    driver = {k: holder.get(k) for k in ("host", "pid", "started_at", "heartbeat_at")} | {"state": state}
+    if state == "alive":
+        return {"status": "running", "driver": driver}
+    beat = time.time() - float(holder.get("heartbeat_at") or holder.get("started_at") or 0)
+    return {
+        "status": "stopped",
+        "driver": driver,
+        "error": f"its driver (pid {holder.get('pid')} on {holder.get('host')}) is gone: last heard of "
+        f"{beat:,.0f} s ago. Run the job again with --mode resume to finish it",
+    }
 
 
 def totals_of(records: Sequence[ShardRecord]) -> dict[str, Any]:
@@ -84,7 +108,7 @@ def summary(job: dict[str, Any], records: Sequence[ShardRecord]) -> str:
     """Totals, time per stage, and a per-shard table (at most 20 rows, slowest first)."""
     totals = job.get("totals") or totals_of(records)
     lines = [
-        f"status: {job['status']}",
+        f"status: {job['status']}" + (f" ({job['error']})" if job["status"] == "stopped" else ""),
         f"rows: {totals['rows']:,} scored or rejected, "
         f"{totals['rows_failed']:,} rejected, {totals['shards']} shard(s)",
     ]

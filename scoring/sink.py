@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scoring import storage
-from scoring.errors import StorageError
+from scoring.errors import StorageError, translated
 from scoring.plan import Plan, from_table, to_table
 from scoring.record import ERROR_COLUMNS, Rejections, ShardRecord, shards_table
 
@@ -48,6 +48,8 @@ PREDICTIONS, ERRORS, PROGRESS = "predictions", "_errors", "_progress"
 SUMMARY = ("_shards.parquet", "_errors.parquet", "_job.json")
 JOB_FILES = (PLAN, PREDICTIONS, ERRORS, PROGRESS, *SUMMARY, RUN, LOCK)
 READ_THREADS = 16  # markers are small: read many at once from object storage
+HEARTBEAT_S = 10.0  # how often a running driver renews its claim's heartbeat
+STALE_S = 3 * HEARTBEAT_S  # no heartbeat for this long: the driver is gone
 
 
 class Fenced(Exception):
@@ -82,6 +84,7 @@ class Output:
         self.uri, self.storage_options, self.run_id = uri, storage_options, run_id
         fs, self.path = storage.split_uri(uri, storage_options)
         self.local = storage.is_local(fs)
+        self.claimed: dict[str, Any] = {}
 
     def join(self, *parts: str) -> str:
         return storage.join(self.uri, *parts)
@@ -108,11 +111,16 @@ class Output:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def holder(self) -> dict[str, Any] | None:
-        """The claim in ``_run.json``, if any."""
+        """The claim in ``_run.json``, if any. Raises ``StorageError`` when it cannot be read: a
+        store that does not answer is an outage, never "no claim" (or "taken over")."""
         try:
             return dict(json.loads(self._read(RUN)))
-        except (StorageError, ValueError):
-            return None
+        except StorageError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                return None
+            raise
+        except ValueError:
+            return None  # half-written by a run that died while claiming: nobody's claim
 
     def claim(self) -> None:
         """Make this run the one that may write OUT. Raises ``StorageError`` if a run that is still
@@ -124,9 +132,18 @@ class Output:
                     f"{self.uri} is being written by another scoring run (pid {other['pid']}, "
                     f"started {time.ctime(other['started_at'])}); wait for it to finish or stop it"
                 )
+            now = time.time()
             me = {"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid()}
-            me |= {"process_start": _process_start(os.getpid()), "started_at": time.time()}
+            me |= {"process_start": _process_start(os.getpid()), "started_at": now, "heartbeat_at": now}
             self._write(RUN, json.dumps(me).encode())
+            self.claimed = me
+
+    def heartbeat(self) -> None:
+        """Say the driver is alive (``_run.json``'s ``heartbeat_at``), so ``scoring report`` can
+        tell a running job from one whose driver is gone, from any machine."""
+        with self._lock(exclusive=True):
+            if self.holds():
+                self._write(RUN, json.dumps(self.claimed | {"heartbeat_at": time.time()}).encode())
 
     def revoke(self) -> None:
         """End this run's claim: from now on none of its commits lands."""
@@ -256,17 +273,20 @@ class ShardOutput:
         """Drop the predictions written so far (a no-op once committed)."""
         if self.file is not None:
             if self.writer is not None:
-                self.writer.close()
+                with contextlib.suppress(OSError, pa.ArrowException):  # a full disk: dropped anyway
+                    self.writer.close()
             self.file.abort()
             self.file = None
 
     def write(self, table: pa.Table) -> None:
+        """Raises ``StorageError`` when the bytes cannot be written (a full disk, say)."""
         if self.writer is None:
             self.file = storage.AtomicFile(self.uri, self.out.storage_options)
             self.writer = pq.ParquetWriter(
                 self.file.handle, table.schema, use_dictionary=text_columns(table.schema)
             )
-        self.writer.write_table(table)
+        with translated(StorageError, f"writing {self.uri}"):
+            self.writer.write_table(table)
 
     @property
     def started(self) -> bool:
@@ -281,7 +301,8 @@ class ShardOutput:
                 if status == "failed":
                     self.abort()
                 elif self.writer is not None and self.file is not None:
-                    self.writer.close()
+                    with translated(StorageError, f"writing {self.uri}"):
+                        self.writer.close()
                     self.file.commit()
                     self.file = None
                 if len(rejections):
@@ -300,6 +321,15 @@ def _process_start(pid: int) -> str | None:
             return f.read().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return None
+
+
+def driver_state(holder: dict[str, Any], now: float | None = None) -> str:
+    """What a claim says of its driver: ``alive``, ``gone`` (checked: same machine, or no
+    heartbeat for ``STALE_S``), or ``unknown``."""
+    if holder.get("host") == socket.gethostname():
+        return "alive" if _alive(holder) or holder.get("pid") == os.getpid() else "gone"
+    beat = float(holder.get("heartbeat_at") or holder.get("started_at") or 0)
+    return "gone" if (now or time.time()) - beat > STALE_S else "alive"
 
 
 def _alive(holder: dict[str, Any]) -> bool:

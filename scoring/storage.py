@@ -31,6 +31,22 @@ PROTOCOL_EXTRAS = {
 }
 # These live in one process only; Ray workers would each see an empty filesystem.
 PROCESS_LOCAL_PROTOCOLS = ("memory",)
+# Every call to a store has a connect and a read timeout and a few retries, so a store that stalls
+# fails the call instead of the job waiting forever (botocore's defaults: 60 s per read, times its
+# retries, times s3fs's 5 tries: no error after 900 s). With these, a stalled S3 call fails within
+# about 100 s (s3fs's 5 tries x 2 attempts x 10 s). A user's storage_options win, key by key.
+TIMEOUTS: dict[str, dict[str, Any]] = {
+    "s3": {
+        "config_kwargs": {
+            "connect_timeout": 5,
+            "read_timeout": 10,  # seconds without a byte, not for a whole transfer
+            "retries": {"max_attempts": 2, "mode": "standard"},
+        },
+    },
+    "gs": {"requests_timeout": 10},
+    "az": {"connection_timeout": 5, "read_timeout": 10},
+}
+TIMEOUTS |= {"s3a": TIMEOUTS["s3"], "gcs": TIMEOUTS["gs"], "abfs": TIMEOUTS["az"], "abfss": TIMEOUTS["az"]}
 T = TypeVar("T")
 
 
@@ -45,12 +61,26 @@ def split_uri(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[
             "cannot see it. Use a local path, a shared path or object storage (s3://, gs://, az://)."
         )
     try:
-        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(uri, **with_timeouts(protocol, storage_options or {}))
     except (ImportError, ValueError) as exc:
         extra = PROTOCOL_EXTRAS.get(protocol)
         hint = f" Install it with: pip install 'scoring[{extra}]'" if extra else ""
         raise StorageError(f"{uri}: no filesystem for protocol '{protocol}' ({exc}).{hint}") from exc
     return fs, path
+
+
+def with_timeouts(protocol: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """``storage_options`` over the protocol's default timeouts (nested dicts merged)."""
+    return _merged(TIMEOUTS.get(protocol, {}), storage_options)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = (
+            _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
 
 
 def is_local(fs: Any) -> bool:
@@ -231,7 +261,8 @@ class AtomicFile:
                 with_retries(lambda: self.fs.pipe_file(self.path, data), f"writing {self.uri}")
 
     def abort(self) -> None:
-        self.handle.close()
+        with contextlib.suppress(OSError):  # flushing onto a full disk: the file goes anyway
+            self.handle.close()
         if self.tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.tmp)
@@ -242,7 +273,8 @@ def atomic_file(uri: str, storage_options: dict[str, Any]) -> Iterator[Any]:
     """An ``AtomicFile``'s handle, committed when the block ends, aborted if it raises."""
     f = AtomicFile(uri, storage_options)
     try:
-        yield f.handle
+        with translated(StorageError, f"writing {uri}"):
+            yield f.handle
     except BaseException:
         f.abort()
         raise

@@ -27,8 +27,8 @@ import pyarrow as pa
 from scoring import sink
 from scoring.config import Config
 from scoring.embedding import Embedding
-from scoring.errors import RowError
-from scoring.formats import Chunk, Format
+from scoring.errors import RowError, StorageError
+from scoring.formats import Chunk, Format, every_row
 from scoring.model import ModelInfo, local_model_path
 from scoring.postprocess import Postprocess
 from scoring.preprocess import Preprocessor
@@ -134,19 +134,33 @@ class Worker:
         used: stop the job) or ``sink.Fenced`` (this run no longer holds OUT: nothing written)."""
         rec = self._record(shard)
         rejections = Rejections()
-        with self.output.shard(shard.index, shard.id) as out:
-            try:
-                self._chunks(shard, rec, rejections, out)
-            except RowError as exc:  # unreadable: the whole shard is rejected
-                failed = Rejections()
-                failed.add(exc.row_start, exc.row_stop, Reason(exc.stage, exc.error, exc.message), shard.uri)
-                rec.rows = shard.rows or 0
-                out.commit(rec, failed, "failed")
-                return rec
-            if not out.started:  # no row scored: the file still gets its columns
-                empty = Chunk.of_file(self.spec.schema.empty_table(), shard.uri, 0)
-                out.write(self.spec.predictions(shard.id, empty, self.scorer.run([])))
-            out.commit(rec, rejections, "partial" if len(rejections) else "succeeded")
+        try:
+            with self.output.shard(shard.index, shard.id) as out:
+                try:
+                    self._chunks(shard, rec, rejections, out)
+                except RowError as exc:  # unreadable: the whole shard is rejected
+                    failed = Rejections()
+                    why = Reason(exc.stage, exc.error, exc.message)
+                    failed.add(exc.row_start, exc.row_stop, why, shard.uri)
+                    rec.rows = shard.rows or 0
+                    out.commit(rec, failed, "failed")
+                    return rec
+                if not out.started:  # no row scored: the file still gets its columns
+                    empty = Chunk.of_file(self.spec.schema.empty_table(), shard.uri, 0)
+                    out.write(self.spec.predictions(shard.id, empty, self.scorer.run([])))
+                out.commit(rec, rejections, "partial" if len(rejections) else "succeeded")
+        except StorageError as exc:  # OUT cannot be written (a store down, a full disk)
+            return self._uncommitted(shard, rec, exc)
+        return rec
+
+    def _uncommitted(self, shard: Shard, rec: ShardRecord, exc: StorageError) -> ShardRecord:
+        """A shard whose results could not be written: failed, with nothing of it in OUT (no
+        marker), so resume scores it again. Its record still reaches the driver."""
+        reason = Reason("write", "StorageError", f"{shard.id}: could not be written: {exc}")
+        rejected = every_row(shard, self.spec.format.provenance, reason)
+        rec.rows = max(rec.rows, shard.rows or 0)
+        rec.close("failed", rejected)
+        rec.committed = False
         return rec
 
     def _chunks(self, shard: Shard, rec: ShardRecord, rejections: Rejections, out: sink.ShardOutput) -> None:
@@ -188,7 +202,11 @@ class Worker:
         now = time.monotonic()
         if self.output.local or now - self.checked_at > REMOTE_FENCE_CHECK_S:
             self.checked_at = now
-            if not self.output.holds():
+            try:
+                held = self.output.holds()
+            except StorageError:
+                return  # an outage, not a takeover: the commit checks again, and fails if it lasts
+            if not held:
                 raise sink.Fenced(f"run {self.spec.run_id} no longer holds {self.output.uri}")
 
     def _record(self, shard: Shard) -> ShardRecord:

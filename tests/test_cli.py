@@ -40,7 +40,10 @@ def test_unknown_wrong_and_missing_keys_name_the_key() -> None:
         load_config(data=BASE, overrides=["compute.batch_size=lots"], environ={})
     with pytest.raises(ConfigError, match=r"missing required config key 'input.format'"):
         load_config(data={**BASE, "input": {"uri": "d"}}, environ={})
-    with pytest.raises(ConfigError, match=r"config key 'input.format': .*expected one of parquet, webdataset, images.*found 'csv'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config key 'input.format': .*expected one of parquet, webdataset, images.*found 'csv'",
+    ):
         load_config(data={**BASE, "input": {"uri": "d", "format": "csv"}}, environ={})
 
 
@@ -65,11 +68,51 @@ def test_precedence_defaults_file_environment_set() -> None:
     assert cfg.compute.batch_size == 16 and cfg.model.providers == ["cpu"]
 
 
-def test_secrets_are_redacted() -> None:
+def test_secrets_are_redacted_whatever_their_shape() -> None:
+    from scoring import secrets
+
+    key = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+    options = {
+        "connection_string": f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={key};",
+        "client_kwargs": {"endpoint_url": "http://admin:hunter22@minio.internal:9000"},
+        "anon": False,
+    }
     cfg = load_config(
-        data={**BASE, "storage_options": {"key": "AK", "secret": "S", "endpoint_url": "http://x"}}, environ={}
+        data={**BASE, "model": {"uri": "s3://user:pa55word@host/m.onnx"}, "storage_options": options},
+        environ={},
     )
-    assert cfg.redacted()["storage_options"] == {"key": "***", "secret": "***", "endpoint_url": "http://x"}
+    data = secrets.config(cfg.model_dump(mode="json"))
+    assert data["storage_options"] == {
+        "connection_string": "***",
+        "client_kwargs": {"endpoint_url": "***"},
+        "anon": False,
+    }
+    assert data["model"]["uri"] == "s3://***@host/m.onnx"
+    argv = secrets.argv(
+        [
+            "scoring",
+            "run",
+            "c.yaml",
+            "--set",
+            "storage_options={key: A1B2, secret: S3CR}",
+            "--set=compute.actors=2",
+        ]
+        + ["--set=storage_options.token=T0KEN", "--address", "ray://me:pw@head:10001"]
+    )
+    assert argv == [
+        "scoring",
+        "run",
+        "c.yaml",
+        "--set",
+        "storage_options=***",
+        "--set=compute.actors=2",
+        "--set=storage_options.token=***",
+        "--address",
+        "ray://***@head:10001",
+    ]
+    message = f"cannot reach http://minio.internal:9000 with AccountKey={key}; credentials hunter22 refused"
+    masked = secrets.text(message, secrets.values(options))
+    assert key not in masked and "hunter22" not in masked and "AccountKey=***" in masked
 
 
 def test_bad_config_exits_2_before_ray_starts(tmp_path: Path) -> None:

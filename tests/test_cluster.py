@@ -95,12 +95,14 @@ def test_cpu_actors_on_a_gpu_node_see_no_gpu(run_job, tmp_path: Path) -> None:
     }
 
 
-def test_a_gpu_request_the_cluster_cannot_meet_is_refused_before_scoring(run_job, tmp_path: Path) -> None:
+def test_a_worker_no_node_could_host_is_refused_before_scoring(run_job, tmp_path: Path) -> None:
     from scoring.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"compute.actors=3 x compute.gpus_per_actor=1 needs 3 GPUs"):
-        run_job(table_job(tmp_path, actors=3, gpus_per_actor=1, cpus_per_actor=0.5))
-    assert not (tmp_path / "out" / "_job.json").exists()
+    with pytest.raises(
+        ConfigError, match=r"a worker of 0.5 CPU / 3 GPU fits no node of the cluster \(2 CPU / 2 GPU\)"
+    ):
+        run_job(table_job(tmp_path, actors=1, gpus_per_actor=3, cpus_per_actor=0.5))
+    assert not list((tmp_path / "out").iterdir())  # the write probe came and went, nothing else
 
 
 # -- several nodes -------------------------------------------------------------------------------

@@ -125,7 +125,8 @@ def test_postprocess_mistakes_are_refused_before_scoring(run_job, tmp_path: Path
             }
         )
     with pytest.raises(
-        ConfigError, match=r"'output.outputs' is \{\} \(no raw output\) and output.postprocess is not set"
+        ConfigError,
+        match=r"'output.outputs' is \{\} \(no raw output\) and neither output.postprocess nor",
     ):
         run_job(job(model, folder, outputs={}))
 

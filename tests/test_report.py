@@ -47,7 +47,7 @@ def test_a_terminal_gets_one_live_bar_and_no_ray_noise(tmp_path: Path) -> None:
     assert code == 0, text
     assert "100%  41,001/41,001 rows  4/4 shards" in text, text  # the unreadable file: 1 row, unknown before
     assert "rows/s  ETA 0:00:00" in text and "11 rejected, 1 failed" in text
-    assert "part-003.parquet: failed: read (" in text and "the whole file): " in text  # its own line
+    assert "part-003.parquet: failed: read (part-003.parquet the whole file): " in text  # its own line
     assert "[1/4]" not in text  # no per-shard lines under the bar
     for noise in ("Token authentication", "core_worker", "(raylet)", "ShardActor pid="):
         assert noise not in text
