@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from scoring import (
     summary,
 )
 from scoring.config import Config
-from scoring.errors import ConfigError, InputError, JobFailed, ScoringError, StorageError
+from scoring.errors import ConfigError, InputError, Interrupted, JobFailed, ScoringError, StorageError
 from scoring.inference import output_columns
 from scoring.model import load_model_info
 from scoring.progress import Lines
@@ -153,17 +154,33 @@ def run_job(
         job = summary.job_record(spec, job_plan, records, run.scored, started, t_ready, status, error)
         job["totals"]["ray_init_s"] = ray_init_s
         try:
-            stop.bounded(lambda: out.write_summary(records, job), "writing the job summary")
+            _write_summary(out, records, job, stop)
         except ScoringError as exc:
-            raise JobFailed(
-                f"{job['error'] or 'the job ended'}; then writing its summary failed: {exc}. "
-                f"{summary.resume_hint(job)}"
-            ) from exc
+            note = f"writing its summary failed: {exc}. {summary.resume_hint(job)}"
+            if status == "interrupted":
+                raise Interrupted(f"interrupted; {note}") from exc
+            raise JobFailed(f"{job['error'] or 'the job ended'}; then {note}") from exc
     finally:
         stop.restore()
         if started_ray:
             cluster.shutdown()
     return JobResult(cfg.output.uri, job, records)
+
+
+SUMMARY_WAITS_S = (2.0, 4.0, 8.0)  # a store that failed the job mid-way may be back for its summary
+
+
+def _write_summary(out: sink.Output, records: list[ShardRecord], job: dict[str, Any], stop: Stop) -> None:
+    """The summary files, tried again a few times when storage fails (not after a signal: then
+    within the grace period only). Raises ``ScoringError`` when it cannot be written."""
+    for wait in (*SUMMARY_WAITS_S, None):
+        try:
+            stop.bounded(lambda: out.write_summary(records, job), "writing the job summary")
+            return
+        except ScoringError:
+            if wait is None or stop.deadline is not None:
+                raise
+            time.sleep(wait)
 
 
 def _prepare(
@@ -244,6 +261,7 @@ class _Run:
         self.rejected = sum(r.rows_failed for r in settled.values())
         self.scored = 0  # rows scored by this run (not by the runs it resumes)
         self.beat = time.monotonic()
+        self.beating: threading.Thread | None = None
 
     def settle(self, shard: Shard, future: Any) -> None:
         """Take a finished shard's outcome. Raises ``ScoringError`` to stop the job."""
@@ -265,20 +283,26 @@ class _Run:
         if self.rejected > limit:
             self.watch.check(f"more than errors.max_rejected_rows={limit} rows were rejected")
             raise JobFailed(
-                f"{self.rejected} rows rejected, more than errors.max_rejected_rows={limit}; the job "
-                f"stopped. See {self.out.uri}/_errors.parquet for the reasons."
+                f"{self.rejected} rows rejected, more than errors.max_rejected_rows={limit}, the last "
+                f"{rec.first_error}; the job stopped. See {self.out.uri}/_errors.parquet for the reasons."
             )
 
     def tick(self, stop: Stop) -> bool:
         """Progress, the claim's heartbeat; True once a signal said to stop."""
         self.progress.tick()
-        if time.monotonic() - self.beat > sink.HEARTBEAT_S and not stop.event.is_set():
+        idle = self.beating is None or not self.beating.is_alive()
+        if time.monotonic() - self.beat > sink.HEARTBEAT_S and idle and not stop.event.is_set():
             self.beat = time.monotonic()
-            try:
-                self.out.heartbeat()
-            except ScoringError:
-                pass  # an outage: the next beat tries again; report calls the driver gone only later
+            # In a thread of its own: a store that stalls must not hold up dispatch or a signal.
+            self.beating = threading.Thread(target=self._heartbeat, daemon=True)
+            self.beating.start()
         return stop.event.is_set()
+
+    def _heartbeat(self) -> None:
+        try:
+            self.out.heartbeat()
+        except ScoringError:
+            pass  # an outage: the next beat tries again; report calls the driver gone only later
 
     def _died(self, shard: Shard, why: str) -> ShardRecord:
         """A shard whose worker process kept dying: settled as failed, by the driver."""

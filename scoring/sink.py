@@ -226,20 +226,26 @@ class Output:
         ``_job.json`` last."""
         try:
             self._write("_shards.parquet", table_bytes(shards_table(records)))
-            self._merge_errors(sorted(r.index for r in records if r.rows_failed))
+            self._merge_errors([r for r in records if r.rows_failed])
             self._write("_job.json", json.dumps(job, indent=2, default=str).encode())
         except StorageError as exc:
             raise StorageError(f"writing the job summary under {self.uri}: {exc}") from exc
 
-    def _merge_errors(self, indices: list[int]) -> None:
+    def _merge_errors(self, records: list[ShardRecord]) -> None:
         """Stream every settled shard's errors into ``_errors.parquet``: one part in memory at a
-        time, whatever the number of rejected rows."""
+        time, whatever the number of rejected rows. A shard that could not be written at all
+        (its record only reached the driver) is one row: why."""
         so, target = self.storage_options, self.join("_errors.parquet")
         with storage.atomic_file(target, so) as f:
             writer = pq.ParquetWriter(f, ERROR_COLUMNS, use_dictionary=["shard", "stage", "error", "message"])
-            for index in indices:
-                data = storage.read_bytes(self.join(ERRORS, part(index, ".parquet")), so)
-                writer.write_table(pq.read_table(pa.BufferReader(data)).cast(ERROR_COLUMNS))
+            for r in sorted(records, key=lambda r: r.index):
+                if r.committed:
+                    data = storage.read_bytes(self.join(ERRORS, part(r.index, ".parquet")), so)
+                    table = pq.read_table(pa.BufferReader(data)).cast(ERROR_COLUMNS)
+                else:
+                    row = {"shard": r.shard, "stage": "write", "error": "StorageError"}
+                    table = pa.Table.from_pylist([row | {"message": r.first_error}], ERROR_COLUMNS)
+                writer.write_table(table)
             writer.close()
 
     # -- one shard's commit (workers) --------------------------------------------------------
@@ -275,6 +281,7 @@ class ShardOutput:
             if self.writer is not None:
                 with contextlib.suppress(OSError, pa.ArrowException):  # a full disk: dropped anyway
                     self.writer.close()
+                self.writer.is_open = False  # or its __del__ closes (and fails) again
             self.file.abort()
             self.file = None
 

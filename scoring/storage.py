@@ -169,10 +169,24 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 3, base_delay: 
         except (FileNotFoundError, PermissionError, IsADirectoryError):
             raise
         except (OSError, TimeoutError, ConnectionError) as exc:
+            if _timed_out(exc):  # the library waited its timeout, times its own tries: not again
+                raise StorageError(f"{what}: the store did not answer in time: {exc}") from exc
             if attempt == attempts - 1:
                 raise StorageError(f"{what}: failed after {attempts} attempts: {exc}") from exc
             time.sleep(base_delay * (2**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """A timeout, whatever the library calls it (TimeoutError, botocore's ReadTimeoutError and
+    ConnectTimeoutError, aiohttp's ServerTimeoutError, fsspec's FSTimeoutError)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__:
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
 
 
 def read_bytes(uri: str, storage_options: dict[str, Any]) -> bytes:

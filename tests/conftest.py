@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import pty
@@ -55,6 +56,109 @@ def run_job(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 
 
 RUNNERS = pytest.mark.parametrize("runner", ["local", "ray"])
+
+
+KEYS = {"key": "testing", "secret": "testing"}
+
+
+@pytest.fixture(scope="session")
+def s3() -> Any:
+    """A moto S3 server on a free loopback port; yields (endpoint, s3fs filesystem)."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, **KEYS)
+    for bucket in ("models", "data", "results"):
+        fs.mkdir(bucket)
+    yield endpoint, fs
+    server.stop()
+
+
+def options(endpoint: str) -> dict[str, Any]:
+    return {"endpoint_url": endpoint, **KEYS}
+
+
+def upload(fs: Any, local: Path, remote: str) -> None:
+    fs.put(str(local), remote, recursive=local.is_dir())
+
+
+class TcpProxy:
+    """A TCP relay on 127.0.0.1 in front of ``upstream`` (HOST:PORT): storage that fails, for
+    real. ``mode``: ``pass`` relays bytes; ``stall`` accepts and relays nothing (connections
+    open, no answer, ever); ``refuse`` closes the port (connection refused) and resets what is
+    open."""
+
+    def __init__(self, upstream: str) -> None:
+        import threading
+
+        self.host, port = upstream.removeprefix("http://").split(":")
+        self.upstream_port = int(port)
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.mode = "pass"
+        self.lock = threading.Lock()
+        self.open: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+        self._listen()
+
+    def _listen(self) -> None:
+        import threading
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed: refusing
+            upstream = socket.create_connection((self.host, self.upstream_port))
+            with self.lock:
+                self.open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                while self.mode == "stall":
+                    time.sleep(0.05)
+                if self.mode == "refuse":
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def set(self, mode: str) -> None:
+        if mode == "refuse" and self.listener is not None:
+            self.listener.close()
+            self.listener = None
+            with self.lock:
+                for s in self.open:
+                    with contextlib.suppress(OSError):
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        s.close()
+                self.open = []
+        elif mode != "refuse" and self.listener is None:
+            self._listen()
+        self.mode = mode
+
+    def close(self) -> None:
+        self.set("refuse")
 
 
 def free_port() -> int:

@@ -279,17 +279,31 @@ def test_refusals_before_ray_starts_say_what_is_wrong(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_secrets_given_with_set_do_not_reach_the_job_record(tmp_path: Path) -> None:
+def test_secrets_reach_no_file_page_or_console(tmp_path: Path) -> None:
     write_tables(tmp_path / "d", files=1, rows=5, features=4)
     data = {
         "model": {"uri": make_mlp(tmp_path / "m.onnx", (4, 3))},
         "input": {"uri": str(tmp_path / "d"), "format": "parquet", "columns": {"x": "features"}},
         "output": {"uri": str(tmp_path / "o")},
-        "compute": {"actors": 1},
+        "compute": {"actors": 1, "runner": "local"},
+        "storage_options": {"connection_string": "AccountName=acct;AccountKey=c2VjcmV0a2V5;"},
     }
-    proc = scoring("run", config_file(tmp_path, data), "--set", "storage_options.secret=hunter2")
+    secret = (
+        "storage_options={key: AKIAFAKE1234, secret: hunter2hunter2, endpoint_url: 'http://admin:pw1234@h:9'}"
+    )
+    proc = scoring("run", config_file(tmp_path, data), "--set", secret)
     assert proc.returncode == 0, proc.stderr
-    text = (tmp_path / "o" / "_job.json").read_text()
-    assert "hunter2" not in text
-    job = json.loads(text)
-    assert "storage_options.secret=***" in job["argv"] and job["config"]["storage_options"]["secret"] == "***"
+    html = tmp_path / "r.html"
+    report = scoring("report", str(tmp_path / "o"), "--html", str(html))
+    seen = [
+        proc.stdout,
+        proc.stderr,
+        report.stdout,
+        html.read_text(),
+        (tmp_path / "o" / "_job.json").read_text(),
+    ]
+    for word in ("AKIAFAKE1234", "hunter2hunter2", "pw1234", "c2VjcmV0a2V5"):
+        assert not [text for text in seen if word in text], word
+    job = json.loads(seen[-1])
+    assert "storage_options=***" in job["argv"]
+    assert job["config"]["storage_options"] == {"key": "***", "secret": "***", "endpoint_url": "***"}

@@ -6,8 +6,10 @@ CUDA libraries that fail to load: a GPU actor must refuse, or fall back only whe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -135,28 +137,43 @@ def three_nodes() -> Any:
         cluster.shutdown()
 
 
-def test_actors_spread_over_nodes_and_shards_name_their_node(three_nodes: Any, tmp_path: Path) -> None:
-    # Enough work (~0.4 s a shard, ~5 s for one actor alone) that the second actor, which may
-    # take seconds to start (its node fetches the package first), gets shards too: Ray Data
-    # dispatches to whichever actor is ready.
-    cfg = table_job(tmp_path, files=12, rows=60_000, hidden=512, actors=2, cpus_per_actor=1, gpus_per_actor=1)
+def test_actors_spread_over_nodes_and_a_lost_node_costs_time_not_the_job(
+    three_nodes: Any, tmp_path: Path
+) -> None:
+    """One worker per node; a node removed mid-job: the shards its worker held go to the worker
+    that remains (its replacement can never be placed, and is never waited for)."""
+    cfg = table_job(tmp_path, files=16, rows=20_000, hidden=256, actors=2, cpus_per_actor=1, gpus_per_actor=1)
     cfg["model"]["allow_cpu_fallback"] = True
+    cfg["compute"]["shards_in_flight"] = 1
+    cfg["input"]["keep"] = ["id"]
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    proc = scoring_cli("run", str(path), "--address", three_nodes.address)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    preds = read_predictions(cfg["output"]["uri"])  # values: checked by the single-node tests
-    assert preds.num_rows == 12 * 60_000 and preds.column("probs").null_count == 0
-    shards = pq.read_table(Path(cfg["output"]["uri"]) / "_shards.parquet").to_pylist()
-    nodes = {s["node"] for s in shards}
-    # One actor per worker node (each has one CPU and one GPU); nodes share this machine's IP,
-    # so the node id after the slash is what tells them apart.
-    assert len(nodes) == 2 and len({s["actors"] for s in shards}) == 2
-    worker_ids = {n.node_id[:8] for n in three_nodes.worker_nodes}
-    assert {n.split("/")[1] for n in nodes} == worker_ids
-    assert all(
-        r["gpu_ids"] == [0] and r["cuda_visible_devices"] == "0" for r in progress(cfg["output"]["uri"])
+    out = Path(cfg["output"]["uri"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scoring", "run", str(path), "--address", three_nodes.address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    deadline = time.time() + 120
+    while len(progress(out)) < 2 if out.exists() else True:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    ids = {n.node_id[:8] for n in three_nodes.worker_nodes}
+    three_nodes.remove_node(
+        next(iter(three_nodes.worker_nodes))
+    )  # its raylet and its worker process go, as a preempted node's do
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "its worker process died" in stdout and "scoring it again" in stdout
+    preds = read_predictions(out)
+    assert sorted(preds.column("id").to_pylist()) == list(range(16 * 20_000))  # each row once
+    shards = pq.read_table(out / "_shards.parquet").to_pylist()
+    nodes = {s["node"].split("/")[1] for s in shards}
+    # Both nodes scored (nodes share this machine's IP: the node id after the slash tells them
+    # apart); the lost one only before it went.
+    assert nodes == ids and len(ids) == 2
+    assert all(r["gpu_ids"] == [0] and r["cuda_visible_devices"] == "0" for r in progress(out))
 
 
 # -- scoring submit ------------------------------------------------------------------------------
@@ -319,3 +336,111 @@ def test_submit_merges_the_users_runtime_env_with_what_scoring_ships(ray_head: s
     )
     proc = scoring_cli("submit", str(path), "--address", ray_head, "--runtime-env-json", "{pip: x", env=TOKEN)
     assert proc.returncode == 2 and "--runtime-env-json is not valid JSON" in proc.stderr
+
+
+# -- an autoscaling cluster ---------------------------------------------------------------------
+
+
+def fake_cloud(address: str) -> dict[str, Any]:
+    """Ray's fake cloud: 1-CPU worker nodes, up to 2, launched as processes of this machine. The
+    2.60 wheel lacks the provider's example.yaml: the whole config is here (the autoscaler
+    checks it against its schema)."""
+    node = {"resources": {"CPU": 1, "object_store_memory": 100 << 20}, "node_config": {}}
+    empty: dict[str, Any] = {k: [] for k in ("initialization_commands", "setup_commands")}
+    empty |= {k: [] for k in ("head_setup_commands", "worker_setup_commands", "head_start_ray_commands")}
+    empty |= {k: [] for k in ("worker_start_ray_commands", "cluster_synced_files", "rsync_exclude")}
+    return {
+        "cluster_name": "fake_multinode",
+        "max_workers": 2,
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": address,  # else its nodes join HOST:6379, whatever cluster that is
+        },
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+            "ray.worker.cpu": node | {"min_workers": 0, "max_workers": 2},
+        },
+        "head_node_type": "ray.head.default",
+        "auth": {},
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 0.1,
+        "docker": {},
+        "file_mounts": {},
+        "file_mounts_sync_continuously": False,
+        "rsync_filter": [],
+        **empty,
+    }
+
+
+def processes_of(temp_dir: str) -> list[Any]:
+    """Every process of a cluster started with ``--temp-dir temp_dir``: named in its command line,
+    or writing its logs there (Ray's workers rename themselves), and their children."""
+    import psutil
+
+    found: dict[int, Any] = {}
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            files = [f.path for f in p.open_files()]
+            if temp_dir in " ".join(p.info["cmdline"] or []) or any(f.startswith(temp_dir) for f in files):
+                found[p.pid] = p
+                found.update({c.pid: c for c in p.children(recursive=True)})
+        except psutil.Error:
+            pass
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+@pytest.fixture(scope="module")
+def autoscaling_head(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A head with no CPUs and Ray's fake-cloud autoscaler; stopped by the PIDs of its processes
+    (never `ray stop`: it would end every Ray on this machine)."""
+    import psutil
+
+    port, temp_dir = free_port(), f"/tmp/ray-as-{os.getpid()}"  # short: socket paths are limited
+    address = f"127.0.0.1:{port}"
+    config = tmp_path_factory.mktemp("autoscaler") / "cluster.yaml"
+    config.write_text(yaml.safe_dump(fake_cloud(address)))
+    env = {**os.environ, **TOKEN, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--num-cpus=0", f"--port={port}"]
+    cmd += ["--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}", f"--autoscaling-config={config}"]
+    cmd += ["--include-dashboard=false", "--disable-usage-stats", f"--object-store-memory={100 << 20}"]
+    for flag in ("ray-client-server", "dashboard-agent-listen", "dashboard-agent-grpc", "runtime-env-agent"):
+        cmd.append(f"--{flag}-port={free_port()}")
+    cmd.append(f"--metrics-export-port={free_port()}")
+    try:
+        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
+        yield address
+    finally:
+        for _ in range(3):
+            procs = processes_of(temp_dir)
+            for p in procs:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            psutil.wait_procs(procs, timeout=10)
+        assert not processes_of(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_an_autoscaling_cluster_with_no_cpus_yet_runs_the_job(autoscaling_head: str, tmp_path: Path) -> None:
+    cfg = table_job(tmp_path, files=4, rows=500)
+    del cfg["compute"]["runner"]
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = scoring_cli(
+        "run", str(path), "--address", autoscaling_head, "--set", "compute.actors=2", env=TOKEN
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "0 of 2 worker(s) ready" in proc.stdout  # the job waits for nodes, not refused
+    assert_matches_direct_run(cfg, cfg["output"]["uri"])
+    nodes = {s["node"] for s in pq.read_table(Path(cfg["output"]["uri"]) / "_shards.parquet").to_pylist()}
+    assert nodes and all(not n.startswith("127.0.0.1/") for n in nodes)  # fake nodes: an id for an IP
+
+    cfg["compute"]["gpus_per_actor"] = 1
+    path.write_text(yaml.safe_dump(cfg))
+    proc = scoring_cli("run", str(path), "--address", autoscaling_head, "--mode", "overwrite", env=TOKEN)
+    assert proc.returncode == 2
+    assert "the cluster has no GPUs and its autoscaler launches none" in proc.stderr

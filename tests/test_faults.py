@@ -201,6 +201,12 @@ def test_driver_killed_its_workers_stop_and_resume_finishes(tmp_path: Path, data
     assert markers(out) == settled and stopped_after < 15
     assert not (out / "_job.json").exists()
     assert len(assert_readable(out)) <= len(settled) * ROWS  # complete files only, nothing half-written
+    report = subprocess.run(
+        [sys.executable, "-m", "scoring", "report", str(out)], capture_output=True, text=True, timeout=60
+    )
+    assert report.returncode == 0, report.stderr
+    assert f"status: stopped (its driver (pid {proc.pid} on " in report.stdout  # not "running"
+    assert "is gone" in report.stdout and "--mode resume" in report.stdout
 
     proc2 = run(path, "--mode", "resume")
     assert proc2.returncode == 0, proc2.stderr

@@ -14,38 +14,11 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import features_job, free_port
+from conftest import features_job, free_port, options, upload
 
 from scoring import storage
 from scoring.demo import make_cnn, make_mlp, write_images, write_tables
 from scoring.errors import ModelError, StorageError
-
-KEYS = {"key": "testing", "secret": "testing"}
-
-
-@pytest.fixture(scope="module")
-def s3() -> Any:
-    """A moto S3 server on a free loopback port; yields (endpoint, s3fs filesystem)."""
-    import s3fs
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    fs = s3fs.S3FileSystem(endpoint_url=endpoint, **KEYS)
-    for bucket in ("models", "data", "results"):
-        fs.mkdir(bucket)
-    yield endpoint, fs
-    server.stop()
-
-
-def options(endpoint: str) -> dict[str, Any]:
-    return {"endpoint_url": endpoint, **KEYS}
-
-
-def upload(fs: Any, local: Path, remote: str) -> None:
-    fs.put(str(local), remote, recursive=local.is_dir())
 
 
 @pytest.fixture(scope="module")

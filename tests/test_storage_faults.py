@@ -1,0 +1,227 @@
+"""Storage that fails, for real: a TCP proxy in front of the loopback S3 server that stalls or
+refuses mid-job, and a disk that fills (a small tmpfs). The CLI runs in its own process, as a
+user runs it; afterwards, what a user checks: the exit code and the one-line error, every row
+exactly once after at most one resume, and ``predictions/`` readable throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import RUNNERS, TcpProxy, features_job, options, upload
+
+from scoring.demo import make_mlp, write_tables
+
+pytestmark = pytest.mark.slow
+
+FILES, ROWS = 10, 20_000
+# Tight storage timeouts, as a user would set them for a store that must answer fast: a stalled
+# call fails within seconds instead of the defaults' minute or so.
+FAST = {"config_kwargs": {"connect_timeout": 1, "read_timeout": 1, "retries": {"max_attempts": 1}}}
+
+
+@pytest.fixture(scope="module")
+def bucket(s3: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The tables and a model heavy enough (~0.3 s a shard) to fault a job halfway."""
+    endpoint, fs = s3
+    local = tmp_path_factory.mktemp("faulty")
+    make_mlp(local / "mlp.onnx", (64, 256, 256, 10))
+    write_tables(local / "tables", files=FILES, rows=ROWS, features=64)
+    upload(fs, local / "tables", "data/faulty")
+    return {"model": str(local / "mlp.onnx"), "endpoint": endpoint, "fs": fs}
+
+
+def config(tmp_path: Path, bucket: dict[str, Any], proxy: TcpProxy, out: str, runner: str) -> Path:
+    cfg = features_job("s3://data/faulty/", bucket["model"], keep=["id"], actors=2, runner=runner)
+    cfg["input"]["rows_per_shard"] = ROWS  # a shard per file
+    cfg["output"] = {"uri": out}
+    cfg["compute"]["batch_size"] = 4096
+    cfg["errors"] = {"max_rejected_rows": 10 * ROWS}
+    cfg["storage_options"] = options(proxy.endpoint) | FAST
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def start(path: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "scoring", "run", str(path), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def markers(fs: Any, out: str) -> int:
+    prefix = out.removeprefix("s3://") + "/_progress"
+    fs.invalidate_cache()
+    return len(fs.ls(prefix)) if fs.exists(prefix) else 0
+
+
+def wait_for_markers(fs: Any, out: str, n: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.time() + 120
+    while markers(fs, out) < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "no shard settled"
+        time.sleep(0.1)
+
+
+def exactly_once(fs: Any, out: str) -> None:
+    """Every input row once in ``predictions/``, read as one dataset."""
+    table = pads.dataset(
+        out.removeprefix("s3://") + "/predictions", filesystem=fs, format="parquet"
+    ).to_table()
+    np.testing.assert_array_equal(np.sort(table.column("id").to_numpy()), np.arange(FILES * ROWS))
+    job = json.loads(fs.cat_file(out.removeprefix("s3://") + "/_job.json"))
+    assert job["status"] == "succeeded" and job["totals"]["shards_complete"] == FILES
+
+
+@RUNNERS
+def test_sigterm_stops_a_job_on_a_stalled_store_within_10_s(
+    tmp_path: Path, bucket: dict[str, Any], runner: str
+) -> None:
+    fs, out = bucket["fs"], f"s3://results/stall-{runner}"
+    proxy = TcpProxy(bucket["endpoint"])
+    try:
+        path = config(tmp_path, bucket, proxy, out, runner)
+        proc = start(path)
+        wait_for_markers(fs, out, 2, proc)
+        proxy.set("stall")  # reads, writes and the claim's heartbeat get no answer from now on
+        time.sleep(1.5)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - t0 < 10, err
+        assert proc.returncode == 130, err
+        assert "interrupted" in err and "--mode resume" in err
+        assert "Traceback" not in err
+        proxy.set("pass")
+        resumed = subprocess.run(
+            [sys.executable, "-m", "scoring", "run", str(path), "--mode", "resume"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert resumed.returncode == 0, resumed.stderr
+    finally:
+        proxy.close()
+    exactly_once(fs, out)
+
+
+@RUNNERS
+def test_an_outage_mid_job_is_not_a_takeover_and_resume_finishes(
+    tmp_path: Path, bucket: dict[str, Any], runner: str
+) -> None:
+    fs, out = bucket["fs"], f"s3://results/outage-{runner}"
+    proxy = TcpProxy(bucket["endpoint"])
+    try:
+        path = config(tmp_path, bucket, proxy, out, runner)
+        proc = start(path)
+        wait_for_markers(fs, out, 2, proc)
+        proxy.set("refuse")  # the endpoint is down: connections refused
+        time.sleep(4)
+        proxy.set("pass")
+        stdout, err = proc.communicate(timeout=300)
+        assert "taken over" not in err + stdout and "Traceback" not in err
+        assert proc.returncode in (0, 1), err  # 1: the outage failed more rows than allowed
+        job = json.loads(fs.cat_file(out.removeprefix("s3://") + "/_job.json"))  # written once back
+        shards = pq.read_table(fs.open(out.removeprefix("s3://") + "/_shards.parquet")).to_pylist()
+        failed = [s for s in shards if s["status"] == "failed"]
+        assert failed and job["totals"]["shards_complete"] == FILES - len(failed)
+        if proc.returncode == 1:
+            assert f"{FILES - len(failed)} of {FILES} shards complete; run again with --mode resume" in err
+        resumed = subprocess.run(
+            [sys.executable, "-m", "scoring", "run", str(path), "--mode", "resume"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"scoring {len(failed)} of {FILES} shard(s)" in resumed.stdout  # the failed ones
+    finally:
+        proxy.close()
+    exactly_once(fs, out)
+
+
+def test_a_full_disk_fails_the_job_with_the_resume_hint(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        model = make_mlp(tmp_path / "m.onnx", (64, 8))
+        write_tables(tmp_path / "data", files=6, rows=ROWS, features=64)
+        # Keeping the 64 features makes each shard's predictions ~4.5 MB: the disk fills on the
+        # second shard.
+        cfg = features_job(tmp_path / "data", model, keep=["id", "features"], actors=1, runner="local")
+        cfg["compute"]["shards_in_flight"] = 1
+        cfg["input"]["rows_per_shard"] = ROWS
+        cfg["output"] = {"uri": str(disk / "out")}
+        path = tmp_path / "job.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        proc = subprocess.run(
+            [sys.executable, "-m", "scoring", "run", str(path)], capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 1, proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1 and "No space left on device" in errors[0]
+        assert "shards complete; run again with --mode resume to finish" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        job = json.loads((disk / "out" / "_job.json").read_text())
+        assert job["status"] == "failed" and 0 < job["totals"]["shards_complete"] < 6
+        done = pads.dataset(disk / "out" / "predictions", format="parquet").to_table()  # readable
+        assert done.num_rows == job["totals"]["shards_complete"] * ROWS
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        resumed = subprocess.run(
+            [sys.executable, "-m", "scoring", "run", str(path), "--mode", "resume"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        ids = pads.dataset(disk / "out" / "predictions", format="parquet").to_table().column("id").to_numpy()
+        np.testing.assert_array_equal(np.sort(ids), np.arange(6 * ROWS))
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_wrong_address_is_refused_within_seconds(tmp_path: Path) -> None:
+    from conftest import free_port
+
+    model = make_mlp(tmp_path / "m.onnx", (8, 4))
+    write_tables(tmp_path / "d", files=1, rows=10, features=8)
+    cfg = features_job(tmp_path / "d", model) | {"output": {"uri": str(tmp_path / "o")}}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    for address, expected in (
+        (f"127.0.0.1:{free_port()}", "no Ray cluster answers there"),
+        ("http://127.0.0.1:8265", "is a dashboard (Job API) address"),
+    ):
+        t0 = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", "scoring", "run", str(path), "--address", address],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        )
+        assert time.monotonic() - t0 < 30
+        assert (
+            proc.returncode == 2 and f"Error: --address {address}" in proc.stderr and expected in proc.stderr
+        )
+        assert not (tmp_path / "o").exists()
