@@ -357,12 +357,12 @@ def main() -> None:
     )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument(
-        "--only", choices=["tables", "images", "s3", "small", "webdataset", "text"], default=None
+        "--only", choices=["tables", "images", "s3", "small", "webdataset", "text", "photos"], default=None
     )
     parser.add_argument("--no-daft", action="store_true", help="leave Daft out (no .venv-peers)")
     args = parser.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
-    peers = None if args.no_daft or args.only == "s3" else peers_python()
+    peers = None if args.no_daft or args.only in ("s3", "small", "webdataset", "text") else peers_python()
     for kind in ("tables", "images"):
         if args.only in (None, kind):
             ceiling = ort_alone(kind)
@@ -379,6 +379,10 @@ def main() -> None:
         from formats import webdataset
 
         webdataset(args.reps)
+    if args.only in (None, "photos"):
+        from photos import photos
+
+        photos(args.reps, peers)
     if args.only in (None, "text"):
         from text import text_vs_loop
 

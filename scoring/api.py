@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,23 +37,31 @@ def run(
     overrides: Mapping[str, Any] | None = None,
     *,
     address: str | None = None,
-    echo: Any = print,
+    progress: bool = False,
 ) -> JobResult:
     """Run a job: ``config`` is a YAML file or the same tree as a dict; ``overrides`` maps dotted
     keys to values (``{"compute.batch_size": 512}``), above the file and the environment.
 
     Returns the ``JobResult`` (``.ok``, ``.job`` as in ``_job.json``, ``.records``, ``.out``).
     Raises ``ScoringError`` for what ``scoring run`` exits 2 on; a job that ran and failed or was
-    interrupted returns with ``ok`` False. ``echo`` takes the progress lines (``None``: quiet).
+    interrupted returns with ``ok`` False. Prints nothing unless ``progress``: then what
+    ``scoring run`` shows (a live bar on a terminal, lines elsewhere).
     """
     from scoring.job import run_job
+    from scoring.progress import Lines, console_progress
 
     sets = [f"{key}={json.dumps(value)}" for key, value in (overrides or {}).items()]
     if isinstance(config, Mapping):
         cfg = load_config(data=json.loads(json.dumps(config)), overrides=sets)
     else:
         cfg = load_config(config, overrides=sets)
-    return run_job(cfg, address=address, echo=echo or (lambda _: None))
+    if progress:
+        return run_job(cfg, address=address, echo=print, progress=console_progress(print))
+    return run_job(cfg, address=address, echo=_quiet, progress=Lines(_quiet))
+
+
+def _quiet(_: str) -> None:
+    """Where messages go when nobody asked for them."""
 
 
 def predict(
@@ -72,6 +81,8 @@ def predict(
     providers: Sequence[str] | None = None,
     on_error: Literal["raise", "null"] = "raise",
     storage_options: Mapping[str, Any] | None = None,
+    progress: bool = False,
+    max_restarts: int = 0,
 ) -> ray.data.Dataset:
     """Score every row of ``ds`` with ``model`` (a path or fsspec URI), lazily.
 
@@ -84,10 +95,20 @@ def predict(
     ``on_error="null"``: its outputs are null and an ``error`` column says why.
 
     Raises ``ScoringError`` (at once, before anything runs) for a model, key or column that cannot
-    work; the schema is checked when the dataset knows it without reading.
+    work; the schema is checked when the dataset knows it without reading. Ray and Ray Data print
+    nothing (no progress bars, no start-up lines) unless ``progress``. ``max_restarts``: an actor
+    that dies fails the Dataset with its reason (0), or is restarted (Ray Data's own default is
+    -1, forever; Ray then logs an error-level warning as each actor starts, since Ray Data keeps
+    its arguments in the object store).
     """
     import ray
-    from ray.data import ActorPoolStrategy
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from scoring import cluster
+
+    if not ray.is_initialized():  # as Ray Data would, but without its notices unless asked
+        cluster.connect(None, quiet=not progress)
+    _quiet_ray_data(DataContext.get_current(), progress)
 
     from scoring import embedding as embeddings
     from scoring import preprocess
@@ -129,15 +150,33 @@ def predict(
             actors = max(1, int(resources.get("GPU", 0) / gpus_per_actor))
         else:  # one CPU left for the tasks that read the data (ray-project/ray#44687)
             actors = max(1, int((resources.get("CPU", 1) - 1) / cpus_per_actor))
-    return ds.map_batches(
-        _Predict,
-        fn_constructor_args=(cfg, info, pp, emb, max(1, int(cpus_per_actor)), on_error),
-        batch_size=batch_size,
-        batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=actors),
-        num_cpus=cpus_per_actor,
-        num_gpus=gpus_per_actor or None,
+    # The arguments travel inside the class, not as constructor arguments: Ray Data puts those
+    # in the object store, and Ray then logs an error-level warning for a restartable actor.
+    bound = type(
+        "Predict", (_Predict,), {"args": (cfg, info, pp, emb, max(1, int(cpus_per_actor)), on_error)}
     )
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named parameter for an actor's restarts; its catch-all is deprecated.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        scored = ds.map_batches(
+            bound,
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            compute=ActorPoolStrategy(size=actors),
+            num_cpus=cpus_per_actor,
+            num_gpus=gpus_per_actor or None,
+            max_restarts=max_restarts,
+        )
+    _quiet_ray_data(scored.context, progress)  # the dataset runs with its own copy of the context
+    return scored
+
+
+def _quiet_ray_data(ctx: Any, progress: bool) -> None:
+    """Ray Data's bars and execution lines only when ``progress``."""
+    import logging
+
+    ctx.enable_progress_bars = ctx.enable_operator_progress_bars = ctx.print_on_execution_start = progress
+    logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.ERROR)
 
 
 def _known_schema(ds: Any) -> pa.Schema | None:
@@ -159,17 +198,12 @@ def _check_keep(keep: Sequence[str], schema: pa.Schema) -> None:
 class _Predict:
     """The Ray Data UDF: one session, scoring each batch with a job's rules."""
 
-    def __init__(
-        self,
-        cfg: Config,
-        info: ModelInfo,
-        pp: Postprocess | None,
-        emb: Embedding | None,
-        threads: int,
-        on_error: str,
-    ) -> None:
+    args: tuple[Config, ModelInfo, Postprocess | None, Embedding | None, int, str]
+
+    def __init__(self) -> None:
         import ray
 
+        cfg, info, pp, emb, threads, on_error = self.args
         from scoring.model import local_model_path
         from scoring.scorer import Scorer
         from scoring.session import build_session

@@ -32,14 +32,27 @@ def _errors(fn: F) -> F:
             from scoring import secrets
 
             click.echo(f"Error: {secrets.text(str(exc))}", err=True)
-            sys.exit(exc.exit_code)
+            _exit(exc.exit_code)
         except KeyboardInterrupt:  # a second Ctrl-C: stopped without the summary
             if os.environ.get("SCORING_DEBUG") == "1":
                 raise
             click.echo("interrupted; run again with --mode resume to finish", err=True)
-            sys.exit(130)
+            _exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _exit(code: int) -> None:
+    """Exit with ``code``; at once when a worker thread is still busy (a shard abandoned on a
+    stalled store, or mid-run in ONNX Runtime): the interpreter's shutdown would wait for it, or
+    tear its session down under it."""
+    from scoring import threads
+
+    if threads.busy():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _load(config: str, sets: tuple[str, ...], mode: str | None = None) -> Any:
@@ -87,7 +100,7 @@ def run(
     click.echo(summary(result.job, result.records))
     if result.job["status"] == "interrupted":
         click.echo(interrupted_message(result), err=True)
-        sys.exit(130)
+        _exit(130)
     if not result.ok:
         from scoring.summary import resume_hint
 
@@ -95,7 +108,8 @@ def run(
         totals = result.job["totals"]
         if totals["shards_complete"] < totals["shards_planned"]:
             click.echo(resume_hint(result.job), err=True)
-        sys.exit(1)
+        _exit(1)
+    _exit(0)
 
 
 @cli.command()
@@ -177,12 +191,19 @@ def report(output_uri: str, html: str | None) -> None:
 
 @cli.command()
 @click.option("--dir", "directory", default="demo", show_default=True, help="Where to put the demo files.")
+@click.option(
+    "--runner",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: threads of this process; ray: a Ray started here.",
+)
 @_errors
-def demo(directory: str) -> None:
-    """Make a small model and datasets, score them locally, print where everything is."""
+def demo(directory: str, runner: str) -> None:
+    """Make a small model and datasets, score them on this machine, print where everything is."""
     from scoring.demo import run_demo
 
-    sys.exit(run_demo(directory, echo=click.echo))
+    sys.exit(run_demo(directory, echo=click.echo, runner=runner))
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 from typing import Any
 
 from scoring.config import ComputeConfig
@@ -45,6 +46,15 @@ def starts_locally(address: str | None) -> bool:
     import ray
 
     return not ray.is_initialized() and not (address or os.environ.get("RAY_ADDRESS"))
+
+
+def joining(address: str | None) -> str:
+    """What ``connect(address)`` is about to do, said before ``import ray`` takes its second."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return "using the Ray this process started"
+    address = address or os.environ.get("RAY_ADDRESS")
+    return f"joining the Ray cluster at {address}" if address else "starting Ray on this machine"
 
 
 def local_cpus() -> float:
@@ -174,8 +184,9 @@ def _monitor_types(gcs: Any, timeout: float) -> list[NodeType]:
     ]
 
 
-def connect(address: str | None) -> bool:
-    """Join ``address`` (or ``RAY_ADDRESS``), or start Ray locally. True if this call started it."""
+def connect(address: str | None, quiet: bool = True) -> bool:
+    """Join ``address`` (or ``RAY_ADDRESS``), or start Ray locally. True if this call started it.
+    Ray's own lines stay out of the way when ``quiet`` (unless ``SCORING_DEBUG=1``)."""
     import ray
 
     if ray.is_initialized():
@@ -183,7 +194,7 @@ def connect(address: str | None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS") or None
     # Ray's own lines (the token-authentication notice, workers' logs) only when debugging: the
     # job reports what matters itself, and a worker's errors reach the driver as exceptions.
-    debug = os.environ.get("SCORING_DEBUG") == "1"
+    debug = os.environ.get("SCORING_DEBUG") == "1" or not quiet
     kwargs: dict[str, Any] = {
         "logging_level": logging.INFO if debug else logging.ERROR,
         "log_to_driver": debug,

@@ -227,8 +227,9 @@ def write_images(
     return paths
 
 
-def run_demo(directory: str, echo: Callable[[str], None] = print) -> int:
-    """Build everything under ``directory``, score tables and images, print where it went."""
+def run_demo(directory: str, echo: Callable[[str], None] = print, runner: str = "local") -> int:
+    """Build everything under ``directory``, score tables, images and texts on ``runner``, print
+    where it went."""
     from scoring import cluster
     from scoring.config import load_config
     from scoring.job import run_job
@@ -282,7 +283,9 @@ def run_demo(directory: str, echo: Callable[[str], None] = print) -> int:
             "output": {"uri": str(root / "out-texts"), "mode": "overwrite", "embedding": {"pooling": "mean"}},
         },
     }
-    started = cluster.connect(None)
+    for data in jobs.values():
+        data["compute"] = {"runner": runner}
+    started = cluster.connect(None) if runner == "ray" else False
     status = 0
     try:
         for name, data in jobs.items():

@@ -138,9 +138,11 @@ def run_job(
     started_ray = False
     try:
         try:
-            spec, out, job_plan, settled = _prepare(cfg, address, echo)
+            spec, out, job_plan, settled, runs = _prepare(cfg, address, echo)
             t0 = time.time()
-            started_ray = cluster.connect(address) if cfg.compute.runner == "ray" else False
+            if cfg.compute.runner == "ray":
+                echo(cluster.joining(address))
+                started_ray = cluster.connect(address)
             ray_init_s = time.time() - t0
             stop.install()  # ray.init installs its own SIGTERM handler
         except KeyboardInterrupt:
@@ -151,7 +153,7 @@ def run_job(
         if status == "succeeded":
             error = outcome.nothing_scored(records)
             status = "failed" if error else status
-        job = summary.job_record(spec, job_plan, records, run.scored, started, t_ready, status, error)
+        job = summary.job_record(spec, job_plan, records, run.scored, started, t_ready, status, error, runs)
         job["totals"]["ray_init_s"] = ray_init_s
         try:
             _write_summary(out, records, job, stop)
@@ -185,8 +187,9 @@ def _write_summary(out: sink.Output, records: list[ShardRecord], job: dict[str, 
 
 def _prepare(
     cfg: Config, address: str | None, echo: Echo
-) -> tuple[JobSpec, sink.Output, plan.Plan, dict[int, ShardRecord]]:
+) -> tuple[JobSpec, sink.Output, plan.Plan, dict[int, ShardRecord], list[dict[str, Any]]]:
     """Every check, the plan, then a probe write to OUT: all before Ray starts."""
+    echo(f"checking the config, the model and the input ({cfg.input.uri})")
     if cfg.compute.runner == "ray":
         cluster.check_address(address)
     spec, files = check(cfg)
@@ -196,8 +199,10 @@ def _prepare(
     spec = dataclasses.replace(spec, run_id=run_id, driver=(socket.gethostname(), os.getpid()))
     out = sink.Output(cfg.output.uri, cfg.storage_options, run_id)
     job_plan, settled = decide_plan(out, spec, files, echo)
+    runs = out.runs() if cfg.output.mode == "resume" else []  # before start_over removes _job.json
+    echo(f"planned {len(job_plan.shards)} shard(s) of {len(files)} input file(s)")
     storage.check_writable(cfg.output.uri, cfg.storage_options)  # the first write: none before it
-    return spec, out, job_plan, settled
+    return spec, out, job_plan, settled, runs
 
 
 def _score(
@@ -233,18 +238,18 @@ def _score(
         )
         runner.start()
         timeout = cfg.compute.placement_timeout_s
-        if not dispatch(runner, todo, run.settle, lambda: run.tick(stop), progress.message, timeout):
+        if not dispatch(runner, todo, run.settle, lambda: run.tick(stop), progress, timeout):
             return "interrupted", None, run
     except ScoringError as exc:  # the job's own stop says why; a worker's says what it was
         return "failed", str(exc) if isinstance(exc, JobFailed) else f"{type(exc).__name__}: {exc}", run
     finally:
         progress.close()
-        runner.stop()
-        try:  # no commit of this run lands after this; what stopped workers left half-written goes
+        try:  # no commit of this run lands after this: workers stop at their next chunk
             stop.bounded(out.revoke, "revoking the claim on OUT")
-            out.sweep()
         except ScoringError as exc:
             progress.message(f"could not revoke the claim on {out.uri}: {exc}")
+        runner.stop()
+        out.sweep()  # what stopped workers left half-written
     return "succeeded", None, run
 
 
@@ -306,7 +311,13 @@ class _Run:
 
     def _died(self, shard: Shard, why: str) -> ShardRecord:
         """A shard whose worker process kept dying: settled as failed, by the driver."""
-        rec = ShardRecord(index=shard.index, shard=shard.id, rows=shard.rows or 0, started_at=time.time())
+        rec = ShardRecord(
+            index=shard.index,
+            shard=shard.id,
+            rows=shard.rows or 0,
+            started_at=time.time(),
+            run_id=self.spec.run_id,
+        )
         reason = Reason("infer", "WorkerDied", f"{shard.id}: {why}")
         failed = formats.every_row(shard, self.spec.format.provenance, reason)
         try:

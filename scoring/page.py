@@ -8,15 +8,17 @@ kind with example rows, the slowest shards, and the job's config, model, provide
 from __future__ import annotations
 
 import html
-import json
 import time
 from collections.abc import Sequence
 from typing import Any
+
+import yaml
 
 from scoring.record import ShardRecord
 from scoring.report import STAGES, Report, totals_of
 
 COLORS = {
+    "setup_s": "#b07aa1",
     "wait_s": "#bab0ac",
     "read_s": "#4e79a7",
     "preprocess_s": "#f28e2b",
@@ -73,16 +75,19 @@ def render(report: Report) -> str:
     ]
     if job.get("error"):
         parts.append(f"<h2>Why it stopped</h2><div class='error'>{_e(job['error'])}</div>")
+    if job.get("runs"):
+        parts += ["<h2>Runs</h2>", _runs(job["runs"])]
     if recs:
         parts += [
             "<h2>Timeline</h2>",
             "<p class='muted'>One lane per worker, one bar per shard from its start to its commit; "
-            "colours show how its time divides between stages (chunks interleave them). Gaps are "
-            "idle workers; long bars are stragglers.</p>",
+            "colours show how its time divides between stages (chunks interleave them), and a "
+            "worker's setup comes before its first shard. Dashed lines mark where each run began "
+            "(a resumed job has several); gaps are idle workers, long bars stragglers.</p>",
             _legend(),
-            _timeline(recs),
+            _timeline(recs, job.get("runs") or []),
             "<h2>Throughput over time <span class='muted'>(rows scored per second)</span></h2>",
-            _throughput(recs),
+            _throughput(recs, job.get("runs") or []),
             "<h2>Time by stage</h2>",
             _stages(recs),
         ]
@@ -117,9 +122,13 @@ def _cards(job: dict[str, Any], recs: Sequence[ShardRecord]) -> str:
         ("rows rejected", f"{t['rows_failed']:,}"),
         ("failed shards", str(sum(r.status == "failed" for r in recs))),
     ]
+    runs = job.get("runs") or []
     if "wall_s" in t:
-        cards += [("wall time", f"{t['wall_s']:.1f} s"), ("rows/s", f"{t['rows_per_s']:,.0f}")]
-        cards.append(("start-up before the first shard", f"{t['ready_s']:.1f} s"))
+        over = f" ({len(runs)} runs)" if len(runs) > 1 else ""
+        cards += [(f"wall time{over}", f"{t['wall_s']:.1f} s"), (f"rows/s{over}", f"{t['rows_per_s']:,.0f}")]
+    if runs and runs[-1].get("startup_s") is not None:
+        label = "start-up before the first shard" + (" (last run)" if len(runs) > 1 else "")
+        cards.append((label, f"{runs[-1]['startup_s']:.1f} s"))
     devices = sorted({r.device for r in recs})
     if devices:
         cards.append(("devices", ", ".join(devices)))
@@ -130,7 +139,8 @@ def _cards(job: dict[str, Any], recs: Sequence[ShardRecord]) -> str:
 
 
 def _legend() -> str:
-    names = {"wait_s": "waiting for the session", "read_s": "read", "preprocess_s": "preprocess"}
+    names = {"setup_s": "worker setup", "wait_s": "waiting for the session", "read_s": "read"}
+    names |= {"preprocess_s": "preprocess"}
     names |= {"infer_s": "inference", "write_s": "write", "other": "other"}
     return (
         "<div class='legend'>"
@@ -139,9 +149,11 @@ def _legend() -> str:
     )
 
 
-def _span(recs: Sequence[ShardRecord]) -> tuple[float, float]:
-    t0 = min(r.started_at for r in recs)
-    t1 = max((r.finished_at or r.started_at) for r in recs)
+def _span(recs: Sequence[ShardRecord], runs: Sequence[dict[str, Any]] = ()) -> tuple[float, float]:
+    """From the first run's start (or the first worker's setup) to the last shard's end."""
+    starts = [r.started_at - r.setup_s for r in recs] + [float(run["started_at"]) for run in runs]
+    t0 = min(starts)
+    t1 = max([(r.finished_at or r.started_at) for r in recs] + [float(run["ended_at"]) for run in runs])
     return t0, max(t1, t0 + 1e-3)
 
 
@@ -166,8 +178,8 @@ def _workers(recs: Sequence[ShardRecord]) -> dict[tuple[str, str], str]:
     return names
 
 
-def _timeline(recs: Sequence[ShardRecord]) -> str:
-    t0, t1 = _span(recs)
+def _timeline(recs: Sequence[ShardRecord], runs: Sequence[dict[str, Any]]) -> str:
+    t0, t1 = _span(recs, runs)
     names = _workers(recs)
     lanes: dict[tuple[str, str], list[list[ShardRecord]]] = {}
     for r in sorted(recs, key=lambda r: r.started_at):
@@ -178,7 +190,7 @@ def _timeline(recs: Sequence[ShardRecord]) -> str:
         else:
             row.append(r)
     label_w, width, bar, gap = 130, 1000, 13, 3
-    y, body = 8, []
+    y, body = 22, []  # room above the lanes for the runs' marks
     for (node, actor), rows in sorted(lanes.items(), key=lambda lane: int(names[lane[0]].split()[1])):
         lane_h = len(rows) * (bar + gap)
         body.append(
@@ -194,7 +206,16 @@ def _timeline(recs: Sequence[ShardRecord]) -> str:
                 body.append(_shard_bar(r, t0, t1, label_w, width, y + i * (bar + gap), bar))
         y += lane_h + 6
     axis = _ticks(t1 - t0, width, label_w, 0, y)
-    return f"<svg width='{label_w + width + 20}' height='{y + 22}'>" + "".join(axis + body) + "</svg>"
+    marks = []
+    for i, run in enumerate(runs, 1):  # where each run began: the gaps between runs are theirs
+        x = label_w + width * (float(run["started_at"]) - t0) / (t1 - t0)
+        title = f"run {i} ({run.get('status')}) started {_when(run.get('started_at'))}"
+        marks.append(
+            f"<g><title>{_e(title)}</title><line x1='{x:.1f}' x2='{x:.1f}' y1='2' y2='{y}' "
+            f"stroke='#333' stroke-dasharray='3,3'/><text x='{x + 3:.1f}' y='12'>run {i}</text></g>"
+        )
+    svg = "".join(axis + body + marks)
+    return f"<svg width='{label_w + width + 20}' height='{y + 22}'>{svg}</svg>"
 
 
 def _shard_bar(r: ShardRecord, t0: float, t1: float, x0: float, width: float, y: float, h: float) -> str:
@@ -203,7 +224,12 @@ def _shard_bar(r: ShardRecord, t0: float, t1: float, x0: float, width: float, y:
     w = max(((r.finished_at or r.started_at) - r.started_at) * scale, 1.5)
     wall = max(r.wall_s, 1e-9)
     parts, cursor = [], x
-    for stage in ("wait_s", *STAGES):
+    if r.setup_s:  # the worker's setup, before its first shard
+        sw = r.setup_s * scale
+        parts.append(
+            f"<rect x='{x - sw:.1f}' y='{y}' width='{sw:.1f}' height='{h}' fill='{COLORS['setup_s']}'/>"
+        )
+    for stage in ("wait_s", *STAGES):  # setup_s comes before the bar: see _timeline
         seg = min(w * getattr(r, stage) / wall, x + w - cursor)
         if seg > 0:
             parts.append(
@@ -232,8 +258,8 @@ def _short(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def _throughput(recs: Sequence[ShardRecord], buckets: int = 40) -> str:
-    t0, t1 = _span(recs)
+def _throughput(recs: Sequence[ShardRecord], runs: Sequence[dict[str, Any]], buckets: int = 40) -> str:
+    t0, t1 = _span(recs, runs)
     size = (t1 - t0) / buckets
     rows = [0.0] * buckets
     for r in recs:
@@ -265,7 +291,7 @@ def _throughput(recs: Sequence[ShardRecord], buckets: int = 40) -> str:
 
 
 def _stages(recs: Sequence[ShardRecord]) -> str:
-    sums = {s: sum(getattr(r, s) for r in recs) for s in ("wait_s", *STAGES)}
+    sums = {s: sum(getattr(r, s) for r in recs) for s in ("setup_s", "wait_s", *STAGES)}
     total = sum(sums.values()) or 1.0
     x, bar = 0.0, []
     for s, v in sums.items():
@@ -329,6 +355,36 @@ def _slowest(recs: Sequence[ShardRecord], n: int = 10) -> str:
     return f"<table><tr><th>shard</th><th>status</th>{head}<th>device</th><th>worker</th></tr>{rows}</table>"
 
 
+def _runs(runs: Sequence[dict[str, Any]]) -> str:
+    head = "".join(
+        f"<th class='n'>{h}</th>" for h in ("shards", "rows scored", "wall s", "rows/s", "start-up s")
+    )
+    rows = "".join(
+        f"<tr><td>run {i}</td><td>{_e(_when(r.get('started_at')))}</td>"
+        f"<td>{_e(_when(r.get('ended_at')))}</td>"
+        f"<td>{_e(r.get('status'))}</td><td class='n'>{r.get('shards', 0):,}</td>"
+        f"<td class='n'>{r.get('rows_scored', 0):,}</td><td class='n'>{r.get('wall_s', 0):.1f}</td>"
+        f"<td class='n'>{r.get('rows_per_s', 0):,.0f}</td>"
+        f"<td class='n'>{'-' if r.get('startup_s') is None else format(r['startup_s'], '.1f')}</td></tr>"
+        for i, r in enumerate(runs, 1)
+    )
+    return f"<table><tr><th></th><th>started</th><th>ended</th><th>how it ended</th>{head}</tr>{rows}</table>"
+
+
+def _shape(shape: Any) -> str:
+    """``[batch, 16]``, as the model declares it (``?`` where a dim has no name or size)."""
+    if shape is None:
+        return "(unknown)"
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _set(value: Any) -> Any:
+    """The config without the keys left unset (None): what was set, or defaulted to a value."""
+    if isinstance(value, dict):
+        return {k: _set(v) for k, v in value.items() if v is not None}
+    return value
+
+
 def _facts(job: dict[str, Any]) -> str:
     model = job.get("model") or {}
     facts = [
@@ -339,11 +395,12 @@ def _facts(job: dict[str, Any]) -> str:
     ]
     rows = "".join(f"<tr><th style='width:160px'>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
     ios = "".join(
-        f"<tr><td>{_e(kind)}</td><td>{_e(t['name'])}</td><td>{_e(t['dtype'])}</td><td>{_e(t['shape'])}</td></tr>"
+        f"<tr><td>{_e(kind)}</td><td>{_e(t['name'])}</td><td>{_e(t['dtype'])}</td>"
+        f"<td>{_e(_shape(t['shape']))}</td></tr>"
         for kind in ("inputs", "outputs")
         for t in model.get(kind, [])
     )
-    config = json.dumps(job.get("config", {}), indent=2)
+    config = yaml.safe_dump(_set(job.get("config", {})), sort_keys=False, default_flow_style=None)
     return (
         f"<table>{rows}</table><h2>Model inputs and outputs</h2><table><tr><th></th><th>name</th>"
         f"<th>type</th><th>shape</th></tr>{ios}</table><h2>Config</h2><pre>{_e(config)}</pre>"

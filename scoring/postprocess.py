@@ -48,7 +48,7 @@ class Postprocess:
                 f"output.postprocess: model output '{self.output}' gave shape {list(scores.shape)}; "
                 "class scores must be [N, C]"
             )
-        if self.labels is not None and scores.shape[1] != len(self.labels):
+        if self.labels is not None and len(scores) and scores.shape[1] != len(self.labels):
             raise ModelFailure(
                 f"output.postprocess: model output '{self.output}' has {scores.shape[1]} classes but "
                 f"{len(self.labels)} labels were given; give one label per class"

@@ -33,6 +33,7 @@ class Lines:
         self.pending_rows = 0  # rows of the shards not settled, where the plan knows or guesses them
         self.pending_bytes = 0  # bytes of those whose rows the plan cannot guess (tars)
         self.settled_bytes = 0
+        self.started = False  # a worker was ready: scoring began
 
     def start(self, shards: Sequence[Shard], settled: list[ShardRecord], what: str) -> None:
         """The job is about to dispatch the plan's ``shards``; ``settled`` are the shards an
@@ -80,10 +81,18 @@ class Lines:
             f"{rec.wall_s:.2f}s on {rec.device}"
         )
 
+    def ready(self, ready: int, workers: int) -> None:
+        """How many of the workers can take shards, each time that changes; rates count from
+        the first ready one."""
+        if ready and not self.started:
+            self.started, self.t0 = True, time.monotonic()
+        self.message(f"{ready} of {workers} worker(s) ready")
+
     def tick(self) -> None:
-        """Called often while the job runs: the summary line, when one is due."""
+        """Called often while the job runs: the summary line, when one is due (never before a
+        shard has settled: until then it would only say nothing happened)."""
         now = time.monotonic()
-        if now - self.last >= self.every_s:
+        if self.shards and now - self.last >= self.every_s:
             self.last = now
             self.message(self.summary())
 
@@ -134,7 +143,11 @@ class Bar(Lines):
         super().start(shards, settled, what)
         self.task = self.bar.add_task("scoring", total=max(self.total_rows, 1), **self._fields())
         self.bar.update(self.task, completed=self.rows)
-        self.bar.start()
+
+    def ready(self, ready: int, workers: int) -> None:
+        super().ready(ready, workers)
+        if ready and not self.bar.live.is_started:  # a bar only once something can move it
+            self.bar.start()
 
     def _fields(self) -> dict[str, Any]:
         bad = f"{self.rejected:,} rejected, {self.failed} failed" if self.rejected or self.failed else ""

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 STAGES = ("read", "decode", "preprocess", "infer", "write")
-STAGE_TIMES = ("read_s", "preprocess_s", "infer_s", "write_s", "wait_s")
+STAGE_TIMES = ("setup_s", "read_s", "preprocess_s", "infer_s", "write_s", "wait_s")
 ERROR_COLUMNS = pa.schema(
     [
         ("shard", pa.string()),
@@ -58,6 +58,9 @@ class ShardRecord:
         default=None, metadata=_column(pa.timestamp("us", tz="UTC"))
     )
     wall_s: float = dataclasses.field(default=0.0, metadata=_column(pa.float64()))
+    # The worker's one-off costs (model fetch, session, warm-up, first use of each stage), on its
+    # first shard's record and before that shard's start: never counted as any stage's work.
+    setup_s: float = dataclasses.field(default=0.0, metadata=_column(pa.float64()))
     read_s: float = dataclasses.field(default=0.0, metadata=_column(pa.float64()))
     preprocess_s: float = dataclasses.field(default=0.0, metadata=_column(pa.float64()))
     infer_s: float = dataclasses.field(default=0.0, metadata=_column(pa.float64()))
@@ -77,6 +80,7 @@ class ShardRecord:
     rejected_by_stage: dict[str, int] = dataclasses.field(default_factory=dict)
     rejected_by_kind: dict[str, int] = dataclasses.field(default_factory=dict)  # "stage: error" -> rows
     committed: bool = True  # False: OUT could not be written (no marker): resume scores it again
+    run_id: str = ""  # the run that scored it (a resumed job has several)
 
     @contextlib.contextmanager
     def timed(self, stage: str) -> Iterator[None]:

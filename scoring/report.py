@@ -112,11 +112,18 @@ def summary(job: dict[str, Any], records: Sequence[ShardRecord]) -> str:
         f"rows: {totals['rows']:,} scored or rejected, "
         f"{totals['rows_failed']:,} rejected, {totals['shards']} shard(s)",
     ]
+    runs = job.get("runs") or []
     if "wall_s" in totals:
-        lines.append(
-            f"wall: {totals['wall_s']:.2f}s ({totals['ready_s']:.2f}s before the first shard started), "
-            f"{totals['rows_per_s']:,.0f} rows/s end to end"
-        )
+        over = f" over {len(runs)} runs" if len(runs) > 1 else ""
+        lines.append(f"wall: {totals['wall_s']:.2f}s{over}, {totals['rows_per_s']:,.0f} rows/s end to end")
+    if len(runs) > 1:
+        for i, r in enumerate(runs, 1):
+            lines.append(
+                f"  run {i}: {r['status']}, {r.get('rows_scored', 0):,} rows in {r.get('wall_s', 0):.2f}s, "
+                f"{r.get('rows_per_s', 0):,.0f} rows/s"
+            )
+    elif runs and runs[-1].get("startup_s") is not None:
+        lines[-1] += f" ({runs[-1]['startup_s']:.2f}s before the first shard started)"
     if records:
         stage_sum = {s: sum(getattr(r, s) for r in records) for s in STAGES}
         busy = sum(stage_sum.values()) or 1.0

@@ -45,6 +45,7 @@ from typing import Any, Protocol
 
 from scoring.cluster import Pool
 from scoring.errors import JobFailed, ScoringError
+from scoring.progress import Lines
 from scoring.record import ShardRecord
 from scoring.shard import Shard
 from scoring.threads import DaemonPool
@@ -55,6 +56,7 @@ POLL_S = 0.2  # how often the dispatch loop looks at signals while it waits for 
 # replaced and its shards run again from the start, up to this many times each; then the shard
 # is failed.
 SHARD_ATTEMPTS = 3
+STOP_GRACE_S = 2.0  # the local runner's shards in flight, to reach their next chunk and stop
 
 
 class WorkerDied(Exception):
@@ -88,7 +90,7 @@ def dispatch(
     shards: Sequence[Shard],
     settle: Callable[[Shard, concurrent.futures.Future[ShardRecord]], None],
     tick: Callable[[], bool],
-    echo: Callable[[str], None],
+    progress: Lines,
     placement_timeout_s: float = float("inf"),
 ) -> bool:
     """Keep the slots of every ready worker full until every shard is settled; ``settle`` is
@@ -105,7 +107,7 @@ def dispatch(
     while todo or running:
         ready = runner.ready()
         if len(ready) != announced and (todo or announced < 0):
-            echo(f"{len(ready)} of {runner.workers} worker(s) ready")
+            progress.ready(len(ready), runner.workers)
             announced = len(ready)
         if ready or running:
             last_ready = time.monotonic()
@@ -131,7 +133,7 @@ def dispatch(
                 runner.replace(died.worker, died.handle)
                 attempts[shard.index] += 1
                 if attempts[shard.index] < SHARD_ATTEMPTS:
-                    echo(f"  {shard.id}: {died}; scoring it again")
+                    progress.message(f"  {shard.id}: {died}; scoring it again")
                     todo.appendleft(shard)
                     continue
             settle(shard, future)
@@ -176,10 +178,11 @@ class LocalRunner:
         raise AssertionError("threads of this process do not die alone")
 
     def stop(self) -> None:
-        # Running shards stop at their next chunk (the job revoked its claim on OUT first), or,
-        # stuck on a store that stopped answering, are abandoned with the process: not waited for.
+        # Running shards stop at their next chunk (the job revoked its claim on OUT first): wait
+        # for that, so no session is torn down while it runs. One stuck on a store that stopped
+        # answering is abandoned with the process after STOP_GRACE_S.
         if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool.shutdown(wait=True, cancel_futures=True, timeout=STOP_GRACE_S)
 
 
 class ShardActor:

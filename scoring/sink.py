@@ -168,6 +168,27 @@ class Output:
         so = self.storage_options
         return [n for n in JOB_FILES if n != LOCK and storage.exists(self.join(n), so)]
 
+    def runs(self) -> list[dict[str, Any]]:
+        """The runs of the job in OUT so far, for a run that resumes it: those its ``_job.json``
+        lists, and one whose driver stopped without a summary (its claim is still there)."""
+        runs: list[dict[str, Any]] = []
+        if storage.exists(self.join("_job.json"), self.storage_options):
+            runs = list(json.loads(self._read("_job.json")).get("runs") or [])
+        holder = self.holder()
+        known = {r.get("run_id") for r in runs}
+        if holder and holder.get("run_id") not in known and driver_state(holder) == "gone":
+            started = float(holder.get("started_at") or 0)
+            ended = float(holder.get("heartbeat_at") or started)
+            runs.append(
+                {
+                    "run_id": holder.get("run_id"),
+                    "started_at": started,
+                    "ended_at": ended,
+                    "status": "stopped",
+                }
+            )
+        return runs
+
     def read_plan(self) -> Plan | None:
         if not storage.exists(self.join(PLAN), self.storage_options):
             return None

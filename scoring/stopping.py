@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from scoring.errors import StorageError
 
-GRACE_S = 6.0  # storage calls after a signal, together (ray.shutdown and exit take the rest of 10 s)
+GRACE_S = 5.0  # storage calls after a signal, together (workers, ray.shutdown, exit: the rest of 10 s)
 T = TypeVar("T")
 
 

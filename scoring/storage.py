@@ -122,6 +122,7 @@ def list_files(uri: str, storage_options: dict[str, Any], suffixes: Iterable[str
     wanted = tuple(suffixes)
     root = listing_root(path)
     with translated(StorageError, f"listing {uri}"):
+        fs.invalidate_cache(root)  # files added since an earlier listing in this process count
         if any(ch in path for ch in "*?["):
             found = {p: i for p, i in fs.glob(path, detail=True).items() if i.get("type") == "file"}
         elif fs.isdir(path):
@@ -341,6 +342,7 @@ def list_names(uri: str, storage_options: dict[str, Any]) -> list[str]:
     """Full URIs of the entries directly under a folder; empty when it does not exist."""
     fs, path = split_uri(uri, storage_options)
     with translated(StorageError, f"listing {uri}"):
+        fs.invalidate_cache(path)  # other processes write here: never an earlier listing
         if not fs.exists(path):
             return []
         return sorted(unstrip(fs, p) for p in fs.ls(path, detail=False))

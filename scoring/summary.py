@@ -26,9 +26,11 @@ def job_record(
     t_ready: float,
     status: str,
     error: str | None,
+    runs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The record of a run that ended with ``status`` (and ``error``), over all of its plan's
-    ``records`` (this run's and those it resumed)."""
+    ``records`` (this run's and those it resumed) and all of its ``runs`` (the ones before this
+    one: each run's figures, and totals over them all)."""
     import onnxruntime
     import pyarrow
 
@@ -39,6 +41,10 @@ def job_record(
     rows = sum(r.rows for r in records)
     failed = sum(r.rows_failed for r in records)
     wall = finished - started
+    this = {"run_id": spec.run_id, "started_at": started, "ended_at": finished, "status": status}
+    every = [_run(r, records) for r in [*(runs or []), this]]
+    wall_all = sum(r["wall_s"] for r in every)
+    scored_all = sum(r.rows - r.rows_failed for r in records)
     versions = {
         "scoring": scoring.__version__,
         "onnxruntime": onnxruntime.__version__,
@@ -48,7 +54,8 @@ def job_record(
     if "ray" in sys.modules:  # the local runner never imports it
         versions["ray"] = sys.modules["ray"].__version__
     return {
-        "job_id": spec.run_id,
+        "job_id": every[0]["run_id"],  # the first run's: the job keeps it through resumes
+        "run_id": spec.run_id,
         "status": status,
         "error": secrets.text(error, secrets.values(cfg.storage_options)) if error else error,
         "config": secrets.config(cfg.model_dump(mode="json")),
@@ -71,12 +78,31 @@ def job_record(
             "shards_complete": sum(r.status in ("succeeded", "partial") for r in records),
             "shards_planned": len(job_plan.shards),
             "rows_planned": job_plan.rows,
-            "wall_s": wall,
+            "runs": len(every),
+            "wall_s": wall_all,  # every run's, added: a resumed job's rate is not one run's
+            "rows_per_s": scored_all / wall_all if wall_all > 0 else 0.0,
+            "run_wall_s": wall,  # this run's
             "ready_s": t_ready - started,  # checks, plan, Ray (if any): until the first shard went out
             "rows_scored_now": scored,
-            "rows_per_s": scored / wall if wall > 0 else 0.0,  # this run's rows over its wall time
         },
+        "runs": every,
         "argv": secrets.argv(sys.argv, secrets.values(cfg.storage_options)),
+    }
+
+
+def _run(run: dict[str, Any], records: list[ShardRecord]) -> dict[str, Any]:
+    """One run's figures, from its shards: rows scored, wall time, rate, and its start-up (its
+    first shard's start minus the run's)."""
+    mine = [r for r in records if r.run_id == run["run_id"]]
+    wall = max(float(run["ended_at"]) - float(run["started_at"]), 0.0)
+    scored = sum(r.rows - r.rows_failed for r in mine)
+    first = min((r.started_at for r in mine), default=None)
+    return run | {
+        "shards": len(mine),
+        "rows_scored": scored,
+        "wall_s": wall,
+        "rows_per_s": scored / wall if wall > 0 else 0.0,
+        "startup_s": first - float(run["started_at"]) if first is not None else None,
     }
 
 

@@ -12,10 +12,27 @@ from __future__ import annotations
 import concurrent.futures
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+_busy = 0  # calls running in any pool now
+_busy_lock = threading.Lock()
+
+
+def busy() -> bool:
+    """Whether a call still runs in some pool's thread: a process that exits then must not run
+    Python's finalisation under it (a session torn down mid-run aborts the process)."""
+    return _busy > 0
+
+
 Work = tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+def _count(n: int) -> None:
+    global _busy
+    with _busy_lock:
+        _busy += n
 
 
 class DaemonPool(concurrent.futures.Executor):
@@ -40,14 +57,19 @@ class DaemonPool(concurrent.futures.Executor):
             future, fn, args, kwargs = item
             if not future.set_running_or_notify_cancel():
                 continue
+            _count(+1)
             try:
                 future.set_result(fn(*args, **kwargs))
             except BaseException as exc:  # the caller gets it from the future
                 future.set_exception(exc)
+            finally:
+                _count(-1)
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop taking work; ``wait=False`` returns at once, leaving running calls to finish or be
-        abandoned with the process."""
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
+    ) -> None:
+        """Stop taking work; wait for running calls (up to ``timeout`` seconds), or with
+        ``wait=False`` return at once, leaving them to finish or be abandoned with the process."""
         self._closed = True
         if cancel_futures:
             while True:
@@ -60,5 +82,6 @@ class DaemonPool(concurrent.futures.Executor):
         for _ in self._threads:
             self._queue.put(None)
         if wait:
+            deadline = None if timeout is None else time.monotonic() + timeout
             for t in self._threads:
-                t.join()
+                t.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +20,44 @@ from scoring.demo import make_mlp, write_tables
 from scoring.errors import InputError
 
 
-def test_run_takes_a_file_or_a_dict_and_overrides(tmp_path: Path) -> None:
+def test_run_takes_a_file_or_a_dict_and_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = make_mlp(tmp_path / "m.onnx", (8, 3))
     write_tables(tmp_path / "d", files=2, rows=100, features=8)
     cfg = {**features_job(tmp_path / "d", model, keep=["id"]), "output": {"uri": str(tmp_path / "o")}}
     cfg["compute"] = {"runner": "local"}
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    lines: list[str] = []
-    result = scoring.run(path, overrides={"compute.batch_size": 7}, echo=lines.append)
+    result = scoring.run(path, overrides={"compute.batch_size": 7})
     assert result.ok and result.job["totals"]["rows"] == 200
     assert result.job["config"]["compute"]["batch_size"] == 7 and result.out == str(tmp_path / "o")
-    assert any("[1/1]" in line for line in lines)  # two small files: one shard
+    assert capsys.readouterr() == ("", "")  # nothing printed unless asked
     again = scoring.run(
-        cfg, overrides={"output.mode": "overwrite", "output.outputs": {"p": "probs"}}, echo=None
+        cfg, overrides={"output.mode": "overwrite", "output.outputs": {"p": "probs"}}, progress=True
     )
     assert again.ok and again.records[0].rows == 200
+    shown = capsys.readouterr().out
+    assert "checking the config" in shown and "[1/1]" in shown and "status: " not in shown
     with pytest.raises(InputError, match="no column 'nope'"):
-        scoring.run(cfg, overrides={"input.columns": {"x": "nope"}, "output.mode": "overwrite"}, echo=None)
+        scoring.run(cfg, overrides={"input.columns": {"x": "nope"}, "output.mode": "overwrite"})
+
+
+QUIET = """
+import pyarrow as pa, ray, scoring
+ray.init(logging_level="ERROR", log_to_driver=False)  # Ray's own start-up notices: the user's call
+ds = ray.data.from_arrow(pa.table({"id": list(range(64)), "x": [[1.0] * 8] * 64}))
+scored = scoring.predict(ds, model=MODEL, keep=["id"], batch_size=16, actors=1)
+print(len(scored.take_all()))
+"""
+
+
+def test_predict_prints_nothing_unless_asked(tmp_path: Path) -> None:
+    """In a fresh process, as a user's script: scoring.predict and the run of its Dataset add no
+    line — no Ray Data bars or execution lines, no warning about actor arguments."""
+    model = make_mlp(tmp_path / "m.onnx", (8, 3))
+    code = QUIET.replace("MODEL", repr(model))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "64\n" and proc.stderr == "", proc.stdout + proc.stderr
 
 
 def test_predict_on_a_dataset_with_the_job_rules_and_postprocess(ray_session: Any, tmp_path: Path) -> None:

@@ -204,3 +204,29 @@ def test_an_unreadable_parquet_image_shard_is_a_failed_shard_not_a_crash(run_job
     assert error["stage"] == "read" and error["file"].endswith("b.parquet") and error["row"] is None
     assert "b.parquet: cannot read Parquet file" in error["message"]
     assert read_predictions(result.out).num_rows == 2
+
+
+def photo(width: int, height: int, exif_rotate: bool = False) -> bytes:
+    """A camera-like JPEG: smooth content plus sensor noise, quality 90."""
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.stack(
+        [127 + 90 * np.sin(xx / 97), 127 + 90 * np.cos(yy / 83), 127 + 90 * np.sin((xx + yy) / 131)], -1
+    )
+    return encode(
+        np.clip(img + rng.normal(0, 10, img.shape), 0, 255).astype(np.uint8), "JPEG", exif_rotate=exif_rotate
+    )
+
+
+@pytest.mark.parametrize("resize", ["stretch", "center_crop", "letterbox"])
+@pytest.mark.parametrize("rotated", [False, True])
+def test_photos_are_decoded_small_and_match_a_full_decode(resize: str, rotated: bool) -> None:
+    """JPEGs larger than needed are decoded at 1/2-1/8 scale (draft mode): within what resizing
+    already changes of a full decode (a couple of levels of 255 at most)."""
+    data = photo(1600, 1200, exif_rotate=rotated)
+    cfg = ImageConfig(resize=resize, mean=MEAN, std=STD)
+    got = images.normalise(images.decode(data, cfg, (96, 128))[None], cfg, "NCHW", "float32")[0]
+    expected = reference(data, (96, 128), resize, "RGB", "NCHW")
+    assert got.shape == expected.shape == (3, 96, 128)
+    levels = np.abs(got - expected) * np.array(STD, np.float32)[:, None, None] * 255
+    assert levels.max() <= 4 and levels.mean() < 1, (levels.max(), levels.mean())

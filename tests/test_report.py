@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import Terminal, features_job, write_parquet
@@ -96,7 +97,7 @@ def test_the_report_page_shows_workers_shards_stages_and_rejections(tmp_path: Pa
     assert proc.returncode == 0, proc.stderr
     page = page_path.read_text()
     assert "<script" not in page and "http://" not in page and "https://" not in page  # self-contained
-    shards = re.findall(r"<g><title>([^<]*)</title>", page)
+    shards = [t for t in re.findall(r"<g><title>([^<]*)</title>", page) if " rows, " in t]
     assert len(shards) == 4 and all("part-00" in s for s in shards)
     assert "worker 1" in page and "worker 2" in page and "worker 3" not in page  # a lane per worker
     assert "actor local-0" in page and "actor local-1" in page  # their ids, on hover
@@ -106,7 +107,7 @@ def test_the_report_page_shows_workers_shards_stages_and_rejections(tmp_path: Pa
     rejected = page[page.index("<h2>Rejected rows</h2>") : page.index("<h2>Slowest shards</h2>")]
     assert "preprocess" in rejected and "NullValue" in rejected and "row 100:" in rejected
     assert "read" in rejected and "(file)" in rejected
-    assert "CPUExecutionProvider" in page and "&quot;batch_size&quot;: 256" in page
+    assert "CPUExecutionProvider" in page and "batch_size: 256" in page  # the config, as YAML
 
     # While a job runs (no _job.json yet) the page says so and counts against the plan.
     for name in ("_job.json", "_shards.parquet", "_errors.parquet"):
@@ -117,3 +118,43 @@ def test_the_report_page_shows_workers_shards_stages_and_rejections(tmp_path: Pa
     )
     page = page_path.read_text()
     assert ">running</span>" in page and "<b>2 / 4</b>" in page  # 3 settled, 1 of them failed
+
+
+def test_the_report_of_a_resumed_job_counts_every_run(tmp_path: Path) -> None:
+    from scoring.config import load_config
+    from scoring.job import run_job
+    from scoring.page import render
+    from scoring.report import load_report, summary
+
+    model = make_mlp(tmp_path / "m.onnx", (8, 16, 4))
+    write_tables(tmp_path / "d", files=4, rows=2_000, features=8)
+    cfg = features_job(tmp_path / "d", model, keep=["id"], actors=1, runner="local")
+    cfg["input"]["rows_per_shard"] = 2_000  # a shard per file
+    cfg["output"] = {"uri": str(tmp_path / "o")}
+    first = run_job(load_config(data=cfg, environ={}), echo=lambda _: None)
+    for n in (1, 3):  # as if the first run had died before these two shards
+        (tmp_path / "o" / "_progress" / f"part-00000{n}.json").unlink()
+    cfg["output"]["mode"] = "resume"
+    second = run_job(load_config(data=cfg, environ={}), echo=lambda _: None)
+    assert second.ok and second.job["job_id"] == first.job["job_id"] != second.job["run_id"]
+    runs = second.job["runs"]
+    assert [(r["run_id"], r["shards"], r["rows_scored"]) for r in runs] == [
+        (first.job["run_id"], 2, 4_000),  # its two shards that stayed settled
+        (second.job["run_id"], 2, 4_000),
+    ]
+    totals = second.job["totals"]
+    assert totals["runs"] == 2 and totals["rows_scored_now"] == 4_000
+    assert totals["wall_s"] == pytest.approx(sum(r["wall_s"] for r in runs))
+    assert totals["rows_per_s"] == pytest.approx(8_000 / totals["wall_s"])  # not the last run's rate
+    for r in runs:  # start-up: the run's first shard's start minus the run's start
+        assert 0 < r["startup_s"] < r["wall_s"]
+    report = load_report(str(tmp_path / "o"))
+    text = summary(report.job, report.records)
+    assert "over 2 runs" in text and "run 1: succeeded, 4,000 rows" in text and "run 2: succeeded" in text
+    page = render(report)
+    assert "<h2>Runs</h2>" in page and ">run 1</text>" in page and ">run 2</text>" in page
+    assert "wall time (2 runs)" in page and "null" not in page.split("<h2>Config</h2>")[1]
+    assert "[batch, 8]" in page and "worker setup" in page
+    shards = pq.read_table(tmp_path / "o" / "_shards.parquet").to_pylist()
+    assert sum(s["setup_s"] > 0 for s in shards) == 2  # one worker per run: its first shard
+    assert all(s["preprocess_s"] < s["wall_s"] for s in shards)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import io
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 LETTERBOX_FILL = 114
+REDUCING_GAP = 2
 RESAMPLING = {"nearest": "NEAREST", "bilinear": "BILINEAR", "bicubic": "BICUBIC", "lanczos": "LANCZOS"}
 # Images decoded at once: enough for a few batches, little memory (~10 MB at 224x224).
 IMAGES_PER_CHUNK = 64
@@ -178,12 +180,40 @@ def decode(data: bytes, cfg: ImageConfig, size: tuple[int, int]) -> np.ndarray:
     if not data:
         raise ValueError("empty file (0 bytes)")
     with Image.open(io.BytesIO(data)) as opened:
+        if opened.format == "JPEG":
+            # Decode no larger than the resize needs: the JPEG decoder scales by 1/2, 1/4 or 1/8
+            # in the DCT domain (a 12 MP photo to 224x224: 45 ms instead of 145, one core), to at
+            # least REDUCING_GAP times the size the resize makes, as Pillow's thumbnail() does,
+            # so the resize still has the detail it averages (within 2 levels of 255 of a full
+            # decode).
+            w, h = _needed(opened, cfg, size)
+            opened.draft(
+                opened.mode if opened.mode in ("RGB", "L") else "RGB", (w * REDUCING_GAP, h * REDUCING_GAP)
+            )
         opened.load()
         img = ImageOps.exif_transpose(opened)
     img = _convert(img, "L" if cfg.mode == "L" else "RGB")
     img = _resize(img, cfg, size)
     arr = np.asarray(img, dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _needed(img: Image.Image, cfg: ImageConfig, size: tuple[int, int]) -> tuple[int, int]:
+    """The smallest (width, height) of the stored image that the resize still reads at full
+    detail: both sides of ``size`` for stretch, the scaled image for center_crop and letterbox
+    (which keep the aspect); in the stored orientation (EXIF may turn it)."""
+    h, w = size
+    iw, ih = img.size
+    if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # shown turned by 90 degrees
+        h, w = w, h
+    if cfg.resize == "stretch":
+        return w, h
+    if cfg.resize == "center_crop":
+        scale = (cfg.resize_short_side or min(h, w)) / min(iw, ih)
+        scale = max(scale, w / iw, h / ih)
+    else:
+        scale = min(w / iw, h / ih)
+    return max(1, math.ceil(iw * scale)), max(1, math.ceil(ih * scale))
 
 
 def _convert(img: Image.Image, mode: str) -> Image.Image:
