@@ -16,8 +16,12 @@ from scoring.errors import ConfigError
 
 
 def scoring(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI in its own process; ``run`` on the local runner: exit codes and messages are the
+    same on both, and Ray, where it is the subject, is tested in test_faults and test_cluster."""
     import os
 
+    if args[:1] == ("run",) and "--runner" not in args:
+        args = (*args, "--runner", "local")
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "scoring", *args], capture_output=True, text=True, env=full_env, timeout=300

@@ -29,12 +29,12 @@ from scoring.demo import make_mlp, write_tables
 
 pytestmark = pytest.mark.slow
 
-FILES, ROWS = 12, 100_000
+FILES, ROWS = 12, 40_000
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """12 files of 100k rows and an MLP heavy enough (~1 s a shard) to stop a job halfway."""
+    """12 files of 40k rows and an MLP heavy enough (~0.4 s a shard) to stop a job halfway."""
     root = tmp_path_factory.mktemp("faults")
     model = make_mlp(root / "mlp.onnx", (64, 512, 512, 10))
     write_tables(root / "data", files=FILES, rows=ROWS, features=64)
@@ -44,6 +44,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def config(tmp_path: Path, data: dict[str, Any], runner: str = "ray", **extra: Any) -> Path:
     cfg = features_job(data["data"], data["model"], keep=["id"], actors=2, batch_size=4096, runner=runner)
     cfg["output"] = {"uri": str(tmp_path / "out")}
+    cfg["input"]["rows_per_shard"] = ROWS  # a shard per file
     for section, values in extra.items():
         cfg.setdefault(section, {}).update(values)
     path = tmp_path / "job.yaml"
@@ -159,7 +160,7 @@ def test_ctrl_c_on_a_terminal_stops_in_seconds_and_resume_finishes(
 
 
 def test_predictions_are_readable_while_the_job_runs_and_sigterm_stops_it(tmp_path: Path, data: dict) -> None:
-    path = config(tmp_path, data)
+    path = config(tmp_path, data, "local", compute={"actors": 1, "shards_in_flight": 1})  # a commit at a time
     out = tmp_path / "out"
     proc = start(path)
     wait_for(lambda: (out / "predictions").exists(), what="the job to start")
@@ -250,7 +251,11 @@ def test_the_rejected_rows_limit_stops_a_job_with_shards_in_flight(tmp_path: Pat
             bad / f"part-{i:03d}.parquet",
         )
     path = config(
-        tmp_path, {**data, "data": bad}, errors={"max_rejected_rows": 5}, input={"rows_per_shard": 50_000}
+        tmp_path,
+        {**data, "data": bad},
+        "local",
+        errors={"max_rejected_rows": 5},
+        input={"rows_per_shard": 50_000},
     )
     out = tmp_path / "out"
     proc = run(path)
@@ -273,7 +278,7 @@ def test_input_added_changed_or_removed_between_runs(tmp_path: Path) -> None:
     model = make_mlp(tmp_path / "m.onnx", (8, 4))
     data = tmp_path / "data"
     write_tables(data, files=3, rows=100, features=8)
-    cfg = features_job(data, model, keep=["id"], actors=1)
+    cfg = features_job(data, model, keep=["id"], actors=1, runner="local")
     cfg["input"]["rows_per_shard"] = 100  # a shard per file
     cfg["output"] = {"uri": str(tmp_path / "out")}
     path = tmp_path / "job.yaml"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -57,11 +60,8 @@ def test_a_terminal_gets_one_live_bar_and_no_ray_noise(tmp_path: Path) -> None:
 def test_a_log_gets_a_line_per_shard_and_summaries(tmp_path: Path) -> None:
     path = job_with_bad_rows(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "scoring", "run", str(path), "--runner", "ray"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+        [sys.executable, "-m", "scoring", "run", str(path)], capture_output=True, text=True, timeout=300
+    )  # the local runner: Ray's noise is the terminal test's subject
     assert proc.returncode == 0, proc.stderr
     shard_lines = [line for line in proc.stdout.splitlines() if re.match(r"  \[\d/4\] ", line)]
     assert len(shard_lines) == 4 and any("failed" in line for line in shard_lines)
@@ -109,9 +109,15 @@ def test_the_report_page_shows_workers_shards_stages_and_rejections(tmp_path: Pa
     assert "read" in rejected and "(file)" in rejected
     assert "CPUExecutionProvider" in page and "batch_size: 256" in page  # the config, as YAML
 
-    # While a job runs (no _job.json yet) the page says so and counts against the plan.
+    # While a job runs (no _job.json yet, its driver alive: here, this process) the page says so
+    # and counts against the plan.
     for name in ("_job.json", "_shards.parquet", "_errors.parquet"):
         (out / name).unlink()
+    from scoring.sink import _process_start
+
+    me = os.getpid()
+    claim = {"run_id": "r", "host": socket.gethostname(), "pid": me, "process_start": _process_start(me)}
+    (out / "_run.json").write_text(json.dumps(claim))
     next(iter(sorted((out / "_progress").iterdir()))).unlink()
     subprocess.run(
         [sys.executable, "-m", "scoring", "report", str(out), "--html", str(page_path)], check=True

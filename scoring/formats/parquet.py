@@ -49,6 +49,25 @@ class Parquet:
     def __init__(self, inp: InputConfig, storage_options: dict[str, Any]) -> None:
         self.inp, self.so = inp, storage_options
         self.root = listing_root(inp.uri, storage_options)
+        # Footers read on the driver, for the schema and then the plan: one read (a GET in a
+        # bucket) per file, not two. Not shipped to the workers.
+        self.footers: dict[str, tuple[pa.Schema, list[int]] | InputError] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__ | {"footers": {}}
+
+    def footer(self, uri: str) -> tuple[pa.Schema, list[int]]:
+        """A file's schema and rows per row group, read once (a failure too: its retries took
+        their time already). Raises ``InputError``."""
+        if uri not in self.footers:
+            try:
+                self.footers[uri] = read_footer(uri, self.so)
+            except InputError as exc:
+                self.footers[uri] = exc
+        found = self.footers[uri]
+        if isinstance(found, InputError):
+            raise found
+        return found
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -101,8 +120,8 @@ class Parquet:
     def _footers(self, files: Sequence[FileInfo]) -> list[Layout]:
         def one(f: FileInfo) -> Layout:
             try:
-                return row_groups(f.uri, self.so)
-            except (OSError, pa.ArrowException, StorageError):
+                return self.footer(f.uri)[1]
+            except InputError:
                 return None  # a corrupt file is planned whole; scoring it fails its rows, not the job
 
         return _threaded(one, files, FOOTER_THREADS)
@@ -113,7 +132,7 @@ class Parquet:
         """The first file's columns (and its Hive partitions, as strings), with ``columns``
         unified over every file that has them. Raises ``InputError`` naming two files that
         disagree."""
-        first = read_schema(files[0].uri, self.so)
+        first = self.footer(files[0].uri)[0]
         parts = partitions(files[0].uri, self.root)
         fields = [f for f in first if f.name not in parts] + [pa.field(k, pa.string()) for k in parts]
         stored = [c for c in dict.fromkeys(columns) if c in first.names and c not in parts]
@@ -127,7 +146,7 @@ class Parquet:
             merged = _inspect_local([f.uri for f in files])
             if merged is not None:  # every file agrees (a column of nulls takes the others' type)
                 return {c: merged.field(c).type for c in columns}
-        return _unify_files(files, columns, first, lambda uri: read_schema(uri, self.so))
+        return _unify_files(files, columns, first, lambda uri: self.footer(uri)[0])
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -304,30 +323,23 @@ def _ranges(layout: Layout, rows_per_shard: int) -> list[Range]:
 # -- footers and schemas ---------------------------------------------------------------------
 
 
-def row_groups(uri: str, storage_options: dict[str, Any]) -> list[int]:
-    """Rows per row group of a Parquet file, from its footer alone (small ranged reads)."""
+def read_footer(uri: str, storage_options: dict[str, Any]) -> tuple[pa.Schema, list[int]]:
+    """A Parquet file's schema and rows per row group, from its footer alone (small ranged reads,
+    retried when transient). Raises ``InputError`` when it cannot be read."""
     import pyarrow.parquet as pq
 
     fs, path = storage.split_uri(uri, storage_options)
 
-    def read() -> list[int]:
+    def read() -> tuple[pa.Schema, list[int]]:
         # A small block: s3fs would otherwise fetch 50 MiB to read a footer of a few KB.
         with fs.open(path, "rb", block_size=1 << 16) as f:
-            meta = pq.ParquetFile(f).metadata
-            return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+            file = pq.ParquetFile(f)
+            meta = file.metadata
+            return file.schema_arrow, [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
-    return storage.with_retries(read, f"reading the footer of {uri}")
-
-
-def read_schema(uri: str, storage_options: dict[str, Any]) -> pa.Schema:
-    """The Arrow schema of a Parquet file, from its footer. Raises ``InputError`` if unreadable."""
-    import pyarrow.parquet as pq
-
-    fs, path = storage.split_uri(uri, storage_options)
     try:
-        with fs.open(path, "rb", block_size=1 << 16) as f:
-            return pq.ParquetFile(f).schema_arrow
-    except (OSError, pa.ArrowException) as exc:
+        return storage.with_retries(read, f"reading the footer of {uri}")
+    except (OSError, pa.ArrowException, StorageError) as exc:
         raise InputError(f"{uri}: cannot read the Parquet footer ({exc}). Is it a Parquet file?") from exc
 
 
