@@ -64,6 +64,15 @@ def start(path: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def resume(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scoring", "run", str(path), "--mode", "resume"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def markers(fs: Any, out: str) -> int:
     prefix = out.removeprefix("s3://") + "/_progress"
     fs.invalidate_cache()
@@ -108,13 +117,7 @@ def test_sigterm_stops_a_job_on_a_stalled_store_within_10_s(
         assert "interrupted" in err and "--mode resume" in err
         assert "Traceback" not in err
         proxy.set("pass")
-        resumed = subprocess.run(
-            [sys.executable, "-m", "scoring", "run", str(path), "--mode", "resume"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert resumed.returncode == 0, resumed.stderr
+        assert resume(path).returncode == 0
     finally:
         proxy.close()
     exactly_once(fs, out)
@@ -142,12 +145,7 @@ def test_an_outage_mid_job_is_not_a_takeover_and_resume_finishes(
         assert failed and job["totals"]["shards_complete"] == FILES - len(failed)
         if proc.returncode == 1:
             assert f"{FILES - len(failed)} of {FILES} shards complete; run again with --mode resume" in err
-        resumed = subprocess.run(
-            [sys.executable, "-m", "scoring", "run", str(path), "--mode", "resume"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        resumed = resume(path)
         assert resumed.returncode == 0, resumed.stderr
         assert f"scoring {len(failed)} of {FILES} shard(s)" in resumed.stdout  # the failed ones
     finally:
@@ -187,12 +185,7 @@ def test_a_full_disk_fails_the_job_with_the_resume_hint(tmp_path: Path) -> None:
         done = pads.dataset(disk / "out" / "predictions", format="parquet").to_table()  # readable
         assert done.num_rows == job["totals"]["shards_complete"] * ROWS
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
-        resumed = subprocess.run(
-            [sys.executable, "-m", "scoring", "run", str(path), "--mode", "resume"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        resumed = resume(path)
         assert resumed.returncode == 0, resumed.stderr
         ids = pads.dataset(disk / "out" / "predictions", format="parquet").to_table().column("id").to_numpy()
         np.testing.assert_array_equal(np.sort(ids), np.arange(6 * ROWS))
