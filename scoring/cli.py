@@ -43,16 +43,23 @@ def _errors(fn: F) -> F:
 
 
 def _exit(code: int) -> None:
-    """Exit with ``code``; at once when a worker thread is still busy (a shard abandoned on a
-    stalled store, or mid-run in ONNX Runtime): the interpreter's shutdown would wait for it, or
-    tear its session down under it."""
+    """Exit with ``code`` without Python's finalisation: a worker thread may still be busy (a
+    shard abandoned on a stalled store, or mid-run in ONNX Runtime) and Arrow's background
+    threads may still be alive — finalising under either aborts the process ("terminate called
+    without an active exception", apache/arrow#34314) after the job's outcome was decided.
+    Everything is committed by now; the exit handlers (Ray's shutdown, logging) still run when
+    no thread is busy."""
+    import atexit
+
     from scoring import threads
 
-    if threads.busy():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if not threads.busy():
+        atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    os._exit(code)
 
 
 def _load(config: str, sets: tuple[str, ...], mode: str | None = None) -> Any:
@@ -207,4 +214,10 @@ def demo(directory: str, runner: str) -> None:
 
 
 def main() -> None:
-    cli(prog_name="scoring")
+    try:
+        cli(prog_name="scoring")
+    except SystemExit as exc:  # every command's exit, click's own included, skips finalisation
+        if exc.code is None or isinstance(exc.code, int):
+            _exit(exc.code or 0)
+        click.echo(exc.code, err=True)
+        _exit(1)

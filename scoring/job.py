@@ -330,10 +330,14 @@ class _Run:
 
     def collect(self, stop: Stop) -> list[ShardRecord]:
         """Every settled shard: those seen here, and any whose marker landed before the claim was
-        revoked but whose record never reached the driver (an interrupted or stopped run). When
-        OUT cannot be listed, the records seen here."""
+        revoked but whose record never reached the driver (an interrupted or stopped run). A
+        shard that failed to write yet has a marker wins it back: the write landed and only the
+        store's answer was lost (a connection reset mid-outage), so resume will not score it
+        again and the summary must not call it failed. When OUT cannot be listed, the records
+        seen here."""
+        known = [i for i, r in self.records.items() if r.committed]
         try:
-            found = stop.bounded(lambda: self.out.markers(skip=self.records), "listing the shards settled")
+            found = stop.bounded(lambda: self.out.markers(skip=known), "listing the shards settled")
             self.records.update(found)
         except ScoringError as exc:
             self.progress.message(f"could not list the shards settled in {self.out.uri}: {exc}")

@@ -7,6 +7,7 @@ protocol's package is imported lazily by fsspec, and a missing one gets an insta
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import posixpath
@@ -60,13 +61,34 @@ def split_uri(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[
             f"{uri}: the {protocol}:// filesystem lives inside one process, so Ray workers "
             "cannot see it. Use a local path, a shared path or object storage (s3://, gs://, az://)."
         )
+    options = with_timeouts(protocol, storage_options or {})
+    if protocol in ("s3", "s3a") and "session" not in options:
+        options["session"] = _s3_session()
     try:
-        fs, path = fsspec.core.url_to_fs(uri, **with_timeouts(protocol, storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(uri, **options)
     except (ImportError, ValueError) as exc:
         extra = PROTOCOL_EXTRAS.get(protocol)
         hint = f" Install it with: pip install 'scoring[{extra}]'" if extra else ""
         raise StorageError(f"{uri}: no filesystem for protocol '{protocol}' ({exc}).{hint}") from exc
     return fs, path
+
+
+@functools.cache
+def _s3_session() -> Any:
+    """The process's botocore session for s3fs, without ``Expect: 100-continue`` on uploads.
+
+    botocore asks every PUT to wait for "100 Continue" before its body; when the connection drops
+    in that wait (a store restarting, a load balancer resetting), aiohttp waits for the answer
+    forever: no connect or read timeout covers it, and the upload, its shard and the job hang.
+    Without the header a PUT is one round trip fewer and a dropped connection is an error that
+    is retried. One session for all: s3fs keys its cached filesystems by their arguments.
+    """
+    from aiobotocore.session import AioSession
+    from botocore.handlers import add_expect_header
+
+    session = AioSession()
+    session.unregister("before-call.s3", add_expect_header)
+    return session
 
 
 def with_timeouts(protocol: str, storage_options: dict[str, Any]) -> dict[str, Any]:

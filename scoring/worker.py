@@ -167,8 +167,9 @@ class Worker:
         return rec
 
     def _uncommitted(self, shard: Shard, rec: ShardRecord, exc: StorageError) -> ShardRecord:
-        """A shard whose results could not be written: failed, with nothing of it in OUT (no
-        marker), so resume scores it again. Its record still reaches the driver."""
+        """A shard whose results could not be written: failed, so resume scores it again. Its
+        record still reaches the driver, which takes the shard's marker instead if one landed
+        after all (written, but the store's answer lost)."""
         reason = Reason("write", "StorageError", f"{shard.id}: could not be written: {exc}")
         rejected = every_row(shard, self.spec.format.provenance, reason)
         rec.rows = max(rec.rows, shard.rows or 0)

@@ -102,6 +102,7 @@ class TcpProxy:
         self.mode = "pass"
         self.lock = threading.Lock()
         self.open: list[socket.socket] = []
+        self.sent = bytearray()  # every byte clients sent upstream, to check what went out
         self.listener: socket.socket | None = None
         self._listen()
 
@@ -126,16 +127,19 @@ class TcpProxy:
             upstream = socket.create_connection((self.host, self.upstream_port))
             with self.lock:
                 self.open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, up in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(a, b, up), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
         try:
             while data := src.recv(65536):
                 while self.mode == "stall":
                     time.sleep(0.05)
                 if self.mode == "refuse":
                     break
+                if up:
+                    with self.lock:
+                        self.sent += data
                 dst.sendall(data)
         except OSError:
             pass
