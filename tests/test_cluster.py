@@ -230,12 +230,27 @@ def _job_api_up(address: str) -> bool:
 TOKEN = {"RAY_AUTH_MODE": "token"}  # Ray 2.60's `ray start` enables token auth by default
 
 
-def test_submit_runs_the_job_on_the_cluster_and_follows_it(ray_head: str, tmp_path: Path) -> None:
+def test_submit_runs_the_job_on_the_cluster_with_the_users_runtime_env_and_follows_it(
+    ray_head: str, tmp_path: Path
+) -> None:
     cfg = table_job(tmp_path)
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    env_file = tmp_path / "runtime_env.yaml"  # Ray's format: env_vars here; pip:, conda: ... alike
+    env_file.write_text(yaml.safe_dump({"env_vars": {"SCORING_ERRORS__MAX_REJECTED_ROWS": "5"}}))
+    json_env = json.dumps({"env_vars": {"SCORING_ERRORS__MAX_REJECTED_ROWS": "7"}})
     proc = scoring_cli(
-        "submit", str(path), "--address", ray_head, "--set", "compute.batch_size=64", env=TOKEN
+        "submit",
+        str(path),
+        "--address",
+        ray_head,
+        "--set",
+        "compute.batch_size=64",
+        "--runtime-env",
+        str(env_file),
+        "--runtime-env-json",
+        json_env,
+        env=TOKEN,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     job_id = proc.stdout.split("submitted job ", 1)[1].split()[0]
@@ -244,6 +259,18 @@ def test_submit_runs_the_job_on_the_cluster_and_follows_it(ray_head: str, tmp_pa
     assert_matches_direct_run(cfg, cfg["output"]["uri"])
     job = json.loads((Path(cfg["output"]["uri"]) / "_job.json").read_text())
     assert job["config"]["compute"]["batch_size"] == 64  # --set reached the job
+    # The job saw the user's environment (the JSON's keys win over the file's) and scoring's package.
+    assert job["config"]["errors"]["max_rejected_rows"] == 7
+
+    proc = scoring_cli(
+        "submit", str(path), "--address", ray_head, "--runtime-env-json", '{"working_dir": "."}', env=TOKEN
+    )
+    assert (
+        proc.returncode == 2
+        and "sets working_dir, which scoring submit uses to ship the config" in proc.stderr
+    )
+    proc = scoring_cli("submit", str(path), "--address", ray_head, "--runtime-env-json", "{pip: x", env=TOKEN)
+    assert proc.returncode == 2 and "--runtime-env-json is not valid JSON" in proc.stderr
 
 
 def test_submit_exits_1_when_the_job_fails_and_0_without_waiting(
@@ -299,43 +326,6 @@ def test_the_pool_is_fitted_node_by_node_and_gpu_workers_get_their_share_of_cpus
         plan_pool(ComputeConfig(actors=2, cpus_per_actor=2), [{"CPU": 1.0}] * 4)
     with pytest.raises(ConfigError, match=r"compute.gpus_per_actor is 1 but this machine has no GPUs"):
         plan_pool(ComputeConfig(gpus_per_actor=1), [{"CPU": 2.0, "GPU": 0.0}], "this machine")
-
-
-def test_submit_merges_the_users_runtime_env_with_what_scoring_ships(ray_head: str, tmp_path: Path) -> None:
-    cfg = table_job(tmp_path)
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    env_file = tmp_path / "runtime_env.yaml"  # Ray's format: env_vars here; pip:, conda: ... alike
-    env_file.write_text(yaml.safe_dump({"env_vars": {"SCORING_COMPUTE__BATCH_SIZE": "48"}}))
-    json_env = json.dumps(
-        {"env_vars": {"SCORING_COMPUTE__BATCH_SIZE": "32", "SCORING_ERRORS__MAX_REJECTED_ROWS": "7"}}
-    )
-    proc = scoring_cli(
-        "submit",
-        str(path),
-        "--address",
-        ray_head,
-        "--runtime-env",
-        str(env_file),
-        "--runtime-env-json",
-        json_env,
-        env=TOKEN,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    job = json.loads((Path(cfg["output"]["uri"]) / "_job.json").read_text())
-    # The job saw the user's environment (its keys win over the file's) and scoring's package.
-    assert job["config"]["compute"]["batch_size"] == 32 and job["config"]["errors"]["max_rejected_rows"] == 7
-    assert_matches_direct_run(cfg, cfg["output"]["uri"])
-
-    proc = scoring_cli(
-        "submit", str(path), "--address", ray_head, "--runtime-env-json", '{"working_dir": "."}', env=TOKEN
-    )
-    assert (
-        proc.returncode == 2
-        and "sets working_dir, which scoring submit uses to ship the config" in proc.stderr
-    )
-    proc = scoring_cli("submit", str(path), "--address", ray_head, "--runtime-env-json", "{pip: x", env=TOKEN)
-    assert proc.returncode == 2 and "--runtime-env-json is not valid JSON" in proc.stderr
 
 
 # -- an autoscaling cluster ---------------------------------------------------------------------
