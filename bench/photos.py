@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import ROOT, contenders, images_job, scoring_argv, timed
+from bench import ROOT, Failed, contenders, images_job, scoring_argv, timed
 from scoring.demo import make_cnn
 
 SIZES = (50, 200)
@@ -70,11 +70,21 @@ def photos(reps: int, peers: str | None) -> None:
         for n in SIZES:
             for name, make in runs.items():
                 argv, job, _ = make(n)
-                walls[name][n].append(timed(argv, job).wall_s)
+                try:
+                    walls[name][n].append(timed(argv, job).wall_s)
+                except Failed as exc:
+                    if name.startswith("scoring"):
+                        raise
+                    # A peer's crash is the peer's: reported, left out of its medians.
+                    print(f"  rep {rep + 1} {n:>4} {name:<14} FAILED ({exc})", flush=True)
+                    continue
                 print(f"  rep {rep + 1} {n:>4} {name:<14} {walls[name][n][-1]:7.2f}s", flush=True)
     print(f"\n== photos: {WIDTH}x{HEIGHT} JPEGs to 224x224, {SIZES[0]} and {SIZES[1]} (median of {reps}) ==")
     steady = {}
     for name, by_size in walls.items():
+        if not all(by_size.values()):
+            print(f"{name:<15} no complete run at some size: left out")
+            continue
         ts, tb = (statistics.median(by_size[n]) for n in SIZES)
         steady[name] = (SIZES[1] - SIZES[0]) / (tb - ts) if tb > ts else float("inf")
         print(f"{name:<15}{ts:8.2f}s {tb:8.2f}s  steady {steady[name]:7.1f} photos/s")

@@ -35,13 +35,14 @@ PROCESS_LOCAL_PROTOCOLS = ("memory",)
 # Every call to a store has a connect and a read timeout and a few retries, so a store that stalls
 # fails the call instead of the job waiting forever (botocore's defaults: 60 s per read, times its
 # retries, times s3fs's 5 tries: no error after 900 s). With these, a stalled S3 call fails within
-# about 100 s (s3fs's 5 tries x 2 attempts x 10 s). A user's storage_options win, key by key.
+# about 100 s (s3fs's 5 tries x 2 attempts x 10 s; botocore's max_attempts counts the retries).
+# A user's storage_options win, key by key.
 TIMEOUTS: dict[str, dict[str, Any]] = {
     "s3": {
         "config_kwargs": {
             "connect_timeout": 5,
             "read_timeout": 10,  # seconds without a byte, not for a whole transfer
-            "retries": {"max_attempts": 2, "mode": "standard"},
+            "retries": {"max_attempts": 1, "mode": "standard"},
         },
     },
     "gs": {"requests_timeout": 10},

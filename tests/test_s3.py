@@ -348,11 +348,12 @@ def test_transient_errors_are_retried_and_a_shard_that_still_fails_is_reported(
     endpoint, fs = s3
     upload(fs, tables / "tables", "data/flaky")
     # s3fs tries 5 times before scoring's own retry sees an error; botocore's retries are
-    # turned off here (max_attempts 1) to keep the test short. Six faults: s3fs gives up once.
+    # turned off here (max_attempts counts retries: 0) to keep the test short. Six faults: s3fs
+    # gives up once.
     flaky = ["drop", "503", "drop", "503", "drop", "503"]
     proxy = FlakyProxy(endpoint, {"flaky/part-001.parquet": flaky, "flaky/part-002.parquet": ["forever"]})
     cfg = job("s3://data/flaky/", "s3://results/flaky", "s3://models/mlp.onnx", proxy.endpoint)
-    cfg["storage_options"]["config_kwargs"] = {"retries": {"max_attempts": 1}}
+    cfg["storage_options"]["config_kwargs"] = {"retries": {"max_attempts": 0}}
     try:
         result = run_job(cfg)
     finally:
