@@ -53,12 +53,10 @@ def _exit(code: int) -> None:
 
     from scoring import threads
 
-    sys.stdout.flush()
-    sys.stderr.flush()
     if not threads.busy():
         atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(code)
 
 

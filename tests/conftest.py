@@ -11,6 +11,8 @@ import select
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import termios
 import time
 from collections.abc import Sequence
@@ -184,6 +186,22 @@ def features_job(data: str | Path, model: str, keep: Sequence[str] = (), **compu
     if compute:
         job["compute"] = compute
     return job
+
+
+def start_run(path: Path, *args: str) -> subprocess.Popen[str]:
+    """``scoring run CONFIG ARGS`` in a process of its own, as a user starts it; output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "scoring", "run", str(path), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run_to_end(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``scoring run CONFIG ARGS`` in a process of its own, waited for; output captured."""
+    argv = [sys.executable, "-m", "scoring", "run", str(path), *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300)
 
 
 def write_parquet(path: Path, columns: dict[str, Any]) -> str:

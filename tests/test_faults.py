@@ -23,7 +23,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import Terminal, features_job
+from conftest import Terminal, features_job, run_to_end, start_run
 
 from scoring.demo import make_mlp, write_tables
 
@@ -50,24 +50,6 @@ def config(tmp_path: Path, data: dict[str, Any], runner: str = "ray", **extra: A
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def start(path: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "scoring", "run", str(path), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def run(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scoring", "run", str(path), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 # The Ray variants are about the fault; what they leave is resumed on the local runner (the same
@@ -158,7 +140,7 @@ def test_ctrl_c_on_a_terminal_stops_in_seconds_and_resume_finishes(
     assert "Aborted!" not in text and "Traceback" not in text
     assert len(assert_readable(out)) == done * ROWS  # only settled shards' files are visible
 
-    proc = run(path, "--mode", "resume", *RESUME_HERE)
+    proc = run_to_end(path, "--mode", "resume", *RESUME_HERE)
     assert proc.returncode == 0, proc.stderr
     assert f"scoring {FILES - done} of {FILES} shard(s)" in proc.stdout
     assert_exactly_once(out)
@@ -167,7 +149,7 @@ def test_ctrl_c_on_a_terminal_stops_in_seconds_and_resume_finishes(
 def test_predictions_are_readable_while_the_job_runs_and_sigterm_stops_it(tmp_path: Path, data: dict) -> None:
     path = config(tmp_path, data, "local", compute={"actors": 1, "shards_in_flight": 1})  # a commit at a time
     out = tmp_path / "out"
-    proc = start(path)
+    proc = start_run(path)
     wait_for(lambda: (out / "predictions").exists(), what="the job to start")
     reads, seen = 0, set()
     while len(markers(out)) < 4 and proc.poll() is None:
@@ -190,7 +172,7 @@ def test_predictions_are_readable_while_the_job_runs_and_sigterm_stops_it(tmp_pa
 def test_driver_killed_its_workers_stop_and_resume_finishes(tmp_path: Path, data: dict, runner: str) -> None:
     path = config(tmp_path, data, runner)
     out = tmp_path / "out"
-    proc = start(path)
+    proc = start_run(path)
     wait_for(lambda: len(markers(out)) >= 2, what="two shards")
     tree = psutil.Process(proc.pid).children(recursive=True)
     workers = [p for p in tree if "ShardActor" in " ".join(p.cmdline())]
@@ -214,7 +196,7 @@ def test_driver_killed_its_workers_stop_and_resume_finishes(tmp_path: Path, data
     assert f"status: stopped (its driver (pid {proc.pid} on " in report.stdout  # not "running"
     assert "is gone" in report.stdout and "--mode resume" in report.stdout
 
-    proc2 = run(path, "--mode", "resume", *RESUME_HERE)
+    proc2 = run_to_end(path, "--mode", "resume", *RESUME_HERE)
     assert proc2.returncode == 0, proc2.stderr
     assert not [p for p in os.listdir(out / "predictions") if p.startswith(".")]  # leftovers swept
     assert_exactly_once(out)
@@ -223,7 +205,7 @@ def test_driver_killed_its_workers_stop_and_resume_finishes(tmp_path: Path, data
 def test_a_worker_killed_mid_shard_is_replaced_and_no_row_is_doubled(tmp_path: Path, data: dict) -> None:
     path = config(tmp_path, data)
     out = tmp_path / "out"
-    proc = start(path)
+    proc = start_run(path)
 
     def mid_shard() -> bool:  # a shard has started writing its predictions, and is not settled
         temps = [p.name for p in (out / "predictions").glob(".part-*.tmp")] if out.exists() else []
@@ -263,7 +245,7 @@ def test_the_rejected_rows_limit_stops_a_job_with_shards_in_flight(tmp_path: Pat
         input={"rows_per_shard": 50_000},
     )
     out = tmp_path / "out"
-    proc = run(path)
+    proc = run_to_end(path)
     assert proc.returncode == 1
     assert "more than errors.max_rejected_rows=5" in proc.stderr
     job = assert_summary_matches_markers(out)
@@ -289,7 +271,7 @@ def test_input_added_changed_or_removed_between_runs(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out"
-    assert run(path).returncode == 0
+    assert run_to_end(path).returncode == 0
     before = {p.name: p.stat().st_mtime_ns for p in (out / "predictions").iterdir()}
 
     # A file whose name sorts first: a new shard with the next index; no shard changes name.
@@ -300,7 +282,7 @@ def test_input_added_changed_or_removed_between_runs(tmp_path: Path) -> None:
         ),
         data / "part-000-early.parquet",
     )
-    proc = run(path, "--mode", "resume")
+    proc = run_to_end(path, "--mode", "resume")
     assert proc.returncode == 0, proc.stderr
     assert f"1 new shard(s) for input files added since the plan was made: {data}/part-000-early.parquet" in (
         proc.stdout
@@ -314,22 +296,22 @@ def test_input_added_changed_or_removed_between_runs(tmp_path: Path) -> None:
     assert {r["shard"] for r in early} == {str(data / "part-000-early.parquet")}
 
     (data / "part-001.parquet").write_bytes((data / "part-002.parquet").read_bytes())  # content changed
-    proc = run(path, "--mode", "resume")
+    proc = run_to_end(path, "--mode", "resume")
     assert proc.returncode == 2
     assert f"input file {data}/part-001.parquet changed since the plan was made" in proc.stderr
     assert "--mode overwrite" in proc.stderr
 
     (data / "part-001.parquet").unlink()
-    proc = run(path, "--mode", "resume")
+    proc = run_to_end(path, "--mode", "resume")
     assert proc.returncode == 2
     assert (
         f"input file {data}/part-001.parquet was in the plan (shard {data}/part-001.parquet) but is gone"
         in (proc.stderr)
     )
 
-    proc = run(path, "--mode", "resume", "--set", "input.keep=[]")
+    proc = run_to_end(path, "--mode", "resume", "--set", "input.keep=[]")
     assert proc.returncode == 2
     assert "config key 'input.keep' changed since the plan was made ([\"id\"] then, [] now)" in proc.stderr
     make_mlp(tmp_path / "m.onnx", (8, 4), seed=7)
-    proc = run(path, "--mode", "resume")
+    proc = run_to_end(path, "--mode", "resume")
     assert proc.returncode == 2 and "the model changed since the plan was made" in proc.stderr

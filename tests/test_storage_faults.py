@@ -20,7 +20,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import RUNNERS, TcpProxy, features_job, options, upload
+from conftest import RUNNERS, TcpProxy, features_job, options, run_to_end, start_run, upload
 
 from scoring.demo import make_mlp, write_tables
 
@@ -55,23 +55,19 @@ def config(tmp_path: Path, bucket: dict[str, Any], proxy: TcpProxy, out: str, ru
     return path
 
 
-def start(path: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "scoring", "run", str(path), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def started(
+    tmp_path: Path, bucket: dict[str, Any], proxy: TcpProxy, out: str, runner: str
+) -> tuple[Path, subprocess.Popen[str]]:
+    """A job through ``proxy`` into ``out``, two shards settled: halfway, ready for a fault."""
+    path = config(tmp_path, bucket, proxy, out, runner)
+    proc = start_run(path)
+    wait_for_markers(bucket["fs"], out, 2, proc)
+    return path, proc
 
 
 def resume(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        # What a fault left is resumed on the local runner whichever ran it: a Ray start less.
-        [sys.executable, "-m", "scoring", "run", str(path), "--mode", "resume", "--runner", "local"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    # What a fault left is resumed on the local runner whichever ran it: a Ray start less.
+    return run_to_end(path, "--mode", "resume", "--runner", "local")
 
 
 def markers(fs: Any, out: str) -> int:
@@ -105,9 +101,7 @@ def test_sigterm_stops_a_job_on_a_stalled_store_within_10_s(
     fs, out = bucket["fs"], f"s3://results/stall-{runner}"
     proxy = TcpProxy(bucket["endpoint"])
     try:
-        path = config(tmp_path, bucket, proxy, out, runner)
-        proc = start(path)
-        wait_for_markers(fs, out, 2, proc)
+        path, proc = started(tmp_path, bucket, proxy, out, runner)
         proxy.set("stall")  # reads, writes and the claim's heartbeat get no answer from now on
         time.sleep(1.5)
         t0 = time.monotonic()
@@ -129,13 +123,10 @@ def test_an_outage_mid_job_is_not_a_takeover_and_resume_finishes(
 ) -> None:
     """Local runner only: an outage meets the same storage calls in a Ray actor, and stopping
     Ray workers stuck on a store is the stall test's."""
-    runner = "local"
-    fs, out = bucket["fs"], f"s3://results/outage-{runner}"
+    fs, out = bucket["fs"], "s3://results/outage"
     proxy = TcpProxy(bucket["endpoint"])
     try:
-        path = config(tmp_path, bucket, proxy, out, runner)
-        proc = start(path)
-        wait_for_markers(fs, out, 2, proc)
+        path, proc = started(tmp_path, bucket, proxy, out, "local")
         proxy.set("refuse")  # the endpoint is down: connections refused
         time.sleep(4)
         proxy.set("pass")
@@ -150,8 +141,8 @@ def test_an_outage_mid_job_is_not_a_takeover_and_resume_finishes(
             assert f"{FILES - len(failed)} of {FILES} shards complete; run again with --mode resume" in err
         # A write the store made but never answered (the connection reset) left its marker: done.
         fs.invalidate_cache()
-        markers = [json.loads(fs.cat_file(p)) for p in fs.ls(out.removeprefix("s3://") + "/_progress")]
-        todo = FILES - sum(m["status"] == "succeeded" for m in markers)
+        settled = [json.loads(fs.cat_file(p)) for p in fs.ls(out.removeprefix("s3://") + "/_progress")]
+        todo = FILES - sum(m["status"] == "succeeded" for m in settled)
         assert 0 < todo <= len(failed)
         resumed = resume(path)
         assert resumed.returncode == 0, resumed.stderr
@@ -197,9 +188,7 @@ def test_a_full_disk_fails_the_job_with_the_resume_hint(tmp_path: Path) -> None:
         cfg["output"] = {"uri": str(disk / "out")}
         path = tmp_path / "job.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        proc = subprocess.run(
-            [sys.executable, "-m", "scoring", "run", str(path)], capture_output=True, text=True, timeout=300
-        )
+        proc = run_to_end(path)
         assert proc.returncode == 1, proc.stderr
         errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
         assert len(errors) == 1 and "No space left on device" in errors[0]
