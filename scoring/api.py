@@ -69,7 +69,7 @@ def predict(
     model: str,
     *,
     columns: Mapping[str, str | list[str]] | None = None,
-    keep: Sequence[str] = (),
+    keep: Sequence[str | Mapping[str, str]] = (),
     outputs: Mapping[str, str] | None = None,
     postprocess: Mapping[str, Any] | None = None,
     text: Mapping[str, Any] | None = None,
@@ -114,13 +114,15 @@ def predict(
     from scoring import preprocess
     from scoring.model import load_model_info
     from scoring.postprocess import resolve
+    from scoring.scorer import prediction_columns
+    from scoring.worker import check_names
 
     so = dict(storage_options or {})
     inp = {
         "uri": WHERE,
         "format": "parquet",
         "columns": dict(columns or {}),
-        "keep": list(keep),
+        "keep": [k if isinstance(k, str) else dict(k) for k in keep],
         "text": text,
     }
     cfg = load_config(
@@ -140,10 +142,12 @@ def predict(
     info, _ = load_model_info(model, so)
     pp = resolve(cfg.output.postprocess, info, so)
     emb = embeddings.resolve(cfg.output.embedding, info)
+    errors = [("error", "on_error='null' (the reason a row was not scored)")] if on_error == "null" else []
+    check_names(cfg.input.kept, prediction_columns(info, cfg.output.outputs, pp, emb) + errors)
     schema = _known_schema(ds)
     if schema is not None:
         preprocess.resolve(cfg, info, schema, WHERE)
-        _check_keep(cfg.input.keep, schema)
+        _check_keep(cfg.input.kept_columns, schema)
     if actors is None:
         resources = ray.cluster_resources()
         if gpus_per_actor:
@@ -225,7 +229,7 @@ class _Predict:
             pre = self.preprocessors[batch.schema] = preprocess.resolve(
                 self.cfg, self.info, batch.schema, WHERE
             )
-            _check_keep(self.cfg.input.keep, batch.schema)
+            _check_keep(self.cfg.input.kept_columns, batch.schema)
         prepared = pre.prepare(batch, None, None)
         scored = self.scorer.run(prepared.groups)
         rejected = Rejections()
@@ -241,9 +245,9 @@ class _Predict:
         position = np.full(n, -1, dtype=np.int64)
         position[scored.rows] = np.arange(len(scored.rows))
         take = pa.array(position, mask=position < 0)  # a null index gives a null output
-        keep = self.cfg.input.keep
-        columns = [batch.column(c) for c in keep] + [c.take(take) for c in scored.columns]
-        fields = [batch.schema.field(c) for c in keep] + scored.fields
+        kept = self.cfg.input.kept
+        columns = [batch.column(c) for _, c in kept] + [c.take(take) for c in scored.columns]
+        fields = [batch.schema.field(c).with_name(name) for name, c in kept] + scored.fields
         if self.on_error == "null":
             columns.append(_errors(rejected, n))
             fields.append(pa.field("error", pa.string()))

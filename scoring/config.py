@@ -92,7 +92,9 @@ class InputConfig(_Section):
     uri: str
     format: str  # a key of scoring.formats.INPUTS: parquet | images | webdataset
     columns: dict[str, str | list[str]] = {}
-    keep: list[str] = []
+    # Columns copied to the predictions: a name, or {new_name: column} to keep it under another
+    # name (a column named like one scoring adds: file, row, shard, path, an output's).
+    keep: list[str | dict[str, str]] = []
     # At most this many files in a shard: image files, or small Parquet files packed together.
     files_per_shard: int = Field(default=1024, gt=0)
     # Parquet files with more rows are split at row-group boundaries into shards of about this
@@ -104,6 +106,24 @@ class InputConfig(_Section):
     image_column: str = "image"
     image: ImageConfig = ImageConfig()
     text: TextConfig | None = None  # text models: tokenize this column (see README "Text models")
+
+    @field_validator("keep")
+    @classmethod
+    def _renames(cls, v: list[str | dict[str, str]]) -> list[str | dict[str, str]]:
+        for item in v:
+            if isinstance(item, dict) and len(item) != 1:
+                raise ValueError(f"expected a column name or one {{new_name: column}} per item, found {item}")
+        return v
+
+    @property
+    def kept(self) -> list[tuple[str, str]]:
+        """``input.keep`` as ``(name in the predictions, input column)`` pairs, in order."""
+        return [(item, item) if isinstance(item, str) else next(iter(item.items())) for item in self.keep]
+
+    @property
+    def kept_columns(self) -> list[str]:
+        """The input columns ``input.keep`` reads."""
+        return list(dict.fromkeys(column for _, column in self.kept))
 
     @field_validator("format")
     @classmethod

@@ -44,7 +44,7 @@ from scoring.record import Reason, ShardRecord
 from scoring.runners import RUNNERS, WorkerDied, dispatch
 from scoring.shard import FileInfo, Shard
 from scoring.stopping import Stop
-from scoring.worker import JobSpec
+from scoring.worker import JobSpec, check_columns
 
 Echo = Callable[[str], None]
 
@@ -74,12 +74,13 @@ def check(cfg: Config) -> tuple[JobSpec, list[FileInfo]]:
             "leave output.outputs out"
         )
     fmt, files = formats.list_input(inp, so)
-    columns = list(dict.fromkeys([*preprocess.needs(inp, info), *inp.keep]))
+    columns = list(dict.fromkeys([*preprocess.needs(inp, info), *inp.kept_columns]))
     schema = fmt.schema(files, columns)
     first = files[0].uri
     pre = preprocess.resolve(cfg, info, schema, first)
     emb = embedding.resolve(cfg.output.embedding, info)
-    missing = [c for c in inp.keep if c not in schema.names]
+    check_columns(cfg, info, fmt.provenance, pp, emb)
+    missing = [c for c in inp.kept_columns if c not in schema.names]
     if missing:
         raise InputError(f"{first}: no column {missing} listed in input.keep (columns found: {schema.names})")
     schema = pa.schema([schema.field(c) for c in columns])

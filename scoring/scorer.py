@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
+from scoring import embedding as embeddings
 from scoring.embedding import Embedding
 from scoring.inference import POOLED, Health, align, output_columns, run_groups, to_arrow
 from scoring.model import ModelInfo
@@ -35,6 +36,25 @@ class Scored:
     infer_s: float = 0.0
 
 
+def prediction_columns(
+    model: ModelInfo,
+    outputs: Mapping[str, str] | None,
+    postprocess: Postprocess | None,
+    embedding: Embedding | None,
+) -> list[tuple[str, str]]:
+    """The columns a ``Scorer`` adds to each row, in order, each with what adds it (for messages)."""
+    cols = [(c, f"model output '{s.name}'") for c, s in _outputs(model, outputs, embedding).items()]
+    if postprocess is not None:
+        cols += [(f.name, "output.postprocess") for f in postprocess.fields()]
+    if embedding is not None:
+        cols.append((embeddings.COLUMN, "output.embedding"))
+    return cols
+
+
+def _outputs(model: ModelInfo, outputs: Mapping[str, str] | None, embedding: Embedding | None) -> dict:
+    return output_columns(model, {} if outputs is None and embedding else outputs)
+
+
 class Scorer:
     """Scores groups of rows with ``session``: ``outputs`` maps prediction columns to model
     outputs (``output.outputs``; None: every output, or none with an ``embedding``), then the
@@ -52,7 +72,7 @@ class Scorer:
     ) -> None:
         self.model, self.session, self.postprocess, self.batch_size = model, session, postprocess, batch_size
         self.embedding = embedding
-        self.outputs = output_columns(model, {} if outputs is None and embedding else outputs)
+        self.outputs = _outputs(model, outputs, embedding)
         pp = postprocess
         self.names = list(
             dict.fromkeys([*(s.name for s in self.outputs.values()), *([pp.output] if pp else [])])

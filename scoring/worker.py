@@ -27,13 +27,13 @@ import pyarrow as pa
 from scoring import sink
 from scoring.config import Config
 from scoring.embedding import Embedding
-from scoring.errors import RowError, StorageError
+from scoring.errors import ConfigError, RowError, StorageError
 from scoring.formats import Chunk, Format, every_row
 from scoring.model import ModelInfo, local_model_path
 from scoring.postprocess import Postprocess
 from scoring.preprocess import Preprocessor
 from scoring.record import Reason, Rejections, ShardRecord
-from scoring.scorer import Scored, Scorer
+from scoring.scorer import Scored, Scorer, prediction_columns
 from scoring.shard import Shard
 
 # How often a worker writing to object storage checks that its run still holds OUT (a GET);
@@ -79,13 +79,74 @@ class JobSpec:
             where = [(pa.field("file", pa.string()), chunk.file_column(take)), row]
         fields = [pa.field("shard", pa.string()), *(f for f, _ in where)]
         arrays: list[Any] = [pa.array(np.full(n, shard, dtype=object), pa.string()), *(a for _, a in where)]
-        keep = self.config.input.keep
-        if keep:
+        kept = self.config.input.kept
+        if kept:
             indices = pa.array(take, pa.int64())
-            for name in keep:
-                fields.append(self.schema.field(name))
-                arrays.append(chunk.data.column(name).take(indices))
+            for name, column in kept:
+                fields.append(self.schema.field(column).with_name(name))
+                arrays.append(chunk.data.column(column).take(indices))
         return pa.Table.from_arrays(arrays + scored.columns, schema=pa.schema(fields + scored.fields))
+
+
+# The columns that say where each prediction row comes from, by the format's ``provenance``.
+PROVENANCE = {
+    "file": [
+        ("shard", "scoring (the shard's id)"),
+        ("file", "scoring (the row's input file)"),
+        ("row", "scoring (the row's index in its file)"),
+    ],
+    "path": [
+        ("shard", "scoring (the shard's id)"),
+        ("row", "scoring (the row's index in its shard)"),
+        ("path", "scoring (the image file)"),
+    ],
+}
+
+
+def check_columns(
+    cfg: Config,
+    model: ModelInfo,
+    provenance: str,
+    postprocess: Postprocess | None,
+    embedding: Embedding | None,
+) -> None:
+    """Refuse a prediction column named twice (a kept column named like one scoring adds):
+    ``predictions/`` would be unreadable. Raises ``ConfigError``."""
+    added = PROVENANCE[provenance] + prediction_columns(model, cfg.output.outputs, postprocess, embedding)
+    check_names(cfg.input.kept, added)
+
+
+def check_names(kept: list[tuple[str, str]], added: list[tuple[str, str]]) -> None:
+    """Raise ``ConfigError`` when two prediction columns would share a name: a kept column and
+    one that ``added`` names (each with what adds it), or two of either."""
+    seen: dict[str, str] = {}
+    for name, column in kept:
+        origin = f"input.keep ({column!r})" if name == column else f"input.keep ({{{name}: {column}}})"
+        if name in seen:
+            raise ConfigError(
+                f"{seen[name]} and {origin} both name the prediction column {name!r}; "
+                "keep each column once, under one name"
+            )
+        seen[name] = origin
+    for name, origin in added:
+        if name not in seen:
+            seen[name] = origin
+            continue
+        other = seen[name]
+        if other.startswith("input.keep"):
+            fix = (
+                f"keep it under another name, e.g. input.keep: [{{input_{name}: {name}}}]"
+                if other == f"input.keep ({name!r})"
+                else "rename it in input.keep"
+            )
+            if origin.startswith("model output"):
+                fix += f", or name the output otherwise: output.outputs: {{{name}_out: {origin[14:-1]}}}"
+        else:
+            fix = "name one of them otherwise in output.outputs"
+        raise ConfigError(
+            f"{other} and {origin} would both add the column {name!r} to every prediction row; "
+            f"two fields of one name make predictions/ unreadable as a dataset. To resolve it, {fix}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)

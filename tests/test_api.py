@@ -17,7 +17,7 @@ from conftest import features_job, fixed_list, write_parquet
 
 import scoring
 from scoring.demo import make_mlp, write_tables
-from scoring.errors import InputError
+from scoring.errors import ConfigError, InputError
 
 
 def test_run_takes_a_file_or_a_dict_and_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -69,14 +69,15 @@ def test_predict_on_a_dataset_with_the_job_rules_and_postprocess(ray_session: An
         ds,
         model=model,
         columns={"x": "feats"},
-        keep=["id"],
+        keep=["id", {"source_id": "id"}],
         outputs={"probs": "probs"},
         postprocess={"output": "probs", "labels": "metadata:character"},
         batch_size=64,
         actors=1,
     )
     table = pa.Table.from_pylist(scored.take_all()).sort_by("id")
-    assert table.column_names == ["id", "probs", "label", "score"]
+    assert table.column_names == ["id", "source_id", "probs", "label", "score"]
+    assert table.column("source_id").to_pylist() == list(range(300))
     (probs,) = ort.InferenceSession(model).run(["probs"], {"x": x.astype(np.float32)})
     np.testing.assert_allclose(
         np.stack(table.column("probs").to_numpy(zero_copy_only=False)), probs, rtol=1e-5
@@ -101,6 +102,8 @@ def test_predict_rows_that_cannot_be_scored_raise_or_come_back_null(ray_session:
         and "null" in errors[1]
         and "2 values; input 'x' takes rows of shape [4]" in errors[2]
     )
+    with pytest.raises(ConfigError, match=r"input.keep \(\{error: id\}\) and on_error='null'"):
+        scoring.predict(ds, model=model, keep=[{"error": "id"}], on_error="null", actors=1)
     with pytest.raises(Exception) as info:
         scoring.predict(ds, model=model, keep=["id"], actors=1).take_all()
     # Ray Data raises its own error around the UDF's; its text carries ours, with the reason.

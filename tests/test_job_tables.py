@@ -10,13 +10,15 @@ import models
 import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 from conftest import RUNNERS, features_job, fixed_list, read_errors, read_predictions, write_parquet
 from onnx import TensorProto
+from PIL import Image
 
-from scoring.demo import make_mlp, write_tables
-from scoring.errors import InputError, StorageError
+from scoring.demo import make_cnn, make_mlp, write_tables
+from scoring.errors import ConfigError, InputError, StorageError
 
 
 def direct(model: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -202,6 +204,47 @@ def test_up_front_errors_name_file_column_and_input(run_job, tmp_path: Path) -> 
     int_model = models.linear(tmp_path / "i.onnx", ["batch", 1], dtype=7)
     with pytest.raises(InputError, match="holds double but model input 'x' expects int64; converting would"):
         run_job({"model": {"uri": int_model}, "input": {"uri": str(tmp_path / "f"), "format": "parquet"}})
+
+
+def test_a_kept_column_named_like_one_scoring_adds_is_refused_or_renamed(run_job, tmp_path: Path) -> None:
+    """Datasets carry columns named file, row, label...: kept as they are, predictions/ would
+    hold two fields of one name, which no reader opens. Refused before scoring, naming both and
+    the rename that resolves it; kept under a new name, they land as they were."""
+    model = models.classifier(tmp_path / "c.onnx", classes=3)
+    added = ["shard", "file", "row", "logits", "probs", "label", "score", "top_labels", "top_scores"]
+    x = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
+    columns = {"x": fixed_list(x)} | {name: pa.array([f"{name}-{i}" for i in range(6)]) for name in added}
+    write_parquet(tmp_path / "d" / "p.parquet", columns)
+    job = {
+        "model": {"uri": model},
+        "input": {"uri": str(tmp_path / "d"), "format": "parquet"},
+        "output": {"uri": str(tmp_path / "out"), "postprocess": {"output": "probs", "top_k": 2}},
+    }
+    for name in added:
+        job["input"]["keep"] = [name]
+        with pytest.raises(ConfigError) as refused:
+            run_job(job)
+        message = str(refused.value)
+        assert f"input.keep ('{name}') and " in message and f"would both add the column '{name}'" in message
+        assert f"input.keep: [{{input_{name}: {name}}}]" in message, message
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    job["input"]["keep"] = [{"input_file": "file"}, {"input_row": "row"}, {"input_label": "label"}]
+    result = run_job(job)
+    assert result.ok, result.job["error"]
+    table = pads.dataset(tmp_path / "out" / "predictions", format="parquet").to_table()
+    assert table.column_names[:6] == ["shard", "file", "row", "input_file", "input_row", "input_label"]
+    assert table.column("input_file").to_pylist() == [f"file-{i}" for i in range(6)]
+    assert table.column("file").to_pylist() == [str(tmp_path / "d" / "p.parquet")] * 6
+    job["input"]["keep"] = ["row", {"row": "label"}]
+    with pytest.raises(ConfigError, match=r"input.keep \('row'\) and input.keep \(\{row: label\}\) both"):
+        run_job(job | {"output": {"uri": str(tmp_path / "o2")}})
+    # An image folder's path, and the Python API's error column, are columns scoring adds too.
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a.png")
+    cnn = make_cnn(tmp_path / "cnn.onnx", size=8, classes=2)
+    images = {"uri": str(tmp_path / "imgs"), "format": "images", "keep": ["path"]}
+    with pytest.raises(ConfigError, match="'path'.* and scoring \\(the image file\\) would both add"):
+        run_job({"model": {"uri": cnn}, "input": images, "output": {"uri": str(tmp_path / "o3")}})
 
 
 def test_output_modes(run_job, tmp_path: Path) -> None:

@@ -192,6 +192,10 @@ def test_text_mistakes_are_refused_before_scoring(run_job, tmp_path: Path, tiny:
         run_job({**cfg, "output": {"embedding": {"pooling": "none", "output": "last_hidden_state"}}})
     with pytest.raises(ConfigError, match="is not a Hugging Face tokenizers file"):
         run_job({**cfg, "input": {**cfg["input"], "text": {"tokenizer": tiny["model"]}}})
+    write_parquet(tmp_path / "e" / "t.parquet", {"text": ["a model"], "embedding": ["from upstream"]})
+    again = {**cfg["input"], "uri": str(tmp_path / "e"), "keep": ["embedding"]}
+    with pytest.raises(ConfigError, match="input.keep \\('embedding'\\) and output.embedding would both add"):
+        run_job({**cfg, "input": again})
 
 
 def test_text_from_webdataset_txt_members(run_job, tmp_path: Path, tiny: dict[str, Any]) -> None:
