@@ -229,6 +229,38 @@ def test_webdataset_members_of_one_key_apart_fail_their_shard(run_job, tmp_path:
     assert readable(result.out).column("cls").to_pylist() == [2]  # nothing of a.tar, never merged
 
 
+def test_webdataset_members_are_learnt_past_the_first_samples_and_errors_met_say_so(
+    run_job, tmp_path: Path
+) -> None:
+    """The schema comes from the first samples; an extension they lack but a later sample has is
+    a column (null where absent), one no sample has is refused naming the tar, and an error met
+    while sampling is the error reported, not a column said to be missing."""
+    from scoring.config import load_config
+    from scoring.validate import validate
+
+    pic = samples()["rgb.png"]
+    model = make_cnn(tmp_path / "cnn.onnx", size=24, classes=3)
+    late = [(f"s{i:03d}.png", pic) for i in range(40)] + [("s040.png", pic), ("s040.cls", b"7")]
+    write_tar(tmp_path / "late" / "a.tar", late)
+    cfg = image_job(tmp_path / "late", model, "webdataset", keep=["key", "cls"])
+    preview = validate(load_config(data={**cfg, "output": {"uri": str(tmp_path / "v")}}, environ={}))
+    assert preview.predictions.column("cls").to_pylist() == [None] * 8
+    result = run_job(cfg)
+    assert result.ok, result.job["error"]
+    assert readable(result.out).column("cls").to_pylist() == [None] * 40 + [7]
+
+    write_tar(tmp_path / "none" / "a.tar", late[:40])
+    with pytest.raises(InputError, match=r"a.tar: no sample has a member \['cls'\] \(the extensions its"):
+        run_job(image_job(tmp_path / "none", model, "webdataset", keep=["key", "cls"]))
+
+    write_tar(tmp_path / "apart" / "a.tar", [("a.jpg", pic), ("b.jpg", pic), ("a.cls", b"0")])
+    apart = image_job(tmp_path / "apart", model, "webdataset", keep=["key", "cls"])
+    for check in (run_job, lambda c: validate(load_config(data={**c, "output": {"uri": "o"}}, environ={}))):
+        with pytest.raises(InputError, match="the members of sample a are not adjacent") as refused:
+            check(apart)
+        assert "the 2 sample(s) read have no member ['cls']" in str(refused.value)
+
+
 # -- thousands of small files ----------------------------------------------------------------
 
 

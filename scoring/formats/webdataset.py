@@ -52,8 +52,45 @@ class WebDataset:
         ]
 
     def schema(self, files: Sequence[FileInfo], columns: Sequence[str]) -> pa.Schema:
-        """The columns the first samples give (of the first tars that can be read: a broken one
-        fails its own shard later). Raises ``InputError`` when none of them holds a sample."""
+        """The columns the first ``PEEK`` samples give (of the first tars that can be read: a
+        broken one fails its own shard later), and every extension in ``columns`` that they lack
+        but some sample of the first tar has (its rows get a null, as for a sample without it).
+        Raises ``InputError`` when no sample can be read, or when a member in ``columns`` is in
+        none of the samples: with the error met while sampling if there was one, else naming the
+        tar that has no such member."""
+        samples, errors = self._sample(files)
+        if not samples:
+            why = f" ({errors[0]})" if errors else ""
+            raise InputError(
+                f"{files[0].uri}: found no sample in the first tars{why}; are they WebDataset shards?"
+            )
+        found = {"key": pa.string()}
+        for _, members in samples:
+            found |= {ext: column_type(ext) for ext in members}
+        if any(ext in IMAGE_EXTENSIONS for _, m in samples for ext in m) and AUTO_IMAGE not in found:
+            found[AUTO_IMAGE] = pa.binary()
+        lacking = [c for c in dict.fromkeys(columns) if c not in found]
+        if lacking and errors:
+            raise InputError(
+                f"{errors[0]} (met while reading the first samples to learn their members; the "
+                f"{len(samples)} sample(s) read have no member {lacking})"
+            )
+        if lacking:
+            uri = files[0].uri
+            seen = _extensions(uri, self.so, lacking)
+            absent = [c for c in lacking if c not in seen]
+            if absent:
+                have = ", ".join(sorted(seen - {AUTO_IMAGE})) or "none"
+                raise InputError(
+                    f"{uri}: no sample has a member {absent} (the extensions its samples have: "
+                    f"{have}); input.keep, input.image_column and input.text.column name member "
+                    "extensions (key is each sample's key)"
+                )
+            found |= {c: pa.binary() if c == AUTO_IMAGE else column_type(c) for c in lacking}
+        return pa.schema(list(found.items()))
+
+    def _sample(self, files: Sequence[FileInfo]) -> tuple[list[Sample], list[str]]:
+        """Up to ``PEEK`` samples of the first tar that gives any, and the errors met on the way."""
         samples: list[Sample] = []
         errors = []
         for f in files[:PEEK]:
@@ -67,17 +104,7 @@ class WebDataset:
                 continue  # what a broken tar holds may not be all the members: look at the next
             if samples:
                 break
-        if not samples:
-            why = f" ({errors[0]})" if errors else ""
-            raise InputError(
-                f"{files[0].uri}: found no sample in the first tars{why}; are they WebDataset shards?"
-            )
-        found = {"key": pa.string()}
-        for _, members in samples:
-            found |= {ext: column_type(ext) for ext in members}
-        if any(ext in IMAGE_EXTENSIONS for _, m in samples for ext in m) and AUTO_IMAGE not in found:
-            found[AUTO_IMAGE] = pa.binary()
-        return pa.schema(list(found.items()))
+        return samples, errors
 
     def read(
         self, shard: Shard, schema: pa.Schema, rows: int, pool: concurrent.futures.Executor | None
@@ -146,22 +173,34 @@ def _decode(extension: str, data: bytes) -> Any:
     return data
 
 
+def _key(name: str) -> tuple[str, str] | None:
+    """A member's sample key and extension (``d/0001.seg.png``: ``d/0001``, ``seg.png``), or None
+    for a member that belongs to no sample."""
+    folder, base = posixpath.split(name)
+    stem, dot, ext = base.partition(".")
+    if not dot or stem.startswith("__"):
+        return None
+    return posixpath.join(folder, stem), ext.lower()
+
+
+def _open(uri: str, storage_options: dict[str, Any]) -> Any:
+    fs, path = storage.split_uri(uri, storage_options)
+    return open(path, "rb") if storage.is_local(fs) else fs.open(path, "rb", block_size=STREAM_BLOCK)
+
+
 def _samples(uri: str, storage_options: dict[str, Any]) -> Iterator[Sample]:
     """The samples of a tar, streamed in order. Raises ``RowError`` for the whole shard when the
     tar cannot be read or a key's members are not adjacent."""
-    fs, path = storage.split_uri(uri, storage_options)
     key: str | None = None
     members: dict[str, bytes] = {}
     seen: set[str] = set()
     try:
-        local = storage.is_local(fs)
-        with open(path, "rb") if local else fs.open(path, "rb", block_size=STREAM_BLOCK) as f:
+        with _open(uri, storage_options) as f:
             for name, data in tar_files(f):
-                folder, base = posixpath.split(name)
-                stem, dot, ext = base.partition(".")
-                if not dot or stem.startswith("__"):
+                split = _key(name)
+                if split is None:
                     continue
-                sample = posixpath.join(folder, stem)
+                sample, ext = split
                 if sample != key:
                     if key is not None:
                         yield key, members
@@ -175,15 +214,36 @@ def _samples(uri: str, storage_options: dict[str, Any]) -> Iterator[Sample]:
                         )
                     key, members = sample, {}
                     seen.add(sample)
-                members[ext.lower()] = data
+                members[ext] = data
         if key is not None:
             yield key, members
     except (OSError, tarfile.TarError, StorageError) as exc:
         raise RowError("read", f"{uri}: cannot read the tar: {exc}", type(exc).__name__) from exc
 
 
-def tar_files(f: Any) -> Iterator[tuple[str, bytes]]:
-    """``(name, bytes)`` of each regular file in a tar stream (ustar, GNU long names, pax).
+def _extensions(uri: str, storage_options: dict[str, Any], wanted: Sequence[str]) -> set[str]:
+    """The member extensions of a tar's samples (``image`` for any image member), from its
+    headers alone, the members' data skipped; stops once every one of ``wanted`` is seen.
+    Raises ``InputError`` when the tar cannot be read."""
+    seen: set[str] = set()
+    try:
+        with _open(uri, storage_options) as f:
+            for name, _ in tar_files(f, data=False):
+                split = _key(name)
+                if split is not None:
+                    seen.add(split[1])
+                    if split[1] in IMAGE_EXTENSIONS:
+                        seen.add(AUTO_IMAGE)
+                    if seen.issuperset(wanted):
+                        break
+    except (OSError, tarfile.TarError, StorageError) as exc:
+        raise InputError(f"{uri}: cannot read the tar: {exc}") from exc
+    return seen
+
+
+def tar_files(f: Any, data: bool = True) -> Iterator[tuple[str, bytes]]:
+    """``(name, bytes)`` of each regular file in a tar stream (ustar, GNU long names, pax); with
+    ``data=False`` the names alone (bytes empty), the files' data skipped by seeking.
 
     Not ``tarfile``: reading its members costs 0.08 ms each in Python, a tenth of a JPEG's
     decode, where these 512-byte headers parse in 0.005 ms (8,000 samples: 0.65 s against 0.04).
@@ -199,18 +259,24 @@ def tar_files(f: Any) -> Iterator[tuple[str, bytes]]:
             raise tarfile.ReadError("bad header: not a tar file, or a damaged one")
         kind = header[156:157]
         size = int(pax.get("size", _octal(header[124:136])))
-        data = f.read(size)
-        padding = f.read(-size % 512)  # to the next block
-        if len(data) < size or len(padding) < -size % 512:
-            raise tarfile.ReadError(f"unexpected end of data ({len(data)} of {size} bytes)")
+        padded = size + (-size % 512)  # to the next block
+        if not data and kind in (b"0", b"\0", b"7"):
+            f.seek(padded, 1)
+            yield pax.get("path") or long_name or _ustar_name(header), b""
+            long_name, pax = None, {}
+            continue
+        body = f.read(size)
+        padding = f.read(padded - size)
+        if len(body) < size or len(padding) < padded - size:
+            raise tarfile.ReadError(f"unexpected end of data ({len(body)} of {size} bytes)")
         if kind == b"L":  # GNU: the next member's long name
-            long_name = data.rstrip(b"\0").decode("utf-8", "replace")
+            long_name = body.rstrip(b"\0").decode("utf-8", "replace")
         elif kind == b"x":  # pax: keys for the next member
-            pax.update(_pax(data))
+            pax.update(_pax(body))
         elif kind != b"g":  # (a global pax header: nothing scoring needs)
             name = pax.get("path") or long_name or _ustar_name(header)
             if kind in (b"0", b"\0", b"7"):
-                yield name, data
+                yield name, body
             long_name, pax = None, {}
 
 
