@@ -160,7 +160,7 @@ def run_job(
             _write_summary(out, records, job, stop)
         except ScoringError as exc:
             note = f"writing its summary failed: {exc}. {summary.resume_hint(job)}"
-            if status == "interrupted":
+            if status == "interrupted" or stop.event.is_set():
                 raise Interrupted(f"interrupted; {note}") from exc
             raise JobFailed(f"{job['error'] or 'the job ended'}; then {note}") from exc
     finally:
@@ -181,9 +181,8 @@ def _write_summary(out: sink.Output, records: list[ShardRecord], job: dict[str, 
             stop.bounded(lambda: out.write_summary(records, job), "writing the job summary")
             return
         except ScoringError:
-            if wait is None or stop.deadline is not None:
+            if wait is None or stop.deadline is not None or stop.event.wait(wait):
                 raise
-            time.sleep(wait)
 
 
 def _prepare(
@@ -227,9 +226,9 @@ def _score(
     run = _Run(spec, out, settled, progress, len(job_plan.shards) - len(settled))
     try:
         if cfg.output.mode == "overwrite":
-            out.clear()
-        out.start_over(settled)
-        out.write_plan(job_plan)
+            stop.bounded(out.clear, "clearing OUT")
+        stop.bounded(lambda: out.start_over(settled), "removing what an earlier run left in OUT")
+        stop.bounded(lambda: out.write_plan(job_plan), "writing the plan")
         todo = [s for s in job_plan.shards if s.index not in settled]
         progress.start(
             job_plan.shards,
@@ -242,6 +241,8 @@ def _score(
         if not dispatch(runner, todo, run.settle, lambda: run.tick(stop), progress, timeout):
             return "interrupted", None, run
     except ScoringError as exc:  # the job's own stop says why; a worker's says what it was
+        if stop.event.is_set():  # a call cut short by the signal's grace period
+            return "interrupted", None, run
         return "failed", str(exc) if isinstance(exc, JobFailed) else f"{type(exc).__name__}: {exc}", run
     finally:
         progress.close()

@@ -4,8 +4,10 @@
   signal interrupts at once (``KeyboardInterrupt``).
 - While shards are dispatched, a signal sets ``Stop.event``: the dispatch loop sees it within
   ``POLL_S``, stops the workers, and the driver writes what it can of the summary. Storage that
-  stopped answering cannot hold that up: after a signal every call to it gets what is left of
-  ``GRACE_S`` (``Stop.bounded``), then the job ends without it and says so.
+  stopped answering cannot hold that up: every call to it from here on (the plan, the claim's
+  revoke, the final listing, the summary) runs through ``Stop.bounded`` and gets what is left of
+  ``GRACE_S`` after a signal — a call already waiting on a stalled store when the signal comes
+  too — then the job ends without it and says so.
 - A second signal stops at once, without the summary.
 
 Signals reach Python's main thread only; elsewhere (a job run from a thread) nothing is
@@ -14,15 +16,18 @@ installed and the event is never set.
 
 from __future__ import annotations
 
+import concurrent.futures
 import signal
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from scoring import threads
 from scoring.errors import StorageError
 
 GRACE_S = 5.0  # storage calls after a signal, together (workers, ray.shutdown, exit: the rest of 10 s)
+WAIT_S = 0.1  # how often a bounded call's wait looks at the deadline
 T = TypeVar("T")
 
 
@@ -52,23 +57,19 @@ class Stop:
         self.deadline = time.monotonic() + GRACE_S
 
     def bounded(self, fn: Callable[[], T], what: str) -> T:
-        """``fn()``; after a signal, given what is left of the grace period: past it, raises
-        ``StorageError`` and leaves ``fn`` running in a daemon thread, abandoned."""
-        if self.deadline is None:
+        """``fn()``, in a daemon thread that the main thread waits for until it returns or, once a
+        signal came (before the call or while it runs), until the grace period ends: past it,
+        raises ``StorageError`` and leaves ``fn`` running, abandoned. A second signal stops the
+        wait at once (``KeyboardInterrupt``). Off the main thread, where no signal arrives, a
+        plain call."""
+        if threading.current_thread() is not threading.main_thread():
             return fn()
-        box: dict[str, Any] = {}
-
-        def call() -> None:
+        future = threads.call(fn, "scoring-storage")
+        while True:
             try:
-                box["value"] = fn()
-            except BaseException as exc:  # handed to the caller below
-                box["error"] = exc
-
-        thread = threading.Thread(target=call, daemon=True)
-        thread.start()
-        thread.join(max(self.deadline - time.monotonic(), 0.0))
-        if thread.is_alive():
-            raise StorageError(f"{what}: storage did not answer within {GRACE_S:g} s of the signal")
-        if "error" in box:
-            raise box["error"]
-        return box["value"]  # type: ignore[no-any-return]
+                return future.result(timeout=WAIT_S)  # type: ignore[no-any-return]
+            except concurrent.futures.TimeoutError:
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    raise StorageError(
+                        f"{what}: storage did not answer within {GRACE_S:g} s of the signal"
+                    ) from None

@@ -26,6 +26,23 @@ def busy() -> bool:
     return _busy > 0
 
 
+def call(fn: Callable[[], Any], name: str) -> concurrent.futures.Future[Any]:
+    """``fn()`` in a daemon thread of its own, counted as busy while it runs."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run() -> None:
+        _count(+1)
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # the caller gets it from the future
+            future.set_exception(exc)
+        finally:
+            _count(-1)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
 Work = tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 

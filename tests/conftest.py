@@ -105,6 +105,8 @@ class TcpProxy:
         self.lock = threading.Lock()
         self.open: list[socket.socket] = []
         self.sent = bytearray()  # every byte clients sent upstream, to check what went out
+        self.triggers: list[bytes] = []  # see stall_at
+        self.stalled_at: float | None = None
         self.listener: socket.socket | None = None
         self._listen()
 
@@ -135,6 +137,8 @@ class TcpProxy:
     def _pump(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
         try:
             while data := src.recv(65536):
+                if up and self.triggers:
+                    self._trigger(data)
                 while self.mode == "stall":
                     time.sleep(0.05)
                 if self.mode == "refuse":
@@ -148,6 +152,19 @@ class TcpProxy:
         for s in (src, dst):
             with contextlib.suppress(OSError):
                 s.close()
+
+    def stall_at(self, *requests: bytes) -> None:
+        """Relay until requests starting with each of ``requests`` went by, in order; stall from
+        the one matching the last (held, never sent): a store that stops answering at one
+        precise step of a job. ``stalled_at`` says when."""
+        self.triggers, self.stalled_at = list(requests), None
+
+    def _trigger(self, data: bytes) -> None:
+        with self.lock:
+            if self.triggers and data.startswith(self.triggers[0]):
+                self.triggers.pop(0)
+                if not self.triggers:
+                    self.mode, self.stalled_at = "stall", time.monotonic()
 
     def set(self, mode: str) -> None:
         if mode == "refuse" and self.listener is not None:

@@ -43,8 +43,15 @@ def bucket(s3: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"model": str(local / "mlp.onnx"), "endpoint": endpoint, "fs": fs}
 
 
-def config(tmp_path: Path, bucket: dict[str, Any], proxy: TcpProxy, out: str, runner: str) -> Path:
-    cfg = features_job("s3://data/faulty/", bucket["model"], keep=["id"], actors=2, runner=runner)
+def config(
+    tmp_path: Path,
+    bucket: dict[str, Any],
+    proxy: TcpProxy,
+    out: str,
+    runner: str,
+    data: str = "s3://data/faulty/",
+) -> Path:
+    cfg = features_job(data, bucket["model"], keep=["id"], actors=2, runner=runner)
     cfg["input"]["rows_per_shard"] = ROWS  # a shard per file
     cfg["output"] = {"uri": out}
     cfg["compute"]["batch_size"] = 4096
@@ -116,6 +123,74 @@ def test_sigterm_stops_a_job_on_a_stalled_store_within_10_s(
     finally:
         proxy.close()
     exactly_once(fs, out)
+
+
+# The last steps of a job, each as the request that begins it once the shard's marker landed.
+END_STEPS = {
+    "revoke": b"POST /results?delete",  # the claim's _run.json removed
+    "listing": b"HEAD /results/%s/_progress",  # the shards settled, listed
+    "summary": b"PUT /results/%s/_shards.parquet",  # the first summary file
+}
+
+
+@pytest.mark.parametrize(
+    "runner, steps",
+    [pytest.param("local", tuple(END_STEPS), id="local-every-step")]
+    + [pytest.param("ray", (step,), id=f"ray-{step}") for step in END_STEPS],
+)
+def test_ctrl_c_stops_the_end_of_a_job_within_10_s_on_a_store_that_stalls(
+    tmp_path: Path, bucket: dict[str, Any], runner: str, steps: tuple[str, ...]
+) -> None:
+    """Every shard scored, then the store stalls at one of the steps that end a job (the claim's
+    revoke, the final listing, the summary): Ctrl-C still stops it within 10 s, and resume
+    writes what it could not; every row is in predictions/ once. On the local runner one job per
+    step, at once; Ray's one at a time (three Ray starts at once on 2 cores take 84 s)."""
+    jobs = {}
+    for step in steps:
+        request = END_STEPS[step]
+        name = f"end-{runner}-{step}"
+        proxy = TcpProxy(bucket["endpoint"])
+        marker = f"PUT /results/{name}/_progress/part-000000.json".encode()
+        proxy.stall_at(marker, request.replace(b"%s", name.encode()))
+        folder = tmp_path / step
+        folder.mkdir()
+        path = config(
+            folder, bucket, proxy, f"s3://results/{name}", runner, "s3://data/faulty/part-000.parquet"
+        )
+        jobs[step] = (name, proxy, path, start_run(path))
+    try:
+        deadline = time.monotonic() + 120
+        for step, (_, proxy, _, proc) in jobs.items():
+            while proxy.stalled_at is None:
+                assert proc.poll() is None and time.monotonic() < deadline, (step, proc.communicate())
+                time.sleep(0.05)
+        time.sleep(1.0)  # each step waits on its store
+        stopped = {}
+        for step, (_, _, _, proc) in jobs.items():
+            proc.send_signal(signal.SIGINT)
+            stopped[step] = time.monotonic()
+        errs = {}
+        for step, (*_, proc) in jobs.items():
+            errs[step] = proc.communicate(timeout=60)[1]
+            stopped[step] = time.monotonic() - stopped[step]
+        for step, (_, proxy, path, proc) in jobs.items():
+            err = errs[step]
+            assert stopped[step] < 10, (step, err)
+            assert proc.returncode == 130, (step, err)
+            assert "interrupted" in err and "--mode resume" in err and "Traceback" not in err, err
+            proxy.set("pass")
+            if runner == "local":  # what a step left is the same whichever runner scored the shard
+                resumed = resume(path)
+                assert resumed.returncode == 0, resumed.stderr
+                assert "scoring 0 of 1 shard(s)" in resumed.stdout
+    finally:
+        for _, proxy, _, proc in jobs.values():
+            proxy.close()
+            if proc.poll() is None:
+                proc.kill()
+    for name, *_ in jobs.values():
+        found = pads.dataset(f"results/{name}/predictions", filesystem=bucket["fs"], format="parquet")
+        np.testing.assert_array_equal(np.sort(found.to_table().column("id").to_numpy()), np.arange(ROWS))
 
 
 def test_an_outage_mid_job_is_not_a_takeover_and_resume_finishes(
