@@ -50,6 +50,11 @@ class Plan:
     model_sha256: str
     keys: dict[str, Any]
     created_at: float
+    # What was listed when it is more than files (a table at a version: ``Format.source``),
+    # pinned for resume; None for folders.
+    source: dict[str, Any] | None = None
+    job_id: str = ""  # the run that made the plan (``_job.json``'s job_id)
+    replace: bool = False  # made by --mode overwrite: the first commit to a table output replaces it
 
     @property
     def rows(self) -> int:
@@ -72,8 +77,19 @@ def plan_keys(cfg: Config) -> dict[str, Any]:
 # -- making a plan ---------------------------------------------------------------------------
 
 
-def make_plan(cfg: Config, model_sha256: str, fmt: Format, files: Sequence[FileInfo]) -> Plan:
-    return Plan(fmt.plan(files, 0, 0), model_sha256, plan_keys(cfg), time.time())
+def make_plan(
+    cfg: Config,
+    model_sha256: str,
+    fmt: Format,
+    files: Sequence[FileInfo],
+    job_id: str = "",
+    first_index: int = 0,
+) -> Plan:
+    """A new plan of ``files``, its shards numbered from ``first_index`` (past the files that a
+    table output still holds)."""
+    shards = fmt.plan(files, first_index, 0)
+    replace = cfg.output.mode == "overwrite"
+    return Plan(shards, model_sha256, plan_keys(cfg), time.time(), fmt.source(), job_id, replace)
 
 
 # -- resume ----------------------------------------------------------------------------------
@@ -100,12 +116,20 @@ def extend(
                 f"cannot resume: config key '{key}' changed since the plan was made "
                 f"({json.dumps(old.keys.get(key))} then, {json.dumps(keys.get(key))} now). {fix}"
             )
+    source = fmt.source()
     now = {f.uri: f for f in files}
     planned = set()
     for shard in old.shards:
         for uri, size, version in zip(shard.files, shard.sizes, shard.versions):
             planned.add(uri)
             f = now.get(uri)
+            if f is None and source is not None:
+                raise PlanChanged(
+                    f"cannot resume: data file {uri} of the plan (shard {shard.id}, {_at(old.source)}) is "
+                    f"not in {_at(source)}: a newer version removed or rewrote it (a delete, an update, "
+                    "an overwrite, a compaction), so its rows may be scored already from the old file. "
+                    f"Resume at the planned version (leave input.version out), or: {fix}"
+                )
             if f is None:
                 raise PlanChanged(
                     f"cannot resume: input file {uri} was in the plan (shard {shard.id}) but is gone. "
@@ -119,10 +143,17 @@ def extend(
                 )
     added = [f for f in files if f.uri not in planned]
     if not added:
-        return old, []
+        return dataclasses.replace(old, source=source or old.source), []
     first = max((s.index for s in old.shards), default=-1) + 1
     new = fmt.plan(added, first, sum(len(s.files) for s in old.shards))
-    return Plan(old.shards + new, old.model_sha256, old.keys, old.created_at), new
+    return dataclasses.replace(old, shards=old.shards + new, source=source or old.source), new
+
+
+def _at(source: dict[str, Any] | None) -> str:
+    """A table at its version, for messages."""
+    if not source:
+        return "the input"
+    return f"{source.get('format')} table {source.get('table')} at version {source.get('version')}"
 
 
 # -- _plan.parquet ---------------------------------------------------------------------------
@@ -163,6 +194,7 @@ def to_table(plan: Plan) -> pa.Table:
         ):
             cols[name].append(value)
     meta = {"model_sha256": plan.model_sha256, "keys": plan.keys, "created_at": plan.created_at}
+    meta |= {"source": plan.source, "job_id": plan.job_id, "replace": plan.replace}
     schema = PLAN_SCHEMA.with_metadata({META_KEY: json.dumps(meta).encode()})
     return pa.table(cols, schema=schema)
 
@@ -185,4 +217,12 @@ def from_table(table: pa.Table) -> Plan:
         )
         for r in table.to_pylist()
     ]
-    return Plan(shards, meta["model_sha256"], meta["keys"], meta["created_at"])
+    return Plan(
+        shards,
+        meta["model_sha256"],
+        meta["keys"],
+        meta["created_at"],
+        meta.get("source"),
+        meta.get("job_id", ""),
+        bool(meta.get("replace")),
+    )

@@ -52,7 +52,8 @@ def run_job(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         compute.setdefault("actors", 1)
         if compute.setdefault("runner", "local") == "ray":
             request.getfixturevalue("ray_session")
-        return run(load_config(data=data, environ={}), echo=lambda _: None, **kw)
+        kw.setdefault("echo", lambda _: None)
+        return run(load_config(data=data, environ={}), **kw)
 
     return go
 
@@ -107,6 +108,7 @@ class TcpProxy:
         self.sent = bytearray()  # every byte clients sent upstream, to check what went out
         self.triggers: list[bytes] = []  # see stall_at
         self.stalled_at: float | None = None
+        self.then = "stall"
         self.listener: socket.socket | None = None
         self._listen()
 
@@ -153,18 +155,21 @@ class TcpProxy:
             with contextlib.suppress(OSError):
                 s.close()
 
-    def stall_at(self, *requests: bytes) -> None:
-        """Relay until requests starting with each of ``requests`` went by, in order; stall from
-        the one matching the last (held, never sent): a store that stops answering at one
-        precise step of a job. ``stalled_at`` says when."""
-        self.triggers, self.stalled_at = list(requests), None
+    def stall_at(self, *requests: bytes, mode: str = "stall") -> None:
+        """Relay until requests starting with each of ``requests`` went by, in order; from the
+        one matching the last (held, never sent), ``mode`` (stall, or refuse): a store that fails
+        at one precise step of a job. ``stalled_at`` says when."""
+        self.triggers, self.stalled_at, self.then = list(requests), None, mode
 
     def _trigger(self, data: bytes) -> None:
         with self.lock:
-            if self.triggers and data.startswith(self.triggers[0]):
+            hit = bool(self.triggers) and data.startswith(self.triggers[0])
+            if hit:
                 self.triggers.pop(0)
-                if not self.triggers:
-                    self.mode, self.stalled_at = "stall", time.monotonic()
+            if not hit or self.triggers:
+                return
+            self.stalled_at = time.monotonic()
+        self.set(self.then)
 
     def set(self, mode: str) -> None:
         if mode == "refuse" and self.listener is not None:

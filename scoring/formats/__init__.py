@@ -1,8 +1,13 @@
 """Input formats: how files become shards, and shards become rows. One seam, one module each.
 
 A ``Format`` is built from ``input.*`` and ``storage_options`` (plain data: it travels to the
-workers) and has three jobs:
+workers) and has these jobs:
 
+- ``listing() -> [FileInfo]``: the files ``input.uri`` holds for it (``listed``: a folder's files
+  by their suffixes; a table's: the data files of one version, read from its log). Raises
+  ``StorageError`` when there are none, ``InputError`` when they cannot be read as this format;
+- ``source() -> dict | None``: what was listed when it is more than files — a table, its
+  format and the version read — recorded in the plan and ``_job.json`` (None for folders);
 - ``plan(files, first_index, first_position) -> [Shard]``: cut the listed files into shards,
   numbered from ``first_index`` (``first_position``: files planned before, for ids that count
   files);
@@ -24,7 +29,9 @@ whose every file is one row holding its bytes::
 
     class Blobs:
         name, suffixes, provenance = "blobs", (".bin",), "path"
-        def __init__(self, inp, storage_options): self.so = storage_options
+        def __init__(self, inp, storage_options): self.inp, self.so = inp, storage_options
+        def listing(self): return listed(self.inp, self.so, self.suffixes)
+        def source(self): return None
         def plan(self, files, first_index, first_position):
             return [Shard(first_index + i, f.uri, self.name, (f.uri,), (f.size,), (f.version,), 1)
                     for i, f in enumerate(files)]
@@ -48,7 +55,7 @@ import pyarrow as pa
 
 from scoring import storage
 from scoring.config import InputConfig
-from scoring.errors import StorageError
+from scoring.errors import InputError, StorageError
 from scoring.record import Reason, Rejections
 from scoring.shard import FileInfo, Shard
 
@@ -57,6 +64,8 @@ FORMATS = {
     "parquet": "scoring.formats.parquet:Parquet",
     "image_files": "scoring.formats.image_files:ImageFiles",
     "webdataset": "scoring.formats.webdataset:WebDataset",
+    "delta": "scoring.formats.delta:Delta",
+    "iceberg": "scoring.formats.iceberg:Iceberg",
 }
 # input.format -> the formats that may read it, tried in this order on the listing: each format
 # by its own name, and "images", an image folder or Parquet with an image column.
@@ -70,6 +79,10 @@ class Format(Protocol):
     name: ClassVar[str]
     suffixes: ClassVar[tuple[str, ...]]
     provenance: ClassVar[str]
+
+    def listing(self) -> list[FileInfo]: ...
+
+    def source(self) -> dict[str, Any] | None: ...
 
     def plan(self, files: Sequence[FileInfo], first_index: int, first_position: int) -> list[Shard]: ...
 
@@ -93,7 +106,7 @@ def list_input(inp: InputConfig, storage_options: dict[str, Any]) -> tuple[Forma
     for name in INPUTS[inp.format]:
         fmt = get(name, inp, storage_options)
         try:
-            return fmt, storage.list_files(inp.uri, storage_options, fmt.suffixes)
+            return fmt, fmt.listing()
         except StorageError as exc:
             errors.append(exc)
     if len(errors) == 1:
@@ -102,6 +115,27 @@ def list_input(inp: InputConfig, storage_options: dict[str, Any]) -> tuple[Forma
     raise StorageError(
         f"{inp.uri}: found no files ending in {wanted}; check input.uri and input.format"
     ) from errors[-1]
+
+
+def listed(inp: InputConfig, storage_options: dict[str, Any], suffixes: Sequence[str]) -> list[FileInfo]:
+    """The files under ``input.uri`` ending in ``suffixes`` (``storage.list_files``). Raises
+    ``InputError`` when ``input.uri`` is in a Delta or Iceberg table, or holds one: its folder
+    keeps every version's files, removed and overwritten rows too; it is read at one version by
+    ``input.format: delta`` or ``iceberg``."""
+    tables: list[tuple[str, str]] = []
+    files = storage.list_files(inp.uri, storage_options, suffixes, tables)
+    tables += storage.tables_above(inp.uri, storage_options)
+    if tables:
+        root, kind = tables[0]
+        raise InputError(
+            f"{root} is a{'n' if kind == 'iceberg' else ''} {kind.capitalize()} table (found "
+            f"{'_delta_log/' if kind == 'delta' else 'metadata/*.metadata.json'}): its folder keeps the "
+            f"files of every version, rows since removed or overwritten among them, so input.format "
+            f"{inp.format} would score rows the table no longer holds. Read it at one version with "
+            f"input.format: {kind}"
+            + ("" if root.rstrip("/") == inp.uri.rstrip("/") else f" and input.uri: {root}")
+        )
+    return files
 
 
 @dataclasses.dataclass

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from scoring import storage
 from scoring.config import InputConfig
-from scoring.formats import Chunk, listing_root, partitions
+from scoring.formats import Chunk, listed, listing_root, partitions
 from scoring.record import Reason, Rejections
 from scoring.shard import FileInfo, Shard
 
@@ -32,6 +32,12 @@ class ImageFiles:
     def __init__(self, inp: InputConfig, storage_options: dict[str, Any]) -> None:
         self.inp, self.so = inp, storage_options
         self.root = listing_root(inp.uri, storage_options)
+
+    def listing(self) -> list[FileInfo]:
+        return listed(self.inp, self.so, self.suffixes)
+
+    def source(self) -> dict[str, Any] | None:
+        return None
 
     def plan(self, files: Sequence[FileInfo], first_index: int, first_position: int) -> list[Shard]:
         folder, step = self.inp.uri.rstrip("/"), self.inp.files_per_shard

@@ -25,7 +25,7 @@ import pyarrow as pa
 from scoring import storage
 from scoring.config import InputConfig
 from scoring.errors import InputError, RowError, StorageError
-from scoring.formats import Chunk, concat, listing_root, partitions, unify
+from scoring.formats import Chunk, concat, listed, listing_root, partitions, unify
 from scoring.record import Reason, Rejections
 from scoring.shard import FileInfo, Shard
 
@@ -43,7 +43,7 @@ T = TypeVar("T")
 
 class Parquet:
     name = "parquet"
-    suffixes = (".parquet", ".pq")
+    suffixes: tuple[str, ...] = (".parquet", ".pq")
     provenance = "file"
 
     def __init__(self, inp: InputConfig, storage_options: dict[str, Any]) -> None:
@@ -68,6 +68,12 @@ class Parquet:
         if isinstance(found, InputError):
             raise found
         return found
+
+    def listing(self) -> list[FileInfo]:
+        return listed(self.inp, self.so, self.suffixes)
+
+    def source(self) -> dict[str, Any] | None:
+        return None
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -178,7 +184,7 @@ class Parquet:
             offset = first
             for batch in file.iter_batches(batch_size=rows, row_groups=groups, columns=columns):
                 data = self._conform(pa.Table.from_batches([batch]), uri, schema)
-                yield Chunk.of_file(data, uri, offset)
+                yield self._chunk(data, uri, offset)
                 offset += batch.num_rows
         except (OSError, pa.ArrowException) as exc:
             raise RowError(
@@ -234,7 +240,12 @@ class Parquet:
             n = file.metadata.num_rows if file is not None else None
             why = Reason("read", type(exc).__name__, f"{uri}: cannot read Parquet file: {exc}")
             return _rejected(schema, uri, 0 if n is not None else -1, n if n is not None else -1, why)
-        return Chunk.of_file(table, uri, 0)
+        return self._chunk(table, uri, 0)
+
+    def _chunk(self, data: pa.Table, uri: str, first_row: int) -> Chunk:
+        """The rows of ``uri`` read from ``first_row`` on, as a chunk (a table leaves out the rows
+        its deletes removed)."""
+        return Chunk.of_file(data, uri, first_row)
 
     def _present(self, uri: str, found: pa.Schema, schema: pa.Schema, first: int, rows: int) -> list[str]:
         """The columns of ``schema`` stored in the file; ``RowError`` if one is missing."""

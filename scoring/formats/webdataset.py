@@ -24,7 +24,7 @@ import pyarrow as pa
 from scoring import storage
 from scoring.config import InputConfig
 from scoring.errors import InputError, RowError, StorageError
-from scoring.formats import Chunk
+from scoring.formats import Chunk, listed
 from scoring.record import Reason, Rejections
 from scoring.shard import FileInfo, Shard
 
@@ -44,6 +44,12 @@ class WebDataset:
 
     def __init__(self, inp: InputConfig, storage_options: dict[str, Any]) -> None:
         self.inp, self.so = inp, storage_options
+
+    def listing(self) -> list[FileInfo]:
+        return listed(self.inp, self.so, self.suffixes)
+
+    def source(self) -> dict[str, Any] | None:
+        return None
 
     def plan(self, files: Sequence[FileInfo], first_index: int, first_position: int) -> list[Shard]:
         return [
