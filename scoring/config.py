@@ -90,7 +90,7 @@ class TextConfig(_Section):
 
 class InputConfig(_Section):
     uri: str
-    format: str  # a key of scoring.formats.INPUTS: parquet | images | webdataset
+    format: str  # a key of scoring.formats.INPUTS: parquet | images | webdataset | delta | iceberg
     columns: dict[str, str | list[str]] = {}
     # Columns copied to the predictions: a name, or {new_name: column} to keep it under another
     # name (a column named like one scoring adds: file, row, shard, path, an output's).
@@ -106,6 +106,13 @@ class InputConfig(_Section):
     image_column: str = "image"
     image: ImageConfig = ImageConfig()
     text: TextConfig | None = None  # text models: tokenize this column (see README "Text models")
+    # Tables (delta, iceberg): the version read — delta: a table version or a timestamp; iceberg: a
+    # snapshot id or a timestamp; "latest". Unset: the latest on a first run, the version the plan
+    # pinned on a resume (README "Lakehouse tables").
+    version: int | str | None = None
+    # iceberg: pyiceberg catalog properties (name: default, type: sql | rest | glue | hive, uri,
+    # warehouse, ...), with input.uri the table's name (db.table).
+    catalog: dict[str, Any] | None = None
 
     @field_validator("keep")
     @classmethod
@@ -134,6 +141,13 @@ class InputConfig(_Section):
             raise ValueError(f"expected one of {', '.join(INPUTS)}")
         return v
 
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("expected a version (an integer >= 0), a timestamp or 'latest'")
+        return v
+
 
 class PostprocessConfig(_Section):
     output: str | None = None  # default: the only float output of shape [N, C]
@@ -152,10 +166,24 @@ class EmbeddingConfig(_Section):
 class OutputConfig(_Section):
     uri: str
     mode: Literal["error", "overwrite", "resume"] = "error"
+    # parquet: OUT/predictions/ as files; delta: OUT/predictions/ is a Delta table; iceberg: the
+    # files are committed into output.table of output.catalog (README "Predictions as a table").
+    format: str = "parquet"
+    table: str | None = None  # iceberg: namespace.table, created when absent
+    catalog: dict[str, Any] | None = None  # iceberg: pyiceberg catalog properties, as input.catalog
     # None: every output (none with output.embedding); {}: none (postprocess or embedding columns only)
     outputs: dict[str, str] | None = None
     postprocess: PostprocessConfig | None = None
     embedding: EmbeddingConfig | None = None  # sentence embeddings: the column `embedding`
+
+    @field_validator("format")
+    @classmethod
+    def _known_output(cls, v: str) -> str:
+        from scoring.outputs import OUTPUTS  # the registry; imported when a config is checked
+
+        if v not in OUTPUTS:
+            raise ValueError(f"expected one of {', '.join(OUTPUTS)}")
+        return v
 
 
 class ComputeConfig(_Section):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
 
@@ -37,6 +38,7 @@ class Preview:
     predictions: pa.Table  # the first rows' prediction columns
     rejected: list[str]  # why some of those rows were rejected
     notes: list[str] = dataclasses.field(default_factory=list)  # the preprocessor's (token counts)
+    source: dict[str, Any] | None = None  # a table at its version (``Format.source``)
 
 
 def validate(cfg: Config) -> Preview:
@@ -76,6 +78,7 @@ def validate(cfg: Config) -> Preview:
         predictions=spec.predictions(shard.id, chunk, scored),
         rejected=lines,
         notes=spec.preprocessor.notes(chunk.data),
+        source=job_plan.source,
     )
 
 
@@ -114,8 +117,20 @@ def _read(spec: JobSpec, shard: Shard) -> Iterator[Chunk]:
 
 
 def format_preview(p: Preview) -> str:
-    lines = [
-        f"ok: {p.shards} shard(s) from {p.files} input file(s), {p.rows:,} rows planned",
+    lines = [f"ok: {p.shards} shard(s) from {p.files} input file(s), {p.rows:,} rows planned"]
+    if p.source:
+        s = p.source
+        deletes = (
+            f"deletes applied: {s['rows_deleted']:,} row(s) of {s['files_with_deletes']} file(s)"
+            if s.get("rows_deleted")
+            else "no deletes to apply"
+        )
+        lines.append(
+            f"{s['format']} table {s['table']} at version {s['version']}: {s['files']} live data file(s), "
+            f"{s['rows']:,} live row(s); {deletes}"
+        )
+    lines += [
+        "model inputs: " + ", ".join(p.inputs),
         "model inputs: " + ", ".join(p.inputs),
         f"the first {PREVIEW_ROWS} rows of the input, scored here: "
         f"{p.predictions.num_rows} scored, {len(p.rejected)} rejected",
