@@ -28,6 +28,7 @@ from scoring import (
     embedding,
     formats,
     outcome,
+    outputs,
     plan,
     postprocess,
     preprocess,
@@ -73,6 +74,7 @@ def check(cfg: Config) -> tuple[JobSpec, list[FileInfo]]:
             "output.embedding is set: the predictions would have no column. Set one of them, or "
             "leave output.outputs out"
         )
+    outputs.get(cfg.output, so).check()
     fmt, files = formats.list_input(inp, so)
     columns = list(dict.fromkeys([*preprocess.needs(inp, info), *inp.kept_columns]))
     schema = fmt.schema(files, columns)
@@ -108,9 +110,17 @@ def decide_plan(
                 f"{out.uri} has shard markers but no _plan.parquet (written by an older version of "
                 "scoring?): it cannot be resumed. Use --mode overwrite, or another output.uri."
             )
-        return plan.make_plan(cfg, sha, spec.format, files), {}
+        first = out.next_index() if outputs.get(cfg.output, cfg.storage_options).tabled else 0
+        return plan.make_plan(cfg, sha, spec.format, files, spec.run_id, first), {}
     job_plan, new = plan.extend(old, cfg, sha, spec.format, files)
-    if new:
+    was, now = old.source or {}, job_plan.source or {}
+    if new and was.get("version") != now.get("version"):
+        files_new, rows_new = sum(len(s.files) for s in new), sum(s.rows or 0 for s in new)
+        echo(
+            f"{now.get('table')} moved from version {was.get('version')} to {now.get('version')}: "
+            f"{files_new} new data file(s), {rows_new:,} new row(s), in {len(new)} new shard(s)"
+        )
+    elif new:
         last = f" … {new[-1].id}" if len(new) > 1 else ""
         echo(f"{len(new)} new shard(s) for input files added since the plan was made: {new[0].id}{last}")
     markers = out.markers()
@@ -154,7 +164,9 @@ def run_job(
         if status == "succeeded":
             error = outcome.nothing_scored(records)
             status = "failed" if error else status
-        job = summary.job_record(spec, job_plan, records, run.scored, started, t_ready, status, error, runs)
+        job = summary.job_record(
+            spec, job_plan, records, run.scored, started, t_ready, status, error, runs, run.committed
+        )
         job["totals"]["ray_init_s"] = ray_init_s
         try:
             _write_summary(out, records, job, stop)
@@ -192,6 +204,7 @@ def _prepare(
     echo(f"checking the config, the model and the input ({cfg.input.uri})")
     if cfg.compute.runner == "ray":
         cluster.check_address(address)
+    cfg = _pinned(cfg)
     spec, files = check(cfg)
     if cfg.compute.runner == "local" or cluster.starts_locally(address):
         cluster.plan_pool(cfg.compute, cluster.nodes("local"), "this machine")
@@ -203,6 +216,17 @@ def _prepare(
     echo(f"planned {len(job_plan.shards)} shard(s) of {len(files)} input file(s)")
     storage.check_writable(cfg.output.uri, cfg.storage_options)  # the first write: none before it
     return spec, out, job_plan, settled, runs
+
+
+def _pinned(cfg: Config) -> Config:
+    """A resume reads the table version its plan pinned, unless ``input.version`` names one."""
+    if cfg.output.mode != "resume" or cfg.input.version is not None:
+        return cfg
+    old = sink.Output(cfg.output.uri, cfg.storage_options, "").read_plan()
+    version = ((old.source if old is not None else None) or {}).get("version")
+    if version is None:
+        return cfg
+    return cfg.model_copy(update={"input": cfg.input.model_copy(update={"version": version})})
 
 
 def _score(
@@ -220,14 +244,16 @@ def _score(
     where = "the cluster" if runner_name == "ray" else "this machine"
     launchable = cluster.launchable() if runner_name == "ray" else None
     pool = cluster.plan_pool(cfg.compute, cluster.nodes(runner_name), where, launchable)
+    output = outputs.get(cfg.output, cfg.storage_options)
     out.claim()
     stop.dispatching = True  # from here a signal stops the job and writes its summary
     runner = RUNNERS[runner_name](spec, pool)
     run = _Run(spec, out, settled, progress, len(job_plan.shards) - len(settled))
+    planned = [s.index for s in job_plan.shards] if output.tabled else None
     try:
         if cfg.output.mode == "overwrite":
-            stop.bounded(out.clear, "clearing OUT")
-        stop.bounded(lambda: out.start_over(settled), "removing what an earlier run left in OUT")
+            stop.bounded(lambda: out.clear(output.tabled), "clearing OUT")
+        stop.bounded(lambda: out.start_over(settled, planned), "removing what an earlier run left in OUT")
         stop.bounded(lambda: out.write_plan(job_plan), "writing the plan")
         todo = [s for s in job_plan.shards if s.index not in settled]
         progress.start(
@@ -240,6 +266,8 @@ def _score(
         timeout = cfg.compute.placement_timeout_s
         if not dispatch(runner, todo, run.settle, lambda: run.tick(stop), progress, timeout):
             return "interrupted", None, run
+        if output.tabled and not outcome.nothing_scored(list(run.records.values())):
+            run.committed = stop.bounded(lambda: _commit(spec, out, output, job_plan, run), "committing")
     except ScoringError as exc:  # the job's own stop says why; a worker's says what it was
         if stop.event.is_set():  # a call cut short by the signal's grace period
             return "interrupted", None, run
@@ -253,6 +281,25 @@ def _score(
         runner.stop()
         out.sweep()  # what stopped workers left half-written
     return "succeeded", None, run
+
+
+def _commit(
+    spec: JobSpec, out: sink.Output, output: outputs.Output, job_plan: plan.Plan, run: _Run
+) -> dict[str, Any] | None:
+    """Put the job's settled prediction files that the output table lacks into it, in one
+    transaction. Raises ``JobFailed`` (the files stay; the next resume commits)."""
+    cfg = spec.config
+    files = out.written(run.records.values())
+    job: dict[str, Any] = {"job_id": job_plan.job_id or spec.run_id, "model_sha256": spec.model.sha256}
+    job |= {"input": job_plan.source, "input_uri": cfg.input.uri}
+    run.progress.message(f"committing {len(files)} prediction file(s) to the {output.name} table")
+    try:
+        return output.commit(files, job, job_plan.replace)
+    except StorageError as exc:
+        raise JobFailed(
+            f"{exc}. Every shard is scored and its predictions file written under {out.uri}: run again "
+            "with --mode resume to commit them"
+        ) from exc
 
 
 class _Run:
@@ -269,6 +316,7 @@ class _Run:
         self.scored = 0  # rows scored by this run (not by the runs it resumes)
         self.beat = time.monotonic()
         self.beating: threading.Thread | None = None
+        self.committed: dict[str, Any] | None = None  # what a table output's commit took
 
     def settle(self, shard: Shard, future: Any) -> None:
         """Take a finished shard's outcome. Raises ``ScoringError`` to stop the job."""

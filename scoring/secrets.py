@@ -50,14 +50,35 @@ def values(storage_options: Any) -> list[str]:
     return [storage_options, *parts]
 
 
+# Catalog properties shown as they are (URL credentials still removed); every other one is masked
+# (credentials, tokens, keys: s3.secret-access-key, credential, token, ...).
+CATALOG_SHOWN = ("name", "type", "uri", "warehouse")
+
+
 def config(data: dict[str, Any]) -> dict[str, Any]:
     """A config as plain data (``Config.model_dump``), redacted: ``storage_options`` values
-    masked at any depth, URL credentials removed from every string."""
-    masked = _mask(data.get("storage_options") or {})
-    secrets = values(data.get("storage_options") or {})
+    masked at any depth, catalog properties but their name, type, uri and warehouse, URL
+    credentials removed from every string."""
+    secrets = config_values(data)
     out = _strings(data, secrets)
-    out["storage_options"] = masked
+    out["storage_options"] = _mask(data.get("storage_options") or {})
+    for section in ("input", "output"):
+        catalog = (out.get(section) or {}).get("catalog")
+        if isinstance(catalog, dict):
+            out[section]["catalog"] = {k: v if k in CATALOG_SHOWN else _mask(v) for k, v in catalog.items()}
     return out
+
+
+def config_values(data: Any) -> list[str]:
+    """The secret strings of a config (as plain data or a ``Config``): every value under
+    ``storage_options``, and the catalog properties that ``config`` masks."""
+    if hasattr(data, "model_dump"):
+        data = data.model_dump(mode="json")
+    found = values(data.get("storage_options") or {})
+    for section in ("input", "output"):
+        catalog = (data.get(section) or {}).get("catalog") or {}
+        found += values({k: v for k, v in catalog.items() if k not in CATALOG_SHOWN})
+    return found
 
 
 def argv(args: Sequence[str], secrets: Iterable[str] = ()) -> list[str]:
@@ -78,7 +99,9 @@ def argv(args: Sequence[str], secrets: Iterable[str] = ()) -> list[str]:
 
 def _set_item(item: str) -> str:
     key, eq, _ = item.partition("=")
-    return f"{key}={MASK}" if eq and key.strip().split(".")[0] == "storage_options" else item
+    parts = key.strip().split(".")
+    catalog = len(parts) >= 2 and parts[1] == "catalog" and (len(parts) == 2 or parts[2] not in CATALOG_SHOWN)
+    return f"{key}={MASK}" if eq and (parts[0] == "storage_options" or catalog) else item
 
 
 def _mask(value: Any) -> Any:

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 
 from scoring import storage
 from scoring.errors import StorageError, translated
+from scoring.outputs import Written
 from scoring.plan import Plan, from_table, to_table
 from scoring.record import ERROR_COLUMNS, Rejections, ShardRecord, shards_table
 
@@ -197,22 +198,28 @@ class Output:
     def write_plan(self, plan: Plan) -> None:
         self._write(PLAN, table_bytes(to_table(plan)))
 
-    def clear(self) -> None:
-        """Remove every job file (overwrite)."""
+    def clear(self, tabled: bool = False) -> None:
+        """Remove every job file (overwrite) — but ``predictions/`` when it is a table's
+        (``tabled``): its readers keep the table they read until the new job's commit."""
         for name in JOB_FILES:
-            if name not in (RUN, LOCK):
+            if name not in (RUN, LOCK) and not (tabled and name == PREDICTIONS):
                 storage.remove(self.join(name), self.storage_options)
 
-    def start_over(self, settled: Iterable[int]) -> None:
+    def start_over(self, settled: Iterable[int], planned: Iterable[int] | None = None) -> None:
         """Before scoring: remove what a run left that is not a settled shard's (their
         predictions, errors and markers are rescored from nothing), the summary of the run before,
-        and temporary files of interrupted writes."""
+        and temporary files of interrupted writes. With ``planned`` (a table's predictions/), a
+        predictions file is removed only when it is one of those shards': the others are files an
+        earlier job committed to the table."""
         keep = {part(i, "") for i in settled}
+        mine = None if planned is None else {part(i, "") for i in planned}
         so = self.storage_options
         for folder in (PREDICTIONS, ERRORS, PROGRESS):
             for uri in storage.list_names(self.join(folder), so):
-                name = uri.rstrip("/").rsplit("/", 1)[-1]
-                if name.split(".", 1)[0] not in keep:
+                name = uri.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+                if folder == PREDICTIONS and mine is not None and name not in mine:
+                    continue
+                if name not in keep:
                     storage.remove(uri, so)
         for name in SUMMARY:
             storage.remove(self.join(name), so)
@@ -224,6 +231,28 @@ class Output:
         if self.local:
             for folder in ("", PREDICTIONS, ERRORS, PROGRESS):
                 storage.sweep_temps(os.path.join(self.path, folder))
+
+    def next_index(self) -> int:
+        """One past the highest shard index of a file in ``predictions/`` (0 when none): where a
+        new plan starts numbering so that it reuses no name a table still reads."""
+        indices = [
+            int(name[5:11])
+            for uri in storage.list_names(self.join(PREDICTIONS), self.storage_options)
+            if (name := uri.rstrip("/").rsplit("/", 1)[-1]).startswith("part-") and name[5:11].isdigit()
+        ]
+        return max(indices, default=-1) + 1
+
+    def written(self, records: Iterable[ShardRecord]) -> list[Written]:
+        """The predictions files of the settled shards among ``records``, as a table commit
+        takes them: size and time from one listing, rows from the records."""
+        found = storage.list_sizes(self.join(PREDICTIONS), self.storage_options)
+        out = []
+        for r in sorted(records, key=lambda r: r.index):
+            uri = self.join(PREDICTIONS, part(r.index, ".parquet"))
+            if r.status in ("succeeded", "partial") and r.committed and uri in found:
+                size, modified = found[uri]
+                out.append(Written(uri, part(r.index, ".parquet"), size, r.rows - r.rows_failed, modified))
+        return out
 
     # -- markers and the summary -------------------------------------------------------------
 

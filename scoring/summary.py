@@ -27,6 +27,7 @@ def job_record(
     status: str,
     error: str | None,
     runs: list[dict[str, Any]] | None = None,
+    committed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The record of a run that ended with ``status`` (and ``error``), over all of its plan's
     ``records`` (this run's and those it resumed) and all of its ``runs`` (the ones before this
@@ -57,7 +58,7 @@ def job_record(
         "job_id": every[0]["run_id"],  # the first run's: the job keeps it through resumes
         "run_id": spec.run_id,
         "status": status,
-        "error": secrets.text(error, secrets.values(cfg.storage_options)) if error else error,
+        "error": secrets.text(error, secrets.config_values(cfg)) if error else error,
         "config": secrets.config(cfg.model_dump(mode="json")),
         "model": {
             "uri": secrets.text(info.uri),
@@ -66,6 +67,8 @@ def job_record(
             "inputs": [dataclasses.asdict(i) for i in info.inputs],
             "outputs": [dataclasses.asdict(o) for o in info.outputs],
         },
+        "input": job_plan.source or {"format": cfg.input.format, "uri": secrets.text(cfg.input.uri)},
+        "output": {"format": cfg.output.format, "committed": committed},
         "versions": versions,
         "providers": sorted({p for r in records for p in r.providers}),
         "cpu_fallback": sorted({r.fallback for r in records if r.fallback}),
@@ -86,7 +89,7 @@ def job_record(
             "rows_scored_now": scored,
         },
         "runs": every,
-        "argv": secrets.argv(sys.argv, secrets.values(cfg.storage_options)),
+        "argv": secrets.argv(sys.argv, secrets.config_values(cfg)),
     }
 
 
