@@ -46,7 +46,7 @@ def test_unknown_wrong_and_missing_keys_name_the_key() -> None:
         load_config(data={**BASE, "input": {"uri": "d"}}, environ={})
     with pytest.raises(
         ConfigError,
-        match=r"config key 'input.format': .*expected one of parquet, webdataset, delta, iceberg, images.*found 'csv'",
+        match=r"'input.format': .*expected one of parquet, webdataset, delta, iceberg, images.*'csv'",
     ):
         load_config(data={**BASE, "input": {"uri": "d", "format": "csv"}}, environ={})
 

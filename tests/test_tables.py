@@ -10,6 +10,9 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
+from scoring import storage
 from scoring.demo import make_mlp
 from scoring.errors import InputError, PlanChanged
 
@@ -59,7 +63,9 @@ def scored(out: Path) -> pa.Table:
     return pads.dataset(out / "predictions", format="parquet").to_table().sort_by("id")
 
 
-def check_against(preds: pa.Table, expected: pa.Table, model: str, kept: list[str]) -> None:
+def check_against(
+    preds: pa.Table, expected: pa.Table, model: str, kept: list[str], so: dict[str, Any] | None = None
+) -> None:
     """The predictions are the expected rows, once each, with their kept values and the model's
     outputs for their features; ``file`` and ``row`` find each row in its data file."""
     expected, preds = expected.sort_by("id"), preds.sort_by("id")
@@ -73,8 +79,8 @@ def check_against(preds: pa.Table, expected: pa.Table, model: str, kept: list[st
         np.stack(preds.column("probs").to_numpy(zero_copy_only=False)), probs, rtol=1e-5
     )
     for r in preds.slice(0, 5).to_pylist():  # file and row: its position in the data file
-        assert pq.read_table(r["file"]).column_names  # a data file, readable as Parquet
-        found = pq.read_table(r["file"]).slice(r["row"], 1).to_pylist()[0]
+        data = pq.read_table(pa.BufferReader(storage.read_bytes(r["file"], so or {})))
+        found = data.slice(r["row"], 1).to_pylist()[0]
         assert r["id"] in found.values()  # the id, under its name or column mapping's physical one
 
 
@@ -164,6 +170,96 @@ def test_validate_shows_the_table_version_files_and_rows(
     text = format_preview(validate(cfg))
     files = len(deltalake.DeltaTable(delta["mapped"]).file_uris())
     assert f"delta table {delta['mapped']} at version 3: {files} live data file(s), 450 live row(s)" in text
+
+
+def add_deletion_vector(uri: str, positions: list[int]) -> str:
+    """Delete rows of the table's first data file by a deletion vector; the file's path.
+
+    delta-rs reads deletion vectors but writes none (its DELETE rewrites files), and no Spark
+    runs here, so the vector is written as the Delta protocol lays it out — a RoaringBitmapArray
+    (magic, one 32-bit bucket) in a file of format version 1 with its size and CRC, named by
+    absolute path (storage type ``p``) in a remove + add commit. delta-rs' own scan is the check
+    that it is one."""
+    import struct
+    import uuid
+    import zlib
+
+    from pyroaring import BitMap
+
+    version = deltalake.DeltaTable(uri).version()
+    adds: dict[str, Any] = {}
+    for v in range(version + 1):
+        for line in Path(f"{uri}/_delta_log/{v:020d}.json").read_text().splitlines():
+            action = json.loads(line)
+            adds.pop((action.get("remove") or {}).get("path"), None)
+            if "add" in action:
+                adds[action["add"]["path"]] = action["add"]
+    path, add = sorted(adds.items())[0]
+    data = struct.pack("<Iq", 1681511377, 1) + struct.pack("<I", 0) + BitMap(positions).serialize()
+    vector = Path(uri) / f"deletion_vector_{uuid.uuid4()}.bin"
+    vector.write_bytes(bytes([1]) + struct.pack(">i", len(data)) + data + struct.pack(">I", zlib.crc32(data)))
+    dv = {"storageType": "p", "pathOrInlineDv": f"file://{vector}", "offset": 1, "sizeInBytes": len(data)}
+    now = int(time.time() * 1000)
+    actions = [
+        {"commitInfo": {"timestamp": now, "operation": "DELETE", "operationParameters": {}}},
+        {"remove": {"path": path, "deletionTimestamp": now, "dataChange": True, "size": add["size"]}},
+        {"add": add | {"dataChange": True, "deletionVector": dv | {"cardinality": len(positions)}}},
+    ]
+    with open(f"{uri}/_delta_log/{version + 1:020d}.json", "x") as f:
+        f.write("\n".join(json.dumps(a) for a in actions) + "\n")
+    return path
+
+
+def test_deletion_vectors_leave_their_rows_out_wherever_the_file_is_cut(
+    run_job, tmp_path: Path, model: str
+) -> None:
+    from deltalake import DeltaTable, TableFeatures, WriterProperties, write_deltalake
+
+    uri = str(tmp_path / "dv")
+    write_deltalake(uri, rows(0, 4000), writer_properties=WriterProperties(max_row_group_size=500))
+    DeltaTable(uri).alter.add_feature([TableFeatures.DeletionVectors], allow_protocol_versions_increase=True)
+    gone = [3, 5, 7, 1200, 1201, 3999]
+    add_deletion_vector(uri, gone)
+    expected = delta_rows(uri)
+    assert expected.num_rows == 4000 - len(gone)  # delta-rs applies the vector
+    for name, per_shard in (("whole", 10_000), ("split", 1000)):  # one shard, and row ranges
+        result = run_job(job(uri, "delta", model, tmp_path / name, ["id"], rows_per_shard=per_shard))
+        assert result.ok, result.job["error"]
+        check_against(scored(tmp_path / name), expected, model, [])
+        assert result.job["input"]["files_with_deletes"] == 1 and result.job["input"]["rows_deleted"] == 6
+        assert sum(s["rows"] for s in pq.read_table(tmp_path / name / "_shards.parquet").to_pylist()) == 3994
+    assert pq.read_table(tmp_path / "split" / "_shards.parquet").num_rows == 4
+    rows_of = {r["id"]: r["row"] for r in scored(tmp_path / "split").to_pylist()}
+    assert rows_of[8] == 8 and rows_of[1202] == 1202  # rows keep their place in the file
+
+
+def test_a_tables_image_column_is_decoded_when_named(run_job, tmp_path: Path) -> None:
+    from deltalake import write_deltalake
+    from test_formats import cnn_probs
+    from test_images import samples
+
+    from scoring.demo import make_cnn
+
+    pics = [samples()[k] for k in ("photo.jpg", "rgb.png", "grey.png")]
+    uri = str(tmp_path / "photos")
+    write_deltalake(uri, pa.table({"id": [1, 2, 3], "image": pa.array(pics, pa.binary())}))
+    cnn = make_cnn(tmp_path / "cnn.onnx", size=24, classes=3)
+    from test_images import MEAN, STD
+
+    cfg = {
+        "model": {"uri": cnn},
+        "input": {
+            "uri": uri,
+            "format": "delta",
+            "image_column": "image",
+            "keep": ["id"],
+            "image": {"mean": MEAN, "std": STD},
+        },
+    }
+    result = run_job(cfg)
+    assert result.ok, result.job["error"]
+    got = np.stack(scored(Path(result.out)).column("probs").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(got, cnn_probs(cnn, pics, 24), atol=2e-3)
 
 
 # -- Iceberg ----------------------------------------------------------------------------------
@@ -366,4 +462,158 @@ def test_predictions_are_committed_into_an_iceberg_table(
     assert (
         json.loads((tmp_path / "out" / "_job.json").read_text())["output"]["committed"]["table"]
         == "scores.events"
+    )
+
+
+# -- faults: a signal before the commit, a commit that fails ----------------------------------
+
+
+def test_ctrl_c_before_the_commit_leaves_no_table_and_resume_commits_every_row_once(tmp_path: Path) -> None:
+    from conftest import run_to_end, start_run
+    from deltalake import DeltaTable, write_deltalake
+
+    heavy = make_mlp(tmp_path / "heavy.onnx", (8, 512, 512, 4))  # ~0.3 s a shard: time to stop it
+    uri = str(tmp_path / "input")
+    for i in range(6):
+        write_deltalake(uri, rows(i * 20_000, (i + 1) * 20_000), mode="append")
+    cfg = job(uri, "delta", heavy, tmp_path / "out", ["id"], rows_per_shard=20_000)
+    cfg["output"]["format"] = "delta"
+    cfg["compute"] |= {"runner": "local", "actors": 1, "shards_in_flight": 1, "batch_size": 4096}
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(cfg))
+    proc = start_run(path)
+    progress = tmp_path / "out" / "_progress"
+    deadline = time.monotonic() + 120
+    while len(list(progress.glob("*.json")) if progress.exists() else []) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    table = tmp_path / "out" / "predictions"
+    assert not DeltaTable.is_deltatable(str(table))  # nothing visible to a table reader
+    assert pads.dataset(table, format="parquet").to_table().num_rows >= 2 * 20_000  # the files are
+    resumed = run_to_end(path, "--mode", "resume")
+    assert resumed.returncode == 0, resumed.stderr
+    ids = pa.table(DeltaTable(str(table)).scan()).column("id").to_numpy()
+    np.testing.assert_array_equal(np.sort(ids), np.arange(6 * 20_000))
+    assert len(DeltaTable(str(table)).file_uris()) == 6 and DeltaTable(str(table)).version() == 0
+
+
+def test_a_commit_the_store_refuses_fails_the_run_and_resume_commits(
+    run_job, tmp_path: Path, s3: Any, model: str
+) -> None:
+    """The store goes down at the commit (every shard scored): the run fails saying so, the files
+    stay, and the resume commits them — in one commit, all of them."""
+    from conftest import TcpProxy, options
+    from deltalake import DeltaTable, write_deltalake
+    from deltalake.exceptions import TableNotFoundError
+
+    endpoint, fs = s3
+    uri = str(tmp_path / "input")
+    write_deltalake(uri, rows(0, 300))
+    out = "s3://results/tables-commit"
+    proxy = TcpProxy(endpoint)
+    commit = b"PUT /results/tables-commit/predictions/_delta_log/00000000000000000000.json"
+    proxy.stall_at(commit, mode="refuse")
+    back = threading.Thread(
+        target=lambda: (wait_until(lambda: proxy.stalled_at), time.sleep(3), proxy.set("pass"))
+    )
+    back.start()
+    cfg = job(uri, "delta", model, tmp_path / "unused", ["id"])
+    cfg["output"] = {"uri": out, "format": "delta"}
+    cfg["storage_options"] = options(proxy.endpoint)
+    try:
+        failed = run_job(cfg)
+        back.join()
+        assert not failed.ok and failed.job["status"] == "failed"
+        assert (
+            "committing 1 prediction file(s) to the Delta table s3://results/tables-commit/predictions"
+            in failed.job["error"]
+        )
+        assert "run again with --mode resume to commit them" in failed.job["error"]
+        so = storage_options(options(endpoint), out)
+        with pytest.raises(TableNotFoundError):  # nothing visible to a table reader
+            DeltaTable(f"{out}/predictions", storage_options=so)
+        resumed = run_job({**cfg, "output": {**cfg["output"], "mode": "resume"}})
+        assert resumed.ok, resumed.job["error"]
+        assert resumed.job["output"]["committed"]["files"] == 1
+        ids = pa.table(DeltaTable(f"{out}/predictions", storage_options=so).scan()).column("id").to_numpy()
+        np.testing.assert_array_equal(np.sort(ids), np.arange(300))
+    finally:
+        proxy.close()
+
+
+def wait_until(condition: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def storage_options(fsspec: dict[str, Any], uri: str) -> dict[str, str]:
+    from scoring import storage
+
+    return storage.object_store_options(uri, fsspec)
+
+
+# -- in object storage ------------------------------------------------------------------------
+
+
+def test_tables_in_a_bucket_are_read_and_written(run_job, tmp_path: Path, s3: Any, model: str) -> None:
+    """A Delta and an Iceberg table on the loopback S3 server, read at their versions with the job's
+    storage_options; predictions committed as a Delta table and into an Iceberg table there."""
+    from conftest import options
+    from deltalake import DeltaTable, write_deltalake
+
+    endpoint, fs = s3
+    so = options(endpoint)
+    lake = "s3://data/lake/events"
+    write_deltalake(lake, rows(0, 200), partition_by=["bucket"], storage_options=storage_options(so, lake))
+    write_deltalake(
+        lake,
+        rows(200, 300),
+        partition_by=["bucket"],
+        mode="overwrite",
+        storage_options=storage_options(so, lake),
+    )
+    cfg = job(lake, "delta", model, tmp_path / "unused", ["id", "bucket"])
+    cfg["output"] = {"uri": "s3://results/tables-delta", "format": "delta"}
+    cfg["storage_options"] = so
+    result = run_job(cfg)
+    assert result.ok, result.job["error"]
+    written = DeltaTable("s3://results/tables-delta/predictions", storage_options=storage_options(so, lake))
+    check_against(
+        plain(pa.table(written.scan())),
+        plain(pa.table(DeltaTable(lake, storage_options=storage_options(so, lake)).scan())),
+        model,
+        ["bucket"],
+        so,
+    )
+
+    io = {
+        "s3.endpoint": endpoint,
+        "s3.access-key-id": "testing",
+        "s3.secret-access-key": "testing",
+        "s3.region": "us-east-1",
+    }
+    catalog = sql_catalog(tmp_path, warehouse="s3://data/wh")
+    created = pyiceberg_catalog.load_catalog("default", **catalog, **io)
+    created.create_namespace("db")
+    table = created.create_table("db.events", schema=rows(0, 1).schema)
+    table.append(rows(0, 150))
+    table.delete("id < 50")
+    cfg = job("db.events", "iceberg", model, tmp_path / "unused", ["id", "region"], catalog=catalog)
+    cfg["output"] = {
+        "uri": "s3://results/tables-iceberg",
+        "format": "iceberg",
+        "table": "db.scores",
+        "catalog": catalog,
+    }
+    cfg["storage_options"] = so
+    result = run_job(cfg)
+    assert result.ok, result.job["error"]
+    scores = pyiceberg_catalog.load_catalog("default", **catalog, **io).load_table("db.scores")
+    check_against(
+        scores.scan().to_arrow(), created.load_table("db.events").scan().to_arrow(), model, ["region"], so
     )

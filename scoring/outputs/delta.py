@@ -43,13 +43,15 @@ class Delta:
         from scoring.formats.delta import import_deltalake
 
         deltalake = import_deltalake()
-        from deltalake.exceptions import DeltaError
+        from deltalake.exceptions import DeltaError, TableNotFoundError
         from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
 
         options = storage.object_store_options(self.uri, self.so) or None
         try:
-            exists = deltalake.DeltaTable.is_deltatable(self.uri, storage_options=options)
-            table = deltalake.DeltaTable(self.uri, storage_options=options) if exists else None
+            try:  # not is_deltatable(): its listing hangs on some S3 servers (moto, seen here)
+                table = deltalake.DeltaTable(self.uri, storage_options=options)
+            except TableNotFoundError:
+                table = None
             held = (
                 {a["path"] for a in pa.table(table.get_add_actions()).select(["path"]).to_pylist()}
                 if table

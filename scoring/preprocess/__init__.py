@@ -10,9 +10,9 @@ the workers as plain data. It has one job there:
 - ``notes(data) -> [str]``: what ``scoring validate`` says about the first rows (token counts).
 
 Besides it, ``columns`` (the input columns it reads) and ``chunk_rows`` (rows worth reading at
-once). Which one a job gets: ``text`` when ``input.text`` is set, ``images`` for image inputs,
-else ``tables``. Each module has ``needs(inp, model)`` (the columns to ask the input for) and
-``resolve(cfg, model, schema, where)``. Example, a preprocessor that feeds one column as is::
+once). Which one a job gets: ``text`` when ``input.text`` is set, ``images`` for image inputs
+(and a table whose ``input.image_column`` is set), else ``tables``. Each module has
+``needs(inp, model)`` (the columns to ask the input for) and ``resolve(cfg, model, schema, where)``. Example, a preprocessor that feeds one column as is::
 
     @dataclasses.dataclass(frozen=True)
     class Raw:
@@ -50,6 +50,7 @@ PREPROCESSORS = {
     "text": "scoring.preprocess.text",
 }
 IMAGE_FORMATS = ("images", "webdataset")
+TABLE_FORMATS = ("delta", "iceberg")
 
 
 @dataclasses.dataclass
@@ -75,6 +76,8 @@ class Preprocessor(Protocol):
 def kind(inp: InputConfig) -> str:
     if inp.text is not None:
         return "text"
+    if inp.format in TABLE_FORMATS and "image_column" in inp.model_fields_set:
+        return "images"  # a table's column of encoded images, named to be decoded
     return "images" if inp.format in IMAGE_FORMATS else "tables"
 
 
