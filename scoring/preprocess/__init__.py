@@ -12,7 +12,8 @@ the workers as plain data. It has one job there:
 Besides it, ``columns`` (the input columns it reads) and ``chunk_rows`` (rows worth reading at
 once). Which one a job gets: ``text`` when ``input.text`` is set, ``images`` for image inputs
 (and a table whose ``input.image_column`` is set), else ``tables``. Each module has
-``needs(inp, model)`` (the columns to ask the input for) and ``resolve(cfg, model, schema, where)``. Example, a preprocessor that feeds one column as is::
+``needs(inp, model)`` (the columns to ask the input for) and ``resolve(cfg, model, schema,
+where)``. Example, a preprocessor that feeds one column as is::
 
     @dataclasses.dataclass(frozen=True)
     class Raw:
