@@ -117,6 +117,27 @@ def test_secrets_are_redacted_whatever_their_shape() -> None:
     message = f"cannot reach http://minio.internal:9000 with AccountKey={key}; credentials hunter22 refused"
     masked = secrets.text(message, secrets.values(options))
     assert key not in masked and "hunter22" not in masked and "AccountKey=***" in masked
+    # Catalog properties: credentials masked, what says which catalog kept.
+    catalog = {
+        "type": "rest",
+        "uri": "https://cat.example/api",
+        "credential": "cl1ent:s3cr3t",
+        "token": "T0K3N",
+    }
+    inp = {"uri": "db.events", "format": "iceberg", "catalog": catalog}
+    cfg = load_config(data={**BASE, "input": inp}, environ={})
+    data = secrets.config(cfg.model_dump(mode="json"))
+    assert data["input"]["catalog"] == {
+        "type": "rest",
+        "uri": "https://cat.example/api",
+        "credential": "***",
+        "token": "***",
+    }
+    assert "s3cr3t" not in secrets.text("catalog refused cl1ent:s3cr3t", secrets.config_values(cfg))
+    assert secrets.argv(["--set=output.catalog.token=T0K3N", "--set=input.catalog.type=rest"]) == [
+        "--set=output.catalog.token=***",
+        "--set=input.catalog.type=rest",
+    ]
 
 
 def test_bad_config_exits_2_before_ray_starts(tmp_path: Path) -> None:

@@ -160,6 +160,20 @@ def test_a_delta_table_is_scored_at_its_version_and_nothing_else(
     assert not (tmp_path / "wrong").exists()
 
 
+def test_ray_workers_read_a_table_as_the_driver_planned_it(
+    run_job, tmp_path: Path, delta: dict[str, Any], model: str
+) -> None:
+    """The format travels to Ray actors with what the log said of each file (partition values,
+    physical names)."""
+    cfg = job(delta["mapped"], "delta", model, tmp_path / "out", ["id", *PARTITIONS])
+    result = run_job({**cfg, "compute": {"runner": "ray", "actors": 2, "batch_size": 64}})
+    assert result.ok, result.job["error"]
+    check_against(scored(tmp_path / "out"), delta_rows(delta["mapped"]), model, PARTITIONS)
+    import ray
+
+    assert ray.data.read_parquet(str(tmp_path / "out" / "predictions")).count() == 450
+
+
 def test_validate_shows_the_table_version_files_and_rows(
     delta: dict[str, Any], model: str, tmp_path: Path
 ) -> None:
