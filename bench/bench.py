@@ -10,8 +10,9 @@ sizes, interleaved rep by rep so drift hits them all alike:
 For each: the median wall time at each size, the steady state (the marginal rate between the
 two sizes), the fixed overhead (the intercept), and the peak RSS of the whole process tree.
 Tables: 1M and 4M rows (MLP 64-256-256-10, 250k-row files); images: 2,000 and 8,000 JPEGs
-(224x224, a small CNN). ``--only s3`` times the tables job from and to a loopback S3 server
-against local disk. Quote medians and ratios, never one absolute time.
+(224x224, a small CNN). ``--only tables`` also times the same rows as a Delta table, and the
+planning of a 20,000-file one (``bench/tables.py``). ``--only s3`` times the tables job from and
+to a loopback S3 server against local disk. Quote medians and ratios, never one absolute time.
 """
 
 from __future__ import annotations
@@ -371,6 +372,10 @@ def main() -> None:
             )
             rows = report(kind, measure(kind, args.reps, peers), args.reps)
             targets(kind, rows)
+        if kind == "tables" and args.only in (None, "tables"):
+            from tables import lakehouse
+
+            lakehouse(args.reps)
     if args.only in (None, "small"):
         from formats import small_files
 
