@@ -112,6 +112,14 @@ def summary(job: dict[str, Any], records: Sequence[ShardRecord]) -> str:
         f"rows: {totals['rows']:,} scored or rejected, "
         f"{totals['rows_failed']:,} rejected, {totals['shards']} shard(s)",
     ]
+    source, committed = job.get("input") or {}, (job.get("output") or {}).get("committed")
+    if source.get("version") is not None:
+        lines.append(f"input: {source['format']} table {source['table']} at version {source['version']}")
+    if committed:
+        lines.append(
+            f"committed: {committed['files']} file(s), {committed['rows']:,} row(s) to the "
+            f"{committed['format']} table {committed['table']} (version {committed['version']})"
+        )
     runs = job.get("runs") or []
     if "wall_s" in totals:
         over = f" over {len(runs)} runs" if len(runs) > 1 else ""

@@ -427,6 +427,12 @@ def test_predictions_are_committed_into_a_delta_table_once_per_completing_run(
     (create,) = delta_commits(table)
     assert create["scoring.job-id"] == first.job["job_id"] and create["scoring.input-version"] == "1"
     assert create["scoring.model-sha256"] == first.job["model"]["sha256"]
+    from scoring.report import summary
+
+    assert f"committed: 2 file(s), 150 row(s) to the delta table {table} (version 0)" in summary(
+        first.job, []
+    )
+    assert f"input: delta table {uri} at version 1" in summary(first.job, [])
     assert first.job["output"]["committed"] == {
         "format": "delta",
         "table": str(table),
