@@ -5,6 +5,7 @@ sizes, interleaved rep by rep so drift hits them all alike:
 
 - the loop (``bench/loop.py``): one process, ORT on every core, one file at a time;
 - Daft 0.7.26, native runner (``bench/peer_daft.py``, in ``.venv-peers``, built here if missing);
+- Ray Data, as Ray's batch-inference guide writes it (``bench/peer_raydata.py``);
 - ``scoring run --runner local`` and ``scoring run`` (the Ray runner).
 
 For each: the median wall time at each size, the steady state (the marginal rate between the
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import psutil
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import yaml
@@ -180,6 +182,17 @@ def contenders(kind: str, model: str, folders: dict[int, Path], peers: str | Non
         argv = [str(peers), str(HERE / "peer_daft.py"), kind, model, str(folders[n]), str(out / "daft")]
         return argv, None, out / "daft"
 
+    def raydata(n: int) -> tuple[list[str], None, Path]:
+        argv = [
+            sys.executable,
+            str(HERE / "peer_raydata.py"),
+            kind,
+            model,
+            str(folders[n]),
+            str(out / "raydata"),
+        ]
+        return argv, None, out / "raydata"
+
     def scoring(runner: str) -> Any:
         def argv(n: int) -> tuple[list[str], Path, Path]:
             target = out / f"scoring-{runner}"
@@ -191,7 +204,13 @@ def contenders(kind: str, model: str, folders: dict[int, Path], peers: str | Non
 
         return argv
 
-    found = {"loop": loop, "daft": daft, "scoring local": scoring("local"), "scoring ray": scoring("ray")}
+    found = {
+        "loop": loop,
+        "daft": daft,
+        "ray data": raydata,
+        "scoring local": scoring("local"),
+        "scoring ray": scoring("ray"),
+    }
     return found if peers else {k: v for k, v in found.items() if k != "daft"}
 
 
@@ -226,7 +245,7 @@ def check_predictions(kind: str, out: Path, names: list[str]) -> None:
     key = "id" if kind == "tables" else "path"
     tables = {}
     for name in names:
-        folder = out / name.replace("scoring ", "scoring-")
+        folder = out / name.replace("scoring ", "scoring-").replace("ray data", "raydata")
         folder = folder / "predictions" if (folder / "predictions").exists() else folder
         table = pads.dataset(folder, format="parquet").to_table(columns=[key, "probs"])
         keys = [str(k).removeprefix("file://") for k in table.column(key).to_pylist()]
@@ -243,13 +262,15 @@ def check_predictions(kind: str, out: Path, names: list[str]) -> None:
     print(f"  predictions of {', '.join(names)} agree with the loop's (max |diff| < 1e-3)")
 
 
-def report(kind: str, results: dict[str, dict[int, list[Timed]]], reps: int) -> dict[str, dict[str, float]]:
+def report(
+    kind: str, results: dict[str, dict[int, list[Timed]]], reps: int, ceiling: float
+) -> dict[str, dict[str, float]]:
     small, big = SIZES[kind]
     unit = UNIT[kind]
     print(f"\n== {kind}: whole commands at {small:,} and {big:,} {unit} (median of {reps}) ==")
     print(
         f"{'contender':<15}{'t small':>9}{'t big':>9}{'steady ' + unit + '/s':>17}{'fixed s':>9}"
-        f"{'peak GB small/big':>19}{'steady/loop':>13}{'t small/daft':>14}"
+        f"{'peak GB small/big':>19}{'steady/loop':>13}{'t small/daft':>14}{'of ceiling':>12}"
     )
     rows: dict[str, dict[str, float]] = {}
     for name, by_size in results.items():
@@ -267,9 +288,10 @@ def report(kind: str, results: dict[str, dict[int, list[Timed]]], reps: int) -> 
     for name, r in rows.items():
         vs_daft = f"{r['small'] / rows['daft']['small']:.2f}" if "daft" in rows else "-"
         vs_loop = r["steady"] / rows["loop"]["steady"]
+        r["of_ceiling"] = r["steady"] / ceiling
         print(
             f"{name:<15}{r['small']:>8.2f}s{r['big']:>8.2f}s{r['steady']:>17,.0f}{r['fixed']:>9.2f}"
-            f"{r['peak_small']:>10.2f} / {r['peak']:.2f}{vs_loop:>13.2f}{vs_daft:>14}"
+            f"{r['peak_small']:>10.2f} / {r['peak']:.2f}{vs_loop:>13.2f}{vs_daft:>14}{r['of_ceiling']:>12.2f}"
         )
     for name in ("scoring local", "scoring ray"):
         totals = [r.totals for r in results[name][small]]
@@ -286,6 +308,23 @@ def targets(kind: str, rows: dict[str, dict[str, float]]) -> None:
     steady_local = 1.3 if kind == "tables" else 1.4
     steady_ray = 1.5 if kind == "tables" else 1.4
     checks = [
+        (
+            f"local: steady >= 0.95 of the machine's ceiling ({local['of_ceiling']:.2f})",
+            local["of_ceiling"] >= 0.95,
+        ),
+        (f"ray: steady >= 0.9 of the machine's ceiling ({ray['of_ceiling']:.2f})", ray["of_ceiling"] >= 0.9),
+    ]
+    if "ray data" in rows:
+        for line in ("steady", "small", "big", "peak"):
+            better = (
+                ray[line] >= rows["ray data"][line]
+                if line == "steady"
+                else ray[line] <= rows["ray data"][line]
+            )
+            checks.append(
+                (f"ray ahead of Ray Data on {line} ({ray[line]:.2f} vs {rows['ray data'][line]:.2f})", better)
+            )
+    checks += [
         (
             f"local: fixed overhead <= loop's + 1 s ({local['fixed']:.2f} vs {loop['fixed']:.2f})",
             local["fixed"] <= loop["fixed"] + 1,
@@ -352,25 +391,85 @@ def ort_alone(kind: str) -> float:
     return len(x) / (time.perf_counter() - t0)
 
 
+def job_ceiling(kind: str) -> tuple[float, float]:
+    """The machine's ceiling for the whole job: one shard read, scored and written on one core (ORT
+    on one thread), times the cores — what a perfect scheduler of this work could reach — and the
+    same shard work run by every core at once (a process each), which is what the cores give
+    together when they share the machine's caches and memory (or a host, in a VM)."""
+    from multiprocessing import get_context
+
+    with get_context("spawn").Pool(1) as one:
+        alone = one.apply(shard_work, (kind,))
+    with get_context("spawn").Pool(THREADS) as every:
+        together = sum(every.starmap(shard_work, [(kind,)] * THREADS))
+    return alone * THREADS, together
+
+
+def shard_work(kind: str) -> float:
+    """Rows (or images) per second of one shard's read, ORT on one thread and write: the best of 3."""
+    model, folders = tables_data() if kind == "tables" else images_data()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    best = float("inf")
+    for i in range(3):  # the best of three: the ceiling, not a typical run
+        t0 = time.perf_counter()
+        if kind == "tables":
+            f = sorted(folders[SIZES[kind][0]].glob("*.parquet"))[0]
+            t = pq.read_table(f, use_threads=False)
+            x = t.column("features").combine_chunks().flatten().to_numpy().reshape(-1, 64)
+            probs = np.concatenate(
+                [sess.run(None, {"x": x[j : j + 4096]})[0] for j in range(0, len(x), 4096)]
+            )
+            table = pa.table({"id": t.column("id"), "probs": _fixed(probs)})
+            n = len(x)
+        else:
+            sys.path.insert(0, str(HERE))
+            from loop import preprocess
+
+            files = sorted(folders[SIZES[kind][0]].glob("*/*.jpg"))[:250]
+            batches = [
+                np.stack([preprocess(f.read_bytes()) for f in files[j : j + 64]]) for j in range(0, 250, 64)
+            ]
+            probs = np.concatenate([sess.run(None, {"image": b})[0] for b in batches])
+            table = pa.table({"path": [str(f) for f in files], "probs": _fixed(probs)})
+            n = len(files)
+        pq.write_table(table, ROOT / f"ceiling-{os.getpid()}-{i}.parquet")
+        best = min(best, time.perf_counter() - t0)
+    for f in ROOT.glob(f"ceiling-{os.getpid()}-*.parquet"):
+        f.unlink()
+    return n / best
+
+
+def _fixed(x: np.ndarray) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument(
-        "--only", choices=["tables", "images", "s3", "small", "webdataset", "text", "photos"], default=None
+        "--only",
+        choices=["tables", "images", "s3", "small", "webdataset", "text", "photos", "faults"],
+        default=None,
     )
     parser.add_argument("--no-daft", action="store_true", help="leave Daft out (no .venv-peers)")
     args = parser.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
-    peers = None if args.no_daft or args.only in ("s3", "small", "webdataset", "text") else peers_python()
+    quick = ("s3", "small", "webdataset", "text", "faults")
+    peers = None if args.no_daft or args.only in quick else peers_python()
     for kind in ("tables", "images"):
         if args.only in (None, kind):
-            ceiling = ort_alone(kind)
+            alone, (ceiling, together) = ort_alone(kind), job_ceiling(kind)
+            print(f"\n{kind}: ORT alone on preloaded arrays, {THREADS} threads: {alone:,.0f} {UNIT[kind]}/s")
             print(
-                f"\n{kind}: ORT alone on preloaded arrays, {THREADS} threads: {ceiling:,.0f} {UNIT[kind]}/s"
+                f"{kind}: the machine's ceiling for the whole job (read + ORT + write of a shard on one "
+                f"core, x {THREADS}): {ceiling:,.0f} {UNIT[kind]}/s; the same work on every core at once: "
+                f"{together:,.0f} ({together / ceiling:.2f} of it)"
             )
-            rows = report(kind, measure(kind, args.reps, peers), args.reps)
+            rows = report(kind, measure(kind, args.reps, peers), args.reps, ceiling)
             targets(kind, rows)
         if kind == "tables" and args.only in (None, "tables"):
             from tables import lakehouse
@@ -392,6 +491,10 @@ def main() -> None:
         from text import text_vs_loop
 
         text_vs_loop(args.reps)
+    if args.only in (None, "faults"):
+        from faults import faults
+
+        faults(args.reps)
     if args.only in (None, "s3"):
         from s3 import s3_vs_local
 

@@ -2,7 +2,8 @@
 
 200 JPEGs of 4000x3000 (smooth content plus sensor noise, quality 90), scored by the CNN at
 224x224: the loop as users write it (Pillow decodes the whole photo, then resizes), Daft (its own
-download / decode / resize), and ``scoring run --runner local`` (draft decoding: the JPEG decoder
+download / decode / resize), Ray Data (``read_images(size=...)``: Pillow, whole photos) and
+``scoring run --runner local`` (draft decoding: the JPEG decoder
 scales by 1/2-1/8 to the size the resize needs). Whole commands at 50 and 200 photos; the
 steady state is the marginal rate between them.
 """
@@ -64,7 +65,8 @@ def photos(reps: int, peers: str | None) -> None:
         return scoring_argv(cfg, "local"), target / "_job.json", target
 
     peer_runs = contenders("images", model, folders, peers)
-    runs = {k: v for k, v in peer_runs.items() if k in ("loop", "daft")} | {"scoring local": scoring_local}
+    peers_here = ("loop", "daft", "ray data")
+    runs = {k: v for k, v in peer_runs.items() if k in peers_here} | {"scoring local": scoring_local}
     walls: dict[str, dict[int, list[float]]] = {name: {n: [] for n in SIZES} for name in runs}
     for rep in range(reps):
         for n in SIZES:
@@ -89,7 +91,7 @@ def photos(reps: int, peers: str | None) -> None:
         steady[name] = (SIZES[1] - SIZES[0]) / (tb - ts) if tb > ts else float("inf")
         print(f"{name:<15}{ts:8.2f}s {tb:8.2f}s  steady {steady[name]:7.1f} photos/s")
     mine = steady["scoring local"]
-    for peer in ("loop", "daft"):
+    for peer in peers_here:
         if peer in steady:
             ratio = mine / steady[peer]
             print(

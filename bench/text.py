@@ -2,7 +2,8 @@
 
 Sentences of 3 to 300 words (lengths spread log-uniformly, as real text's are), max_length 256,
 mean pooling: the loop as its model card computes it (``bench/loop.py text``: 256 rows at a time
-in input order, padded to each batch's longest) against ``scoring run`` on both runners. Each
+in input order, padded to each batch's longest) against Ray Data (the same per batch, in
+``map_batches``) and ``scoring run`` on both runners. Each
 whole command, medians; the embeddings checked against the loop's (cosine >= 0.999 row by
 row); the tokenize / infer split from ``_shards.parquet``. CPU transformers are slow (64 rows of
 256 tokens take 8 s on 2 cores), so the set is small: whole commands, not a steady state.
@@ -81,6 +82,17 @@ def text_vs_loop(reps: int) -> None:
             out / "text-loop",
         ),
     }
+    runs["ray data"] = (
+        [
+            sys.executable,
+            str(HERE / "peer_raydata.py"),
+            "text",
+            f"{model},{tokenizer}",
+            str(data),
+            str(out / "text-raydata"),
+        ],
+        out / "text-raydata",
+    )
     for runner in ("local", "ray"):
         target = out / f"text-{runner}"
         runs[f"scoring {runner}"] = (
@@ -101,6 +113,9 @@ def text_vs_loop(reps: int) -> None:
     for name, times in walls.items():
         wall = statistics.median(times)
         print(f"{name:<15}{wall:8.2f}s {SENTENCES / wall:8.1f} rows/s {base / wall:6.2f}x the loop")
+    theirs = _embeddings(out / "text-raydata")
+    cosine = float((theirs * loop).sum(axis=1).min())
+    print(f"  ray data: lowest cosine to the loop's {cosine:.6f}")
     for runner, target in (("local", 1.5), ("ray", 1.3)):
         got = _embeddings(out / f"text-{runner}" / "predictions")
         cosine = float((got * loop).sum(axis=1).min())
@@ -113,6 +128,11 @@ def text_vs_loop(reps: int) -> None:
             f"(>= {target}x), embeddings' lowest cosine to the loop's {cosine:.6f} (>= 0.999); "
             f"tokenize {tokenize:.2f}s, infer {infer:.2f}s ({share:.1f}% tokenizing)"
         )
+    mine, theirs_s = statistics.median(walls["scoring ray"]), statistics.median(walls["ray data"])
+    print(
+        f"  {'met ' if mine <= theirs_s else 'MISS'} ray runner ahead of Ray Data "
+        f"({mine:.2f} vs {theirs_s:.2f} s)"
+    )
 
 
 def _embeddings(folder: Path) -> np.ndarray:
