@@ -3,7 +3,7 @@
 200 JPEGs of 4000x3000 (smooth content plus sensor noise, quality 90), scored by the CNN at
 224x224: the loop as users write it (Pillow decodes the whole photo, then resizes), Daft (its own
 download / decode / resize), Ray Data (``read_images(size=...)``: Pillow, whole photos) and
-``scoring run --runner local`` (draft decoding: the JPEG decoder
+``scoring run`` on both runners (draft decoding: the JPEG decoder
 scales by 1/2-1/8 to the size the resize needs). Whole commands at 50 and 200 photos; the
 steady state is the marginal rate between them.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,14 +60,18 @@ def photos(reps: int, peers: str | None) -> None:
     model, folders = photos_data()
     out = ROOT / "out"
 
-    def scoring_local(n: int) -> tuple[list[str], Path, Path]:
-        target = out / "photos-scoring"
-        cfg = images_job(str(folders[n]), model, str(target), files_per_shard=25)
-        return scoring_argv(cfg, "local"), target / "_job.json", target
+    def scoring(runner: str) -> Any:
+        def argv(n: int) -> tuple[list[str], Path, Path]:
+            target = out / f"photos-scoring-{runner}"
+            cfg = images_job(str(folders[n]), model, str(target), files_per_shard=25)
+            return scoring_argv(cfg, runner), target / "_job.json", target
+
+        return argv
 
     peer_runs = contenders("images", model, folders, peers)
     peers_here = ("loop", "daft", "ray data")
-    runs = {k: v for k, v in peer_runs.items() if k in peers_here} | {"scoring local": scoring_local}
+    runs = {k: v for k, v in peer_runs.items() if k in peers_here}
+    runs |= {"scoring local": scoring("local"), "scoring ray": scoring("ray")}
     walls: dict[str, dict[int, list[float]]] = {name: {n: [] for n in SIZES} for name in runs}
     for rep in range(reps):
         for n in SIZES:
@@ -90,6 +95,9 @@ def photos(reps: int, peers: str | None) -> None:
         ts, tb = (statistics.median(by_size[n]) for n in SIZES)
         steady[name] = (SIZES[1] - SIZES[0]) / (tb - ts) if tb > ts else float("inf")
         print(f"{name:<15}{ts:8.2f}s {tb:8.2f}s  steady {steady[name]:7.1f} photos/s")
+    if "scoring ray" in steady and "ray data" in steady:
+        ratio = steady["scoring ray"] / steady["ray data"]
+        print(f"  {'met ' if ratio >= 1 else 'MISS'} ray: steady state ahead of Ray Data's ({ratio:.2f}x)")
     mine = steady["scoring local"]
     for peer in peers_here:
         if peer in steady:

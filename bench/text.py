@@ -12,6 +12,7 @@ row); the tokenize / infer split from ``_shards.parquet``. CPU transformers are 
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import statistics
 import subprocess
 import sys
@@ -101,7 +102,8 @@ def text_vs_loop(reps: int) -> None:
         )
     walls: dict[str, list[float]] = {name: [] for name in runs}
     for rep in range(reps):
-        for name, (argv, _) in runs.items():
+        for name, (argv, target) in runs.items():
+            shutil.rmtree(target, ignore_errors=True)  # Ray Data's write_parquet adds to a folder
             t0 = time.perf_counter()
             subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             walls[name].append(time.perf_counter() - t0)

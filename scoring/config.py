@@ -20,6 +20,12 @@ from scoring.errors import ConfigError
 ENV_PREFIX = "SCORING_"
 
 
+def _registered(name: str, registry: Mapping[str, Any]) -> str:
+    if name not in registry:
+        raise ValueError(f"expected one of {', '.join(registry)}")
+    return name
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -137,9 +143,7 @@ class InputConfig(_Section):
     def _known_format(cls, v: str) -> str:
         from scoring.formats import INPUTS  # the registry; imported when a config is checked
 
-        if v not in INPUTS:
-            raise ValueError(f"expected one of {', '.join(INPUTS)}")
-        return v
+        return _registered(v, INPUTS)
 
     @field_validator("version")
     @classmethod
@@ -181,9 +185,7 @@ class OutputConfig(_Section):
     def _known_output(cls, v: str) -> str:
         from scoring.outputs import OUTPUTS  # the registry; imported when a config is checked
 
-        if v not in OUTPUTS:
-            raise ValueError(f"expected one of {', '.join(OUTPUTS)}")
-        return v
+        return _registered(v, OUTPUTS)
 
 
 class ComputeConfig(_Section):

@@ -453,27 +453,19 @@ def _family(uri: str) -> str:
 def object_store_options(uri: str, storage_options: dict[str, Any]) -> dict[str, str]:
     """``storage_options`` as delta-rs (object_store) takes them for ``uri``: fsspec's names
     translated (``endpoint_url``, ``key``, ``secret``, ``client_kwargs.region_name``...), keys
-    already in object_store's form kept, timeouts set unless given."""
+    already in object_store's form (upper case) kept, timeouts set unless given."""
     family = _family(uri)
     if family == "file":
         return {}
-    out = dict(OBJECT_STORE_TIMEOUTS)
-    names = OBJECT_STORE_KEYS.get(family, {})
-    for key, value in storage_options.items():
-        if key in names:
-            out[names[key]] = str(value)
-        elif key == "endpoint_url" and family == "s3":
-            out["AWS_ENDPOINT_URL"] = str(value)
-            if str(value).startswith("http://"):
-                out["AWS_ALLOW_HTTP"] = "true"
-        elif key == "client_kwargs" and isinstance(value, dict) and value.get("region_name"):
-            out["AWS_REGION"] = str(value["region_name"])
-        elif key.isupper() or key in OBJECT_STORE_TIMEOUTS:
-            out[key] = str(value)
+    out = _translated(
+        family, storage_options, OBJECT_STORE_KEYS, ("AWS_ENDPOINT_URL", "AWS_REGION"), str.isupper
+    )
+    if out.get("AWS_ENDPOINT_URL", "").startswith("http://"):
+        out["AWS_ALLOW_HTTP"] = "true"
+    out = {k: v for k, v in OBJECT_STORE_TIMEOUTS.items() if k not in storage_options} | out
     if family == "s3":
-        out.setdefault(
-            "AWS_REGION", os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        )
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        out.setdefault("AWS_REGION", region)
     return out
 
 
@@ -481,19 +473,37 @@ def pyiceberg_properties(uri: str, storage_options: dict[str, Any]) -> dict[str,
     """``storage_options`` as pyiceberg's FileIO takes them (``s3.endpoint``,
     ``s3.access-key-id``...), keys already in pyiceberg's dotted form kept, timeouts set."""
     family = _family(uri)
-    out = dict(PYICEBERG_TIMEOUTS) if family == "s3" else {}
-    names = PYICEBERG_KEYS.get(family, {})
+    out = _translated(
+        family, storage_options, PYICEBERG_KEYS, ("s3.endpoint", "s3.region"), lambda k: "." in k
+    )
+    if family == "s3":
+        out = PYICEBERG_TIMEOUTS | out
+        out.setdefault("s3.region", os.environ.get("AWS_REGION") or "us-east-1")
+    return out
+
+
+def _translated(
+    family: str,
+    storage_options: dict[str, Any],
+    keys: dict[str, dict[str, str]],
+    s3: tuple[str, str],
+    native: Callable[[str], bool],
+) -> dict[str, str]:
+    """fsspec's option names as another library's: credentials by ``keys``, S3's endpoint and
+    region by ``s3``, the library's own names (``native``) as they are; the rest left out."""
+    names = keys.get(family, {})
+    out = {}
     for key, value in storage_options.items():
         if key in names:
             out[names[key]] = str(value)
         elif key == "endpoint_url" and family == "s3":
-            out["s3.endpoint"] = str(value)
-        elif key == "client_kwargs" and isinstance(value, dict) and value.get("region_name"):
-            out["s3.region"] = str(value["region_name"])
-        elif "." in key:
+            out[s3[0]] = str(value)
+        elif (
+            key == "client_kwargs" and family == "s3" and isinstance(value, dict) and value.get("region_name")
+        ):
+            out[s3[1]] = str(value["region_name"])
+        elif native(key) or key in OBJECT_STORE_TIMEOUTS:
             out[key] = str(value)
-    if family == "s3":
-        out.setdefault("s3.region", os.environ.get("AWS_REGION") or "us-east-1")
     return out
 
 

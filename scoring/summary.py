@@ -38,6 +38,7 @@ def job_record(
     import scoring
 
     cfg, info = spec.config, spec.model
+    source = job_plan.source or {"format": cfg.input.format, "uri": cfg.input.uri}
     finished = time.time()
     rows = sum(r.rows for r in records)
     failed = sum(r.rows_failed for r in records)
@@ -67,7 +68,7 @@ def job_record(
             "inputs": [dataclasses.asdict(i) for i in info.inputs],
             "outputs": [dataclasses.asdict(o) for o in info.outputs],
         },
-        "input": job_plan.source or {"format": cfg.input.format, "uri": secrets.text(cfg.input.uri)},
+        "input": {k: secrets.text(v) if isinstance(v, str) else v for k, v in source.items()},
         "output": {"format": cfg.output.format, "committed": committed},
         "versions": versions,
         "providers": sorted({p for r in records for p in r.providers}),

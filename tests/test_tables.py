@@ -144,6 +144,18 @@ def test_a_delta_table_is_scored_at_its_version_and_nothing_else(
         "files_with_deletes": 0,
         "rows_deleted": 0,
     }
+    # Delta has no fixed-size list: a table made of files that store one (pyarrow's, converted)
+    # reads them as the files store them, as a Parquet folder would (no copy on the way to ORT).
+    from scoring.config import load_config
+    from scoring.formats import list_input
+
+    converted = tmp_path / "converted"
+    converted.mkdir()
+    pq.write_table(rows(0, 50), converted / "part-0.parquet")
+    deltalake.convert_to_deltalake(str(converted))
+    cfg = load_config(data=job(str(converted), "delta", model, tmp_path / "x", []), environ={})
+    fmt, files = list_input(cfg.input, {})
+    assert fmt.schema(files, ["features"]).field("features").type == pa.list_(pa.float32(), 8)
     old = run_job(job(mapped, "delta", model, tmp_path / "v1", ["id", "day"], version=1))
     assert old.ok and old.job["input"]["version"] == 1
     check_against(scored(tmp_path / "v1"), delta_rows(mapped, 1), model, ["day"])
@@ -445,6 +457,7 @@ def test_predictions_are_committed_into_a_delta_table_once_per_completing_run(
     cfg["output"]["mode"] = "resume"
     again = run_job({**cfg, "input": {**cfg["input"], "version": "latest"}})
     assert again.ok and again.job["output"]["committed"]["files"] == 1
+    assert again.job["output"]["committed"]["version"] == 1 == DeltaTable(str(table)).version()
     assert [c["operation"] for c in delta_commits(table)] == ["CREATE TABLE", "WRITE"]
     assert len(DeltaTable(str(table)).file_uris()) == 3
     check_against(plain(pa.table(DeltaTable(str(table)).scan())), delta_rows(uri), model, [])

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from scoring.config import InputConfig
+from scoring.errors import InputError
 from scoring.formats import Chunk
 from scoring.formats.parquet import Layout, Parquet
 from scoring.shard import FileInfo, Shard
@@ -103,7 +104,22 @@ class Table(Parquet):
     # -- the job's schema, and reading by it --------------------------------------------------
 
     def schema(self, files: Sequence[FileInfo], columns: Sequence[str]) -> pa.Schema:
-        return self.table_schema
+        """The table's schema, with a list column as the fixed-size list its first data file
+        stores (Delta and Iceberg have no fixed-size lists; Arrow writers keep them in the
+        footer): it reaches numpy without a copy, as it would from a Parquet folder. A file
+        whose rows differ in length then fails its rows with the reason, as a bad row does."""
+        try:
+            found = self.footer(files[0].uri)[0]
+        except InputError:
+            return self.table_schema  # an unreadable first file fails its own shard
+        where = self._columns(found)
+        fields = []
+        for f in self.table_schema:
+            stored = found.field(where[f.name]).type if f.name in where else None
+            if stored is not None and pa.types.is_fixed_size_list(stored) and _is_list_of(f.type, stored):
+                f = f.with_type(pa.list_(f.type.value_field, stored.list_size))
+            fields.append(f)
+        return pa.schema(fields)
 
     def _present(self, uri: str, found: pa.Schema, schema: pa.Schema, first: int, rows: int) -> list[str]:
         where = self._columns(found)
@@ -145,3 +161,9 @@ def deleted_positions(mask_or_positions: Any, keep_mask: bool) -> np.ndarray | N
     arr = np.asarray(mask_or_positions)
     positions = np.flatnonzero(~arr.astype(bool)) if keep_mask else np.unique(arr.astype(np.int64))
     return positions.astype(np.int64) if len(positions) else None
+
+
+def _is_list_of(table: pa.DataType, stored: pa.DataType) -> bool:
+    """Whether ``table`` is a (variable) list of what the fixed-size list ``stored`` holds."""
+    lists = (pa.types.is_list, pa.types.is_large_list)
+    return any(k(table) for k in lists) and table.value_type == stored.value_type

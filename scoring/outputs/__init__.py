@@ -73,6 +73,16 @@ def get(cfg: OutputConfig, storage_options: dict[str, Any]) -> Output:
     return getattr(importlib.import_module(module), cls)(cfg, storage_options)  # type: ignore[no-any-return]
 
 
+def no_catalog(cfg: OutputConfig, why: str) -> None:
+    """Refuse ``output.table`` and ``output.catalog`` (``ConfigError``) for an output without them."""
+    if cfg.table is not None or cfg.catalog is not None:
+        from scoring.errors import ConfigError
+
+        raise ConfigError(
+            f"config keys 'output.table' and 'output.catalog' are for output.format iceberg; {why}"
+        )
+
+
 def properties(job: dict[str, Any]) -> dict[str, str]:
     """What a commit says of what it holds: the job, the model, the input read (a table's
     version), as flat string properties."""

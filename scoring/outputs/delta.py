@@ -17,8 +17,8 @@ import pyarrow as pa
 
 from scoring import storage
 from scoring.config import OutputConfig
-from scoring.errors import ConfigError, StorageError
-from scoring.outputs import Written, properties
+from scoring.errors import StorageError
+from scoring.outputs import Written, no_catalog, properties
 
 
 class Delta:
@@ -26,11 +26,7 @@ class Delta:
     tabled = True
 
     def __init__(self, cfg: OutputConfig, storage_options: dict[str, Any]) -> None:
-        if cfg.table is not None or cfg.catalog is not None:
-            raise ConfigError(
-                "config keys 'output.table' and 'output.catalog' are for output.format iceberg; a Delta "
-                "output is the table OUT/predictions/"
-            )
+        no_catalog(cfg, "a Delta output is the table OUT/predictions/")
         self.uri = storage.join(cfg.uri, "predictions")
         self.so = storage_options
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from scoring.config import OutputConfig
-from scoring.outputs import Written
+from scoring.outputs import Written, no_catalog
 
 
 class Files:
@@ -14,13 +14,7 @@ class Files:
     tabled = False
 
     def __init__(self, cfg: OutputConfig, storage_options: dict[str, Any]) -> None:
-        if cfg.table is not None or cfg.catalog is not None:
-            from scoring.errors import ConfigError
-
-            raise ConfigError(
-                "config keys 'output.table' and 'output.catalog' are for output.format iceberg; "
-                f"output.format is {cfg.format}"
-            )
+        no_catalog(cfg, f"output.format is {cfg.format}")
 
     def check(self) -> None:
         pass
