@@ -136,7 +136,9 @@ END_STEPS = {
 @pytest.mark.parametrize(
     "runner, steps",
     [pytest.param("local", tuple(END_STEPS), id="local-every-step")]
-    + [pytest.param("ray", (step,), id=f"ray-{step}") for step in END_STEPS],
+    # Ray's: the revoke, with its actors alive, and the summary, after they stopped and before
+    # Ray is shut down; the listing runs between the two in the same state as the summary.
+    + [pytest.param("ray", (step,), id=f"ray-{step}") for step in ("revoke", "summary")],
 )
 def test_ctrl_c_stops_the_end_of_a_job_within_10_s_on_a_store_that_stalls(
     tmp_path: Path, bucket: dict[str, Any], runner: str, steps: tuple[str, ...]
