@@ -385,8 +385,8 @@ def processes_of(temp_dir: str) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def autoscaling_head(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A head with no CPUs and Ray's fake-cloud autoscaler; stopped by the PIDs of its processes
-    (never `ray stop`: it would end every Ray on this machine)."""
+    """A head with no CPUs and Ray's fake-cloud autoscaler; stopped by the PIDs of its own
+    processes (those holding its temp dir), never by name: other tests' Ray keeps running."""
     import psutil
 
     port, temp_dir = free_port(), f"/tmp/ray-as-{os.getpid()}"  # short: socket paths are limited
