@@ -152,7 +152,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    from scoring.cluster import local_gpus
+    from scoring.pool import local_gpus
 
     gpus = 1 if args.cpu else max(1, local_gpus())  # with --cpu: one 1-CPU worker, the plumbing only
     print(f"onnxruntime {ort.__version__}, providers {available}; {gpus} worker(s)")

@@ -23,10 +23,9 @@ from scoring.record import Rejections
 if TYPE_CHECKING:
     import ray.data
 
-    from scoring.embedding import Embedding
     from scoring.job import JobResult
     from scoring.model import ModelInfo
-    from scoring.postprocess import Postprocess
+    from scoring.postprocess import Postprocessor
     from scoring.preprocess import Preprocessor
 
 WHERE = "the dataset"  # how messages name a Dataset's batches
@@ -110,12 +109,11 @@ def predict(
         cluster.connect(None, quiet=not progress)
     _quiet_ray_data(DataContext.get_current(), progress)
 
-    from scoring import embedding as embeddings
+    from scoring import postprocess as postprocessing
     from scoring import preprocess
     from scoring.model import load_model_info
-    from scoring.postprocess import resolve
     from scoring.scorer import prediction_columns
-    from scoring.worker import check_names
+    from scoring.spec import check_names
 
     so = dict(storage_options or {})
     inp = {
@@ -140,10 +138,9 @@ def predict(
         environ={},
     )
     info, _ = load_model_info(model, so)
-    pp = resolve(cfg.output.postprocess, info, so)
-    emb = embeddings.resolve(cfg.output.embedding, info)
+    pps = tuple(postprocessing.resolve(cfg, info))
     errors = [("error", "on_error='null' (the reason a row was not scored)")] if on_error == "null" else []
-    check_names(cfg.input.kept, prediction_columns(info, cfg.output.outputs, pp, emb) + errors)
+    check_names(cfg.input.kept, prediction_columns(info, cfg.output.outputs, pps) + errors)
     schema = _known_schema(ds)
     if schema is not None:
         preprocess.resolve(cfg, info, schema, WHERE)
@@ -156,9 +153,7 @@ def predict(
             actors = max(1, int((resources.get("CPU", 1) - 1) / cpus_per_actor))
     # The arguments travel inside the class, not as constructor arguments: Ray Data puts those
     # in the object store, and Ray then logs an error-level warning for a restartable actor.
-    bound = type(
-        "Predict", (_Predict,), {"args": (cfg, info, pp, emb, max(1, int(cpus_per_actor)), on_error)}
-    )
+    bound = type("Predict", (_Predict,), {"args": (cfg, info, pps, max(1, int(cpus_per_actor)), on_error)})
     with warnings.catch_warnings():
         # Ray 2.60 has no named parameter for an actor's restarts; its catch-all is deprecated.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
@@ -202,22 +197,22 @@ def _check_keep(keep: Sequence[str], schema: pa.Schema) -> None:
 class _Predict:
     """The Ray Data UDF: one session, scoring each batch with a job's rules."""
 
-    args: tuple[Config, ModelInfo, Postprocess | None, Embedding | None, int, str]
+    args: tuple[Config, ModelInfo, tuple[Postprocessor, ...], int, str]
 
     def __init__(self) -> None:
         import ray
 
-        cfg, info, pp, emb, threads, on_error = self.args
+        cfg, info, pps, threads, on_error = self.args
         from scoring.model import local_model_path
+        from scoring.runners import hide_gpus
         from scoring.scorer import Scorer
         from scoring.session import build_session
 
         gpu_ids = [int(g) for g in ray.get_gpu_ids()] if cfg.compute.gpus_per_actor > 0 else []
-        if not gpu_ids:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        hide_gpus(gpu_ids)
         path = local_model_path(info.uri, info.sha256, cfg.storage_options)
         session = build_session(path, info, cfg.model, threads=threads, gpu_ids=gpu_ids)
-        self.scorer = Scorer(info, session, cfg.output.outputs, pp, cfg.compute.batch_size, emb)
+        self.scorer = Scorer(info, session, cfg.output.outputs, pps, cfg.compute.batch_size)
         self.cfg, self.info, self.on_error = cfg, info, on_error
         self.preprocessors: dict[pa.Schema, Preprocessor] = {}
 

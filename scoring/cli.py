@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
+from scoring import registry
 from scoring.errors import ScoringError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,9 +30,9 @@ def _errors(fn: F) -> F:
         except ScoringError as exc:
             if os.environ.get("SCORING_DEBUG") == "1":
                 raise
-            from scoring import secrets
+            from scoring import redact
 
-            click.echo(f"Error: {secrets.text(str(exc))}", err=True)
+            click.echo(f"Error: {redact.text(str(exc))}", err=True)
             _exit(exc.exit_code)
         except KeyboardInterrupt:  # a second Ctrl-C: stopped without the summary
             if os.environ.get("SCORING_DEBUG") == "1":
@@ -87,7 +88,7 @@ def cli() -> None:
 )
 @click.option(
     "--runner",
-    type=click.Choice(["ray", "local"]),
+    type=click.Choice(list(registry.RUNNERS)),
     default=None,
     help="ray: Ray actors (default); local: threads in this process, no Ray (overrides compute.runner).",
 )
@@ -155,7 +156,7 @@ def submit(
 @_errors
 def inspect(model_uri: str, as_json: bool) -> None:
     """Show a model's inputs, outputs, opset, metadata, sha256 and the providers here."""
-    from scoring.inspect import format_inspection, inspect_model
+    from scoring.inspection import format_inspection, inspect_model
 
     data = inspect_model(model_uri)
     click.echo(json.dumps(data, indent=2) if as_json else format_inspection(data))
@@ -198,7 +199,7 @@ def report(output_uri: str, html: str | None) -> None:
 @click.option("--dir", "directory", default="demo", show_default=True, help="Where to put the demo files.")
 @click.option(
     "--runner",
-    type=click.Choice(["local", "ray"]),
+    type=click.Choice(list(registry.RUNNERS)),
     default="local",
     show_default=True,
     help="local: threads of this process; ray: a Ray started here.",

@@ -7,30 +7,40 @@ environment and ``--set`` are parsed as YAML scalars, so ``--set compute.actors=
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 
+from scoring import registry
 from scoring.errors import ConfigError
 
 ENV_PREFIX = "SCORING_"
 
 
-def _registered(name: str, registry: Mapping[str, Any]) -> str:
-    if name not in registry:
-        raise ValueError(f"expected one of {', '.join(registry)}")
+def _registered(name: str, names: Mapping[str, Any]) -> str:
+    if name not in names:
+        raise ValueError(f"expected one of {', '.join(names)}")
     return name
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class CudaOptions(_Section):
+class CudaOptions(Section):
     # "HEURISTIC" avoids the exhaustive cuDNN search that every new input shape triggers.
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "HEURISTIC"
     # "kSameAsRequested" keeps the arena from doubling past what a batch needs.
@@ -38,20 +48,35 @@ class CudaOptions(_Section):
     gpu_mem_limit: int | None = Field(default=None, gt=0, description="bytes")
 
 
-class TensorrtOptions(_Section):
+class TensorrtOptions(Section):
     engine_cache_path: str | None = None  # default: ~/.cache/scoring/trt
     fp16: bool = False
 
 
-class ModelConfig(_Section):
-    uri: str
-    providers: list[Literal["cuda", "tensorrt", "cpu"]] | None = None
-    allow_cpu_fallback: bool = False
-    optimization: Literal["disable", "basic", "extended", "all"] = "all"
-    intra_op_threads: int | Literal["auto"] = "auto"
-    io_binding: bool | Literal["auto"] = "auto"
-    cuda: CudaOptions = CudaOptions()
-    tensorrt: TensorrtOptions = TensorrtOptions()
+class ModelConfig(Section):
+    uri: str = Field(description="local path or fsspec URI of the .onnx file")
+    providers: list[Literal["cuda", "tensorrt", "cpu"]] | None = Field(
+        default=None,
+        description="execution providers in order of preference; default: [cuda, cpu] on GPU workers, "
+        "[cpu] on CPU workers (GPU providers are never used by CPU workers)",
+    )
+    allow_cpu_fallback: bool = Field(
+        default=False,
+        description="a GPU worker whose session lands on CPU fails unless true; a fallback is recorded "
+        "in _job.json (cpu_fallback) and _shards.parquet (device)",
+    )
+    optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        default="all", description="ONNX Runtime's graph optimisation level"
+    )
+    intra_op_threads: int | Literal["auto"] = Field(
+        default="auto",
+        description="auto: the CPUs reserved per worker (ONNX Runtime ignores OMP_NUM_THREADS)",
+    )
+    io_binding: bool | Literal["auto"] = Field(
+        default="auto", description="bind inputs and outputs through ORT IO binding; auto: on CUDA only"
+    )
+    cuda: CudaOptions = Field(default=CudaOptions(), description="CUDA provider options")
+    tensorrt: TensorrtOptions = Field(default=TensorrtOptions(), description="TensorRT provider options")
 
     @field_validator("intra_op_threads")
     @classmethod
@@ -61,16 +86,27 @@ class ModelConfig(_Section):
         return v
 
 
-class ImageConfig(_Section):
-    size: tuple[int, int] | None = None
-    resize: Literal["stretch", "center_crop", "letterbox"] = "stretch"
-    resize_short_side: int | None = Field(default=None, gt=0)
-    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
-    mode: Literal["RGB", "BGR", "L"] = "RGB"
-    layout: Literal["NCHW", "NHWC"] | None = None
-    scale: float = 1.0 / 255.0
-    mean: list[float] = [0.0]
-    std: list[float] = [1.0]
+class ImageConfig(Section):
+    size: tuple[int, int] | None = Field(
+        default=None, description="[height, width] fed to the model; default: the input's static size"
+    )
+    resize: Literal["stretch", "center_crop", "letterbox"] = Field(
+        default="stretch",
+        description="stretch; center_crop (short side to resize_short_side, then crop); letterbox (fit, pad)",
+    )
+    resize_short_side: int | None = Field(
+        default=None, gt=0, description="for center_crop; default: the short side of size"
+    )
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = Field(
+        default="bilinear", description="the resize's resampling filter"
+    )
+    mode: Literal["RGB", "BGR", "L"] = Field(default="RGB", description="channels fed to the model")
+    layout: Literal["NCHW", "NHWC"] | None = Field(
+        default=None, description="default: read off the model input's shape"
+    )
+    scale: float = Field(default=1.0 / 255.0, description="pixel values are multiplied by this first")
+    mean: list[float] = Field(default=[0.0], description="then this is subtracted, per channel")
+    std: list[float] = Field(default=[1.0], description="then divided by this, per channel")
 
     @field_validator("size")
     @classmethod
@@ -87,38 +123,53 @@ class ImageConfig(_Section):
         return v
 
 
-class TextConfig(_Section):
-    column: str = "text"  # a string column (webdataset: the txt member)
-    tokenizer: str  # a Hugging Face tokenizers file (tokenizer.json), local or any fsspec URI
-    # Tokens per row; longer rows are truncated. Default: the tokenizer's own truncation, else 512.
-    max_length: int | None = Field(default=None, gt=0)
+class TextConfig(Section):
+    column: str = Field(default="text", description="a string column (webdataset: the txt member)")
+    tokenizer: str = Field(
+        description="a Hugging Face tokenizers file (tokenizer.json), local or any fsspec URI"
+    )
+    max_length: int | None = Field(
+        default=None,
+        gt=0,
+        description="tokens per row, longer rows truncated; default: the tokenizer's own, else 512",
+    )
 
 
-class InputConfig(_Section):
-    uri: str
-    format: str  # a key of scoring.formats.INPUTS: parquet | images | webdataset | delta | iceberg
-    columns: dict[str, str | list[str]] = {}
-    # Columns copied to the predictions: a name, or {new_name: column} to keep it under another
-    # name (a column named like one scoring adds: file, row, shard, path, an output's).
-    keep: list[str | dict[str, str]] = []
-    # At most this many files in a shard: image files, or small Parquet files packed together.
-    files_per_shard: int = Field(default=1024, gt=0)
-    # Parquet files with more rows are split at row-group boundaries into shards of about this
-    # many rows, so one big file is scored by every actor instead of one; files far smaller
-    # (under a sixteenth) are packed together into shards of about this many rows.
-    rows_per_shard: int = Field(default=1_000_000, gt=0)
-    # Parquet: the column of encoded images (binary, or Hugging Face's struct<bytes, path>);
-    # webdataset: a member's extension ("image": the first of jpg, jpeg, png, webp).
-    image_column: str = "image"
-    image: ImageConfig = ImageConfig()
-    text: TextConfig | None = None  # text models: tokenize this column (see README "Text models")
-    # Tables (delta, iceberg): the version read — delta: a table version or a timestamp; iceberg: a
-    # snapshot id or a timestamp; "latest". Unset: the latest on a first run, the version the plan
-    # pinned on a resume (README "Lakehouse tables").
-    version: int | str | None = None
-    # iceberg: pyiceberg catalog properties (name: default, type: sql | rest | glue | hive, uri,
-    # warehouse, ...), with input.uri the table's name (db.table).
-    catalog: dict[str, Any] | None = None
+class InputConfig(Section):
+    """The keys every input has. A format with keys of its own (a table's version, a catalog)
+    declares a subclass, named in ``scoring.registry``; ``load_config`` validates the section with
+    it, so a key that only some formats take is refused, by name, for the others."""
+
+    uri: str = Field(description="a folder (searched recursively), a file, or a glob; local or fsspec")
+    format: str = Field(
+        description="parquet | images | webdataset | delta | iceberg (scoring.registry.INPUTS)"
+    )
+    columns: dict[str, str | list[str]] = Field(
+        default={},
+        description="model input -> column, or -> [col, ...] stacked into [N, k]; default: same names",
+    )
+    keep: list[str | dict[str, str]] = Field(
+        default=[],
+        description="columns copied to the predictions: a name, or {new_name: column} (a column named "
+        "like one scoring adds is refused)",
+    )
+    files_per_shard: int = Field(
+        default=1024, gt=0, description="at most this many files in a shard (image files, small files)"
+    )
+    # Big files split so that one is scored by every worker; small ones packed to save per-file work.
+    rows_per_shard: int = Field(
+        default=1_000_000,
+        gt=0,
+        description="Parquet files with more rows are split at row groups into shards of about this "
+        "many rows; files with under a sixteenth of it are packed together",
+    )
+    image_column: str = Field(
+        default="image",
+        description="Parquet: the column of encoded images (binary, or Hugging Face's struct<bytes, "
+        "path>); webdataset: a member extension (image: the first of jpg, jpeg, png, webp)",
+    )
+    image: ImageConfig = Field(default=ImageConfig(), description="image preprocessing")
+    text: TextConfig | None = Field(default=None, description="text models: tokenize this column")
 
     @field_validator("keep")
     @classmethod
@@ -127,6 +178,11 @@ class InputConfig(_Section):
             if isinstance(item, dict) and len(item) != 1:
                 raise ValueError(f"expected a column name or one {{new_name: column}} per item, found {item}")
         return v
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        return _registered(v, registry.INPUTS)
 
     @property
     def kept(self) -> list[tuple[str, str]]:
@@ -138,57 +194,44 @@ class InputConfig(_Section):
         """The input columns ``input.keep`` reads."""
         return list(dict.fromkeys(column for _, column in self.kept))
 
-    @field_validator("format")
-    @classmethod
-    def _known_format(cls, v: str) -> str:
-        from scoring.formats import INPUTS  # the registry; imported when a config is checked
-
-        return _registered(v, INPUTS)
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, v: int | str | None) -> int | str | None:
-        if isinstance(v, int) and v < 0:
-            raise ValueError("expected a version (an integer >= 0), a timestamp or 'latest'")
-        return v
+    @property
+    def data(self) -> str:
+        """What a row holds for the model, by default: its preprocessor's name."""
+        return registry.INPUTS[self.format].data
 
 
-class PostprocessConfig(_Section):
-    output: str | None = None  # default: the only float output of shape [N, C]
-    softmax: bool = False  # logits -> probabilities first
-    top_k: int = Field(default=1, ge=1)
-    # A URI of a text file (one label per line), a list, or metadata:KEY (the model's metadata).
-    labels: str | list[str] | None = None
+class OutputConfig(Section):
+    """The keys every output has. An output format with keys of its own declares a subclass
+    (``Options`` of its class in ``scoring.registry.OUTPUTS``), as inputs do; each postprocessor
+    adds its section (its module's ``Config``) under its key (``output_options``)."""
 
-
-class EmbeddingConfig(_Section):
-    output: str | None = None  # default: the only float output shaped [N, T, D] or [N, D]
-    pooling: Literal["mean", "cls", "max", "none"] = "mean"  # mean: over the attention mask
-    normalize: bool = True  # L2-normalise each vector
-
-
-class OutputConfig(_Section):
-    uri: str
-    mode: Literal["error", "overwrite", "resume"] = "error"
-    # parquet: OUT/predictions/ as files; delta: OUT/predictions/ is a Delta table; iceberg: the
-    # files are committed into output.table of output.catalog (README "Predictions as a table").
-    format: str = "parquet"
-    table: str | None = None  # iceberg: namespace.table, created when absent
-    catalog: dict[str, Any] | None = None  # iceberg: pyiceberg catalog properties, as input.catalog
-    # None: every output (none with output.embedding); {}: none (postprocess or embedding columns only)
-    outputs: dict[str, str] | None = None
-    postprocess: PostprocessConfig | None = None
-    embedding: EmbeddingConfig | None = None  # sentence embeddings: the column `embedding`
+    uri: str = Field(description="local path or fsspec URI of the folder holding the job")
+    mode: Literal["error", "overwrite", "resume"] = Field(
+        default="error", description="what to do when the folder already holds a job"
+    )
+    format: str = Field(
+        default="parquet",
+        description="parquet: predictions/ as files; delta: predictions/ is a Delta table; iceberg: "
+        "committed into output.table",
+    )
+    outputs: dict[str, str] | None = Field(
+        default=None,
+        description="column -> model output; default: every output under its own name (none with a "
+        "postprocessor that replaces them); {}: none",
+    )
 
     @field_validator("format")
     @classmethod
     def _known_output(cls, v: str) -> str:
-        from scoring.outputs import OUTPUTS  # the registry; imported when a config is checked
+        return _registered(v, registry.OUTPUTS)
 
-        return _registered(v, OUTPUTS)
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Its class is made when a config is loaded (the postprocessors' sections): a process
+        # that unpickles it makes it again, from the keys that were set.
+        return (_output_section, (self.model_dump(mode="json", exclude_unset=True),))
 
 
-class ComputeConfig(_Section):
+class ComputeConfig(Section):
     @field_validator("cpus_per_actor")
     @classmethod
     def _positive_cpus(cls, v: float | str) -> float | str:
@@ -196,33 +239,54 @@ class ComputeConfig(_Section):
             raise ValueError("expected 'auto' or a number > 0")
         return v
 
-    # ray: Ray actors (a cluster, or a Ray started here); local: threads of this process, no Ray.
-    runner: Literal["ray", "local"] = "ray"
-    actors: int | None = Field(default=None, gt=0)
-    # CPUs each worker reserves: its ORT threads on CPU, its decode threads for images. auto: 1
-    # for CPU workers; for GPU workers, their share of a GPU node's CPUs (to keep the GPU fed).
-    cpus_per_actor: float | Literal["auto"] = "auto"
-    gpus_per_actor: float = Field(default=0.0, ge=0)
-    batch_size: int = Field(default=256, gt=0)
-    # Shards an actor holds at once: one at the session while the next is fetched and the one
-    # before is uploaded. 1 = one at a time, least memory (a remote shard is held whole).
-    shards_in_flight: int = Field(default=2, ge=1)
-    # A job with shards left and no worker ready for this long stops (failed): no node could host
-    # one, or the autoscaler never launched one. Workers still waiting never hold shards back.
-    placement_timeout_s: float = Field(default=600.0, gt=0)
+    @field_validator("runner")
+    @classmethod
+    def _known_runner(cls, v: str) -> str:
+        return _registered(v, registry.RUNNERS)
+
+    runner: str = Field(
+        default="ray",
+        description="ray: Ray actors (a cluster, or a Ray started here); local: threads of this process",
+    )
+    actors: int | None = Field(
+        default=None, gt=0, description="workers; default: one per GPU, else CPUs / cpus_per_actor"
+    )
+    # A worker's own threads read, decode and run ORT: its CPUs are all its work needs.
+    cpus_per_actor: float | Literal["auto"] = Field(
+        default="auto",
+        description="CPUs each worker reserves; auto: 1 on CPU, a GPU node's share on GPU workers",
+    )
+    gpus_per_actor: float = Field(
+        default=0.0, ge=0, description="> 0 pins each worker to a GPU or a fraction of one"
+    )
+    batch_size: int = Field(default=256, gt=0, description="rows per ONNX Runtime call")
+    # One shard at the session while the next is read and the one before written.
+    shards_in_flight: int = Field(
+        default=2, ge=1, description="shards a worker holds at once; 1: least memory"
+    )
+    placement_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="with shards left and no worker ready for this long, the job stops (failed)",
+    )
 
 
-class ErrorsConfig(_Section):
-    max_rejected_rows: int = Field(default=1000, ge=0)
+class ErrorsConfig(Section):
+    max_rejected_rows: int = Field(
+        default=1000, ge=0, description="past this the job stops, status failed, exit 1"
+    )
 
 
-class Config(_Section):
+class Config(Section):
     model: ModelConfig
-    input: InputConfig
-    output: OutputConfig
+    # SerializeAsAny: a format's own keys (a subclass's) are dumped too: the plan and _job.json.
+    input: SerializeAsAny[InputConfig]
+    output: SerializeAsAny[OutputConfig]
     compute: ComputeConfig = ComputeConfig()
     errors: ErrorsConfig = ErrorsConfig()
-    storage_options: dict[str, Any] = {}
+    storage_options: dict[str, Any] = Field(
+        default={}, description="passed to fsspec for every URI (endpoint_url, key, secret, ...)"
+    )
 
 
 def load_config(
@@ -249,10 +313,56 @@ def load_config(
         if not sep or not key:
             raise ConfigError(f"--set expects KEY=VALUE (e.g. compute.batch_size=512), found {item!r}")
         _set_dotted(tree, key.strip(), _parse_scalar(value), source=f"--set {item}")
+    checked = _sections(_section(tree, "input", "format"), _section(tree, "output", "format"))
     try:
-        return Config.model_validate(tree)
+        valid = checked.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    # The plain Config, holding the sections as validated (pickled to workers by name).
+    fields = {name: getattr(valid, name) for name in Config.model_fields}
+    return Config.model_construct(_fields_set=valid.model_fields_set, **fields)
+
+
+def _section(tree: dict[str, Any], section: str, key: str) -> str | None:
+    value = tree.get(section)
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def input_options(name: str | None) -> type[InputConfig]:
+    """The input section's class for ``input.format`` ``name``: the first of its formats' own
+    (``Options``), or the common keys for an unknown name (refused by its own validator)."""
+    entry = registry.INPUTS.get(name or "")
+    if entry is None:
+        return InputConfig
+    return getattr(registry.load(registry.FORMATS[entry.formats[0]]), "Options", InputConfig)  # type: ignore[no-any-return]
+
+
+@functools.cache
+def output_options(name: str | None) -> type[OutputConfig]:
+    """The output section's class for ``output.format`` ``name``: its class's ``Options`` (or the
+    common keys), with every postprocessor's section under its key."""
+    path = registry.OUTPUTS.get(name or "parquet")
+    base = OutputConfig if path is None else getattr(registry.load(path), "Options", OutputConfig)
+    sections: dict[str, Any] = {}
+    for key, module in registry.POSTPROCESSORS.items():
+        loaded = registry.load(module)
+        doc = (loaded.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+        sections[key] = (loaded.Config | None, Field(default=None, description=doc))
+    return create_model(base.__name__, __base__=base, __module__=base.__module__, **sections)  # type: ignore[no-any-return]
+
+
+def _output_section(data: dict[str, Any]) -> OutputConfig:
+    return output_options(data.get("format")).model_validate(data)
+
+
+@functools.cache
+def _sections(fmt: str | None, out: str | None) -> type[Config]:
+    """A ``Config`` whose input and output sections are those of these formats."""
+    sections: dict[str, Any] = {
+        "input": (SerializeAsAny[input_options(fmt)], ...),  # type: ignore[misc]
+        "output": (SerializeAsAny[output_options(out)], ...),  # type: ignore[misc]
+    }
+    return create_model("Config", __base__=Config, **sections)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -288,13 +398,26 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> N
     node[parts[-1]] = value
 
 
+def _unknown(key: str) -> str:
+    """Why ``key`` is refused: a key of other formats than this one's, or no key at all."""
+    section, _, name = key.partition(".")
+    owners: list[str] = []
+    if section == "input" and "." not in name:
+        owners = [n for n in registry.INPUTS if name in input_options(n).model_fields]
+    elif section == "output" and "." not in name:
+        owners = [n for n in registry.OUTPUTS if name in output_options(n).model_fields]
+    if owners:
+        return f"config key '{key}' is for {section}.format {' or '.join(owners)} only"
+    return f"unknown config key '{key}'; check its spelling against the config reference (docs)"
+
+
 def _describe(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
         kind = err["type"]
         if kind == "extra_forbidden":
-            lines.append(f"unknown config key '{key}'; check its spelling against README's config reference")
+            lines.append(_unknown(key))
         elif kind == "missing":
             lines.append(f"missing required config key '{key}'")
         else:

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from scoring.record import ShardRecord
-from scoring.report import STAGES, Report, totals_of
+from scoring.record import WORK_TIMES, ShardRecord
+from scoring.report import Report, totals_of
 
 COLORS = {
     "setup_s": "#b07aa1",
@@ -229,7 +229,7 @@ def _shard_bar(r: ShardRecord, t0: float, t1: float, x0: float, width: float, y:
         parts.append(
             f"<rect x='{x - sw:.1f}' y='{y}' width='{sw:.1f}' height='{h}' fill='{COLORS['setup_s']}'/>"
         )
-    for stage in ("wait_s", *STAGES):  # setup_s comes before the bar: see _timeline
+    for stage in ("wait_s", *WORK_TIMES):  # setup_s comes before the bar: see _timeline
         seg = min(w * getattr(r, stage) / wall, x + w - cursor)
         if seg > 0:
             parts.append(
@@ -291,7 +291,7 @@ def _throughput(recs: Sequence[ShardRecord], runs: Sequence[dict[str, Any]], buc
 
 
 def _stages(recs: Sequence[ShardRecord]) -> str:
-    sums = {s: sum(getattr(r, s) for r in recs) for s in ("setup_s", "wait_s", *STAGES)}
+    sums = {s: sum(getattr(r, s) for r in recs) for s in ("setup_s", "wait_s", *WORK_TIMES)}
     total = sum(sums.values()) or 1.0
     x, bar = 0.0, []
     for s, v in sums.items():
@@ -347,7 +347,7 @@ def _slowest(recs: Sequence[ShardRecord], n: int = 10) -> str:
     rows = "".join(
         f"<tr><td>{_e(_short(r.shard, 70))}</td><td>{_e(r.status)}</td><td class='n'>{r.rows:,}</td>"
         f"<td class='n'>{r.rows_failed:,}</td><td class='n'>{r.wall_s:.2f}</td>"
-        + "".join(f"<td class='n'>{getattr(r, s):.2f}</td>" for s in (*STAGES, "wait_s"))
+        + "".join(f"<td class='n'>{getattr(r, s):.2f}</td>" for s in (*WORK_TIMES, "wait_s"))
         + f"<td class='n'>{r.rows_per_s:,.0f}</td><td>{_e(r.device)}</td>"
         + f"<td>{_e(names[(r.node, r.actors)])}</td></tr>"
         for r in sorted(recs, key=lambda r: -r.wall_s)[:n]

@@ -22,12 +22,14 @@ from typing import Any
 
 import pyarrow as pa
 
+from scoring import registry
 from scoring.config import Config
 from scoring.errors import PlanChanged
 from scoring.formats import Format
-from scoring.shard import FileInfo, Shard
+from scoring.shard import FileInfo, Shard, Source
 
-# Config keys whose change would change predictions or how the input is cut into shards.
+# Config keys whose change would change predictions or how the input is cut into shards: these,
+# and every postprocessor's section.
 PLAN_KEYS = (
     "input.uri",
     "input.format",
@@ -39,9 +41,12 @@ PLAN_KEYS = (
     "input.image",
     "input.text",
     "output.outputs",
-    "output.embedding",
-    "output.postprocess",
 )
+UNSET: Any = ()  # a key an older plan did not record: as if it had its empty value
+
+
+def plan_key_names() -> list[str]:
+    return [*PLAN_KEYS, *(f"output.{key}" for key in registry.POSTPROCESSORS)]
 
 
 @dataclasses.dataclass
@@ -52,7 +57,7 @@ class Plan:
     created_at: float
     # What was listed when it is more than files (a table at a version: ``Format.source``),
     # pinned for resume; None for folders.
-    source: dict[str, Any] | None = None
+    source: Source | None = None
     job_id: str = ""  # the run that made the plan (``_job.json``'s job_id)
     replace: bool = False  # made by --mode overwrite: the first commit to a table output replaces it
 
@@ -63,10 +68,10 @@ class Plan:
 
 
 def plan_keys(cfg: Config) -> dict[str, Any]:
-    """The values of ``PLAN_KEYS`` in ``cfg``, as plain JSON data."""
+    """The values of the plan's keys in ``cfg``, as plain JSON data."""
     data = cfg.model_dump(mode="json")
     out = {}
-    for key in PLAN_KEYS:
+    for key in plan_key_names():
         section, name = key.split(".")
         value = data[section].get(name)
         if value is not None or name in data[section]:
@@ -110,8 +115,11 @@ def extend(
             f"{old.model_sha256[:12]}… then, {model_sha256[:12]}… now). {fix}"
         )
     keys = plan_keys(cfg)
-    for key in PLAN_KEYS:
-        if old.keys.get(key) != keys.get(key):
+    for key in plan_key_names():
+        was = old.keys.get(key, UNSET)
+        if was is UNSET and keys.get(key) in (None, {}, []):
+            continue  # a key added since that plan was made, left at its empty value
+        if was != keys.get(key):
             raise PlanChanged(
                 f"cannot resume: config key '{key}' changed since the plan was made "
                 f"({json.dumps(old.keys.get(key))} then, {json.dumps(keys.get(key))} now). {fix}"
@@ -149,11 +157,9 @@ def extend(
     return dataclasses.replace(old, shards=old.shards + new, source=source or old.source), new
 
 
-def _at(source: dict[str, Any] | None) -> str:
+def _at(source: Source | None) -> str:
     """A table at its version, for messages."""
-    if not source:
-        return "the input"
-    return f"{source.get('format')} table {source.get('table')} at version {source.get('version')}"
+    return source.describe() if source is not None else "the input"
 
 
 # -- _plan.parquet ---------------------------------------------------------------------------
@@ -162,7 +168,7 @@ PLAN_SCHEMA = pa.schema(
     [
         ("index", pa.int64()),
         ("shard", pa.string()),
-        ("kind", pa.string()),
+        ("format", pa.string()),
         ("files", pa.list_(pa.string())),
         ("sizes", pa.list_(pa.int64())),
         ("versions", pa.list_(pa.string())),
@@ -182,7 +188,7 @@ def to_table(plan: Plan) -> pa.Table:
         for name, value in (
             ("index", s.index),
             ("shard", s.id),
-            ("kind", s.kind),
+            ("format", s.format),
             ("files", list(s.files)),
             ("sizes", list(s.sizes)),
             ("versions", list(s.versions)),
@@ -194,7 +200,8 @@ def to_table(plan: Plan) -> pa.Table:
         ):
             cols[name].append(value)
     meta = {"model_sha256": plan.model_sha256, "keys": plan.keys, "created_at": plan.created_at}
-    meta |= {"source": plan.source, "job_id": plan.job_id, "replace": plan.replace}
+    source = plan.source.to_json() if plan.source is not None else None
+    meta |= {"source": source, "job_id": plan.job_id, "replace": plan.replace}
     schema = PLAN_SCHEMA.with_metadata({META_KEY: json.dumps(meta).encode()})
     return pa.table(cols, schema=schema)
 
@@ -205,7 +212,7 @@ def from_table(table: pa.Table) -> Plan:
         Shard(
             r["index"],
             r["shard"],
-            r["kind"],
+            r.get("format") or r.get("kind") or "",  # "kind": plans of scoring before 0.2
             tuple(r["files"]),
             tuple(r["sizes"]),
             tuple(r["versions"]),
@@ -222,7 +229,7 @@ def from_table(table: pa.Table) -> Plan:
         meta["model_sha256"],
         meta["keys"],
         meta["created_at"],
-        meta.get("source"),
+        Source.from_json(meta.get("source")),
         meta.get("job_id", ""),
         bool(meta.get("replace")),
     )

@@ -21,8 +21,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-STAGES = ("read", "decode", "preprocess", "infer", "write")
-STAGE_TIMES = ("setup_s", "read_s", "preprocess_s", "infer_s", "write_s", "wait_s")
+STAGES = ("read", "decode", "preprocess", "infer", "postprocess", "write")  # where a row is rejected
+# Where a shard's time goes: the work of each stage, measured where it happens (README "How
+# timing is attributed"); besides it, the worker's one-off setup and the wait for the session.
+WORK_TIMES = ("read_s", "preprocess_s", "infer_s", "write_s")
+STAGE_TIMES = ("setup_s", *WORK_TIMES, "wait_s")
 ERROR_COLUMNS = pa.schema(
     [
         ("shard", pa.string()),
@@ -80,6 +83,7 @@ class ShardRecord:
     rejected_by_stage: dict[str, int] = dataclasses.field(default_factory=dict)
     rejected_by_kind: dict[str, int] = dataclasses.field(default_factory=dict)  # "stage: error" -> rows
     committed: bool = True  # False: OUT could not be written (no marker): resume scores it again
+    written: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # outputs.Written, committed
     run_id: str = ""  # the run that scored it (a resumed job has several)
 
     @contextlib.contextmanager

@@ -14,11 +14,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from scoring import sink, storage
+from scoring import storage
 from scoring.errors import StorageError
-from scoring.record import ShardRecord
+from scoring.fence import driver_state
+from scoring.folder import ERRORS, PLAN, JobFolder, part
+from scoring.record import WORK_TIMES, ShardRecord
 
-STAGES = ("read_s", "preprocess_s", "infer_s", "write_s")
 EXAMPLES = 3
 
 
@@ -33,12 +34,12 @@ class Report:
 def load_report(out: str, storage_options: dict[str, Any] | None = None) -> Report:
     """What OUT says about its job, finished or running."""
     so = storage_options or {}
-    output = sink.Output(out, so, run_id="")
+    output = JobFolder(out, so, run_id="")
     records = sorted(output.markers().values(), key=lambda r: r.index)
     job_uri = storage.join(out, "_job.json")
     if storage.exists(job_uri, so):
         job = json.loads(storage.read_bytes(job_uri, so))
-    elif records or storage.exists(storage.join(out, sink.PLAN), so):
+    elif records or storage.exists(storage.join(out, PLAN), so):
         plan = output.read_plan()
         job = {"totals": totals_of(records)} | _driver(output)
         if plan is not None:
@@ -48,17 +49,17 @@ def load_report(out: str, storage_options: dict[str, Any] | None = None) -> Repo
     return Report(out, job, records, _rejected(output, records))
 
 
-def _driver(output: sink.Output) -> dict[str, Any]:
+def _driver(output: JobFolder) -> dict[str, Any]:
     """Whether the run writing OUT (no ``_job.json`` yet) is alive: ``running``, or ``stopped``
     with why, from its claim (host, pid, heartbeat)."""
-    holder = output.holder()
+    holder = output.fence.holder()
     if holder is None:
         return {
             "status": "stopped",
             "error": "no run holds this folder and there is no _job.json: its driver stopped before "
             "writing the summary (killed?). Run the job again with --mode resume to finish it",
         }
-    state = sink.driver_state(holder)
+    state = driver_state(holder)
     driver = {k: holder.get(k) for k in ("host", "pid", "started_at", "heartbeat_at")} | {"state": state}
     if state == "alive":
         return {"status": "running", "driver": driver}
@@ -80,15 +81,13 @@ def totals_of(records: Sequence[ShardRecord]) -> dict[str, Any]:
     }
 
 
-def _rejected(output: sink.Output, records: Sequence[ShardRecord]) -> list[dict[str, Any]]:
+def _rejected(output: JobFolder, records: Sequence[ShardRecord]) -> list[dict[str, Any]]:
     """Rejected rows grouped by stage and error kind, with a few example rows each, from each
     settled shard's own errors file (so a running job shows them too)."""
     parts = []
     for r in records:
         if r.rows_failed:
-            data = storage.read_bytes(
-                output.join(sink.ERRORS, sink.part(r.index, ".parquet")), output.storage_options
-            )
+            data = storage.read_bytes(output.join(ERRORS, part(r.index, ".parquet")), output.storage_options)
             parts.append(pq.read_table(pa.BufferReader(data)))
     if not parts:
         return []
@@ -133,7 +132,7 @@ def summary(job: dict[str, Any], records: Sequence[ShardRecord]) -> str:
     elif runs and runs[-1].get("startup_s") is not None:
         lines[-1] += f" ({runs[-1]['startup_s']:.2f}s before the first shard started)"
     if records:
-        stage_sum = {s: sum(getattr(r, s) for r in records) for s in STAGES}
+        stage_sum = {s: sum(getattr(r, s) for r in records) for s in WORK_TIMES}
         busy = sum(stage_sum.values()) or 1.0
         lines.append(
             "time in workers: "
@@ -147,7 +146,7 @@ def summary(job: dict[str, Any], records: Sequence[ShardRecord]) -> str:
             name = r.shard if len(r.shard) <= 48 else "..." + r.shard[-45:]
             lines.append(
                 f"{name:<48} {r.rows:>8} {r.rows_failed:>5} {r.wall_s:>7.2f} "
-                + " ".join(f"{getattr(r, s):>6.2f}" for s in STAGES)
+                + " ".join(f"{getattr(r, s):>6.2f}" for s in WORK_TIMES)
                 + f" {r.wait_s:>6.2f} {r.rows_per_s:>9,.0f} {r.device}"
             )
         if len(records) > 20:

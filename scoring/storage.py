@@ -1,4 +1,4 @@
-"""Everything that touches a filesystem: URIs, listing, whole-object reads and atomic writes.
+"""Everything that touches a filesystem: URIs, whole-object reads, atomic writes, timeouts.
 
 Local paths and any fsspec URI (s3://, gs://, az://, ...) go through the same calls; the
 protocol's package is imported lazily by fsspec, and a missing one gets an install hint.
@@ -14,11 +14,10 @@ import posixpath
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from scoring.errors import StorageError, translated
-from scoring.shard import FileInfo
 
 # Protocol -> the extra that installs it. Only a hint: fsspec does the importing.
 PROTOCOL_EXTRAS = {
@@ -118,116 +117,6 @@ def unstrip(fs: Any, path: str) -> str:
 
 def join(base: str, *parts: str) -> str:
     return posixpath.join(base.rstrip("/"), *parts) if "://" in base else os.path.join(base, *parts)
-
-
-# Keys that fsspec filesystems use for a content version, most specific first.
-VERSION_KEYS = ("ETag", "etag", "generation", "md5Hash", "mtime", "LastModified", "last_modified", "updated")
-
-
-def _version(info: dict[str, Any]) -> str:
-    for key in VERSION_KEYS:
-        if info.get(key) not in (None, ""):
-            value = info[key]
-            return f"{key}={value.isoformat() if hasattr(value, 'isoformat') else value}"
-    return ""
-
-
-def list_files(
-    uri: str,
-    storage_options: dict[str, Any],
-    suffixes: Iterable[str],
-    tables: list[tuple[str, str]] | None = None,
-) -> list[FileInfo]:
-    """The files under a folder, a single file, or a glob, sorted by URI, with sizes and versions
-    from the listing itself (no request per file).
-
-    Folders are searched recursively; ``suffixes`` (lower case, with the dot) filter by name,
-    case-insensitively. Files *and folders* whose name starts with ``_`` or ``.`` are skipped at
-    any depth below ``uri`` (``_temporary/``, ``_SUCCESS``, ``.crc``, ``_delta_log/``), as
-    pyarrow, Spark and Hive skip them. ``tables``, when given, gets ``(root URI, "delta" |
-    "iceberg")`` for each table folder seen below ``uri`` on the way. Raises ``StorageError``
-    when nothing matches.
-    """
-    fs, path = split_uri(uri, storage_options)
-    wanted = tuple(suffixes)
-    root = listing_root(path)
-    with translated(StorageError, f"listing {uri}"):
-        fs.invalidate_cache(root)  # files added since an earlier listing in this process count
-        if any(ch in path for ch in "*?["):
-            found = {p: i for p, i in fs.glob(path, detail=True).items() if i.get("type") == "file"}
-        elif fs.isdir(path):
-            found = fs.find(path, detail=True)
-        elif fs.exists(path):
-            found = {path: fs.info(path)}
-            root = posixpath.dirname(path.rstrip("/"))
-        else:
-            raise StorageError(f"{uri}: no such file or folder; check input.uri")
-    files = sorted(p for p in found if p.lower().endswith(wanted) and not hidden(p, root))
-    if tables is not None:
-        roots = {_table_root(p): kind for p in found if (kind := _table_kind(p))}
-        tables += [(unstrip(fs, r), kind) for r, kind in sorted(roots.items())]
-    if not files:
-        raise StorageError(
-            f"{uri}: found no files ending in {', '.join(wanted)}; check input.uri and input.format"
-        )
-    return [FileInfo(unstrip(fs, p), int(found[p].get("size") or 0), _version(found[p])) for p in files]
-
-
-def _table_kind(path: str) -> str | None:
-    """``delta`` or ``iceberg`` when ``path`` is a file of a table's log or metadata."""
-    parts = path.rstrip("/").split("/")
-    if "_delta_log" in parts[:-1]:
-        return "delta"
-    if len(parts) >= 2 and parts[-2] == "metadata" and parts[-1].endswith(".metadata.json"):
-        return "iceberg"
-    return None
-
-
-def _table_root(path: str) -> str:
-    parts = path.rstrip("/").split("/")
-    if "_delta_log" in parts[:-1]:
-        return "/".join(parts[: parts.index("_delta_log")])
-    return "/".join(parts[:-2])
-
-
-def tables_above(uri: str, storage_options: dict[str, Any], levels: int = 8) -> list[tuple[str, str]]:
-    """``(root URI, "delta" | "iceberg")`` of a table whose folder is ``uri`` or holds it (up to
-    ``levels`` folders up): ``uri`` is its data, or a partition of it. A few small requests."""
-    fs, path = split_uri(uri, storage_options)
-    folder = listing_root(path).rstrip("/")
-    if not any(ch in path for ch in "*?[") and fs.isfile(path):
-        folder = posixpath.dirname(folder)
-    with translated(StorageError, f"looking for a table at or above {uri}"):
-        for _ in range(levels):
-            if not folder or folder in ("/", ".") or "/" not in folder.strip("/") and not is_local(fs):
-                break  # a bucket's root holds no table
-            if fs.isdir(f"{folder}/_delta_log"):
-                return [(unstrip(fs, folder), "delta")]
-            if fs.isdir(f"{folder}/metadata") and fs.glob(f"{folder}/metadata/*.metadata.json"):
-                return [(unstrip(fs, folder), "iceberg")]
-            parent = posixpath.dirname(folder)
-            if parent == folder:
-                break
-            folder = parent
-    return []
-
-
-def listing_root(path: str) -> str:
-    """The folder a listing of ``path`` starts from: ``path`` itself, or a glob's fixed prefix."""
-    path = path.rstrip("/")
-    cut = min((path.index(ch) for ch in "*?[" if ch in path), default=None)
-    return path if cut is None else posixpath.dirname(path[:cut])
-
-
-def relative_parts(path: str, root: str) -> list[str]:
-    """The folders and name of ``path`` below ``root`` (both as a filesystem lists them)."""
-    rel = path[len(root) :] if path.startswith(root) else posixpath.basename(path)
-    return [p for p in rel.split("/") if p]
-
-
-def hidden(path: str, root: str) -> bool:
-    """Whether a file or a folder on its way below ``root`` starts with ``_`` or ``.``."""
-    return any(part.startswith(("_", ".")) for part in relative_parts(path, root))
 
 
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 3, base_delay: float = 0.2) -> T:
@@ -418,123 +307,3 @@ def list_names(uri: str, storage_options: dict[str, Any]) -> list[str]:
         if not fs.exists(path):
             return []
         return sorted(unstrip(fs, p) for p in fs.ls(path, detail=False))
-
-
-# -- the same credentials and timeouts for the table libraries -------------------------------
-# delta-rs (object_store) and pyiceberg take their own option names; storage_options keeps
-# fsspec's, translated here so one config serves every library.
-OBJECT_STORE_KEYS = {
-    "s3": {"key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY", "token": "AWS_SESSION_TOKEN"},
-    "gs": {"token": "GOOGLE_SERVICE_ACCOUNT"},
-    "az": {"account_name": "AZURE_STORAGE_ACCOUNT_NAME", "account_key": "AZURE_STORAGE_ACCOUNT_KEY"},
-}
-PYICEBERG_KEYS = {
-    "s3": {"key": "s3.access-key-id", "secret": "s3.secret-access-key", "token": "s3.session-token"},
-    "gs": {"token": "gcs.oauth2.token", "project": "gcs.project-id"},
-    "az": {"account_name": "adls.account-name", "account_key": "adls.account-key"},
-}
-# Connect and request timeouts, as TIMEOUTS does for fsspec: a stalled store fails the call.
-# object_store's own retries: 3, within a minute (its default, 10 within 3 minutes, keeps a call on a
-# stalled store for 5 minutes).
-OBJECT_STORE_TIMEOUTS = {
-    "connect_timeout": "5s",
-    "timeout": "30s",
-    "max_retries": "3",
-    "retry_timeout": "60s",
-}
-PYICEBERG_TIMEOUTS = {"s3.connect-timeout": "5", "s3.request-timeout": "30"}
-
-
-def _family(uri: str) -> str:
-    protocol = uri.split("://", 1)[0] if "://" in uri else "file"
-    return {"s3a": "s3", "gcs": "gs", "abfs": "az", "abfss": "az"}.get(protocol, protocol)
-
-
-def object_store_options(uri: str, storage_options: dict[str, Any]) -> dict[str, str]:
-    """``storage_options`` as delta-rs (object_store) takes them for ``uri``: fsspec's names
-    translated (``endpoint_url``, ``key``, ``secret``, ``client_kwargs.region_name``...), keys
-    already in object_store's form (upper case) kept, timeouts set unless given."""
-    family = _family(uri)
-    if family == "file":
-        return {}
-    out = _translated(
-        family, storage_options, OBJECT_STORE_KEYS, ("AWS_ENDPOINT_URL", "AWS_REGION"), str.isupper
-    )
-    if out.get("AWS_ENDPOINT_URL", "").startswith("http://"):
-        out["AWS_ALLOW_HTTP"] = "true"
-    out = {k: v for k, v in OBJECT_STORE_TIMEOUTS.items() if k not in storage_options} | out
-    if family == "s3":
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        out.setdefault("AWS_REGION", region)
-    return out
-
-
-def pyiceberg_properties(uri: str, storage_options: dict[str, Any]) -> dict[str, str]:
-    """``storage_options`` as pyiceberg's FileIO takes them (``s3.endpoint``,
-    ``s3.access-key-id``...), keys already in pyiceberg's dotted form kept, timeouts set."""
-    family = _family(uri)
-    out = _translated(
-        family, storage_options, PYICEBERG_KEYS, ("s3.endpoint", "s3.region"), lambda k: "." in k
-    )
-    if family == "s3":
-        out = PYICEBERG_TIMEOUTS | out
-        out.setdefault("s3.region", os.environ.get("AWS_REGION") or "us-east-1")
-    return out
-
-
-def _translated(
-    family: str,
-    storage_options: dict[str, Any],
-    keys: dict[str, dict[str, str]],
-    s3: tuple[str, str],
-    native: Callable[[str], bool],
-) -> dict[str, str]:
-    """fsspec's option names as another library's: credentials by ``keys``, S3's endpoint and
-    region by ``s3``, the library's own names (``native``) as they are; the rest left out."""
-    names = keys.get(family, {})
-    out = {}
-    for key, value in storage_options.items():
-        if key in names:
-            out[names[key]] = str(value)
-        elif key == "endpoint_url" and family == "s3":
-            out[s3[0]] = str(value)
-        elif (
-            key == "client_kwargs" and family == "s3" and isinstance(value, dict) and value.get("region_name")
-        ):
-            out[s3[1]] = str(value["region_name"])
-        elif native(key) or key in OBJECT_STORE_TIMEOUTS:
-            out[key] = str(value)
-    return out
-
-
-def existing(uris: Iterable[str], root: str, storage_options: dict[str, Any]) -> set[str]:
-    """Which of ``uris`` exist: one listing of ``root``, and a request for each one outside it."""
-    fs, path = split_uri(root, storage_options)
-    wanted = list(uris)
-    with translated(StorageError, f"listing {root}"):
-        fs.invalidate_cache(path)
-        found = {unstrip(fs, p) for p in fs.find(path)} if fs.isdir(path) else set()
-        prefix = unstrip(fs, path).rstrip("/") + "/"
-        for uri in wanted:
-            if uri not in found and not uri.startswith(prefix):
-                other, where = split_uri(uri, storage_options)
-                if other.exists(where):
-                    found.add(uri)
-    return found & set(wanted)
-
-
-def list_sizes(uri: str, storage_options: dict[str, Any]) -> dict[str, tuple[int, int]]:
-    """Full URI -> (size, modified in ms since the epoch) of the files directly under a folder."""
-    fs, path = split_uri(uri, storage_options)
-    with translated(StorageError, f"listing {uri}"):
-        fs.invalidate_cache(path)
-        if not fs.exists(path):
-            return {}
-        out = {}
-        for info in fs.ls(path, detail=True):
-            if info.get("type") != "file":
-                continue
-            when = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or 0
-            ms = int(when.timestamp() * 1000) if hasattr(when, "timestamp") else int(float(when) * 1000)
-            out[unstrip(fs, info["name"])] = (int(info.get("size") or 0), ms)
-        return out

@@ -1,7 +1,7 @@
 """The job's record, ``_job.json``: what ran, on what, how it ended, with totals — secrets redacted.
 
-Written last by every run (``sink.Output.write_summary``); ``scoring report`` and the report page
-read it back.
+Written last by every run (``folder.JobFolder.write_summary``); ``scoring report`` and the report
+page read it back.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sys
 import time
 from typing import Any
 
-from scoring import plan, secrets
+from scoring import plan, redact
 from scoring.record import ShardRecord
-from scoring.worker import JobSpec
+from scoring.spec import JobSpec
 
 
 def job_record(
@@ -38,7 +38,9 @@ def job_record(
     import scoring
 
     cfg, info = spec.config, spec.model
-    source = job_plan.source or {"format": cfg.input.format, "uri": cfg.input.uri}
+    source = (
+        job_plan.source.to_json() if job_plan.source else {"format": cfg.input.format, "uri": cfg.input.uri}
+    )
     finished = time.time()
     rows = sum(r.rows for r in records)
     failed = sum(r.rows_failed for r in records)
@@ -59,16 +61,16 @@ def job_record(
         "job_id": every[0]["run_id"],  # the first run's: the job keeps it through resumes
         "run_id": spec.run_id,
         "status": status,
-        "error": secrets.text(error, secrets.config_values(cfg)) if error else error,
-        "config": secrets.config(cfg.model_dump(mode="json")),
+        "error": redact.text(error, redact.config_values(cfg)) if error else error,
+        "config": redact.config(cfg.model_dump(mode="json")),
         "model": {
-            "uri": secrets.text(info.uri),
+            "uri": redact.text(info.uri),
             "sha256": info.sha256,
             "opset": info.opset,
             "inputs": [dataclasses.asdict(i) for i in info.inputs],
             "outputs": [dataclasses.asdict(o) for o in info.outputs],
         },
-        "input": {k: secrets.text(v) if isinstance(v, str) else v for k, v in source.items()},
+        "input": {k: redact.text(v) if isinstance(v, str) else v for k, v in source.items()},
         "output": {"format": cfg.output.format, "committed": committed},
         "versions": versions,
         "providers": sorted({p for r in records for p in r.providers}),
@@ -90,7 +92,7 @@ def job_record(
             "rows_scored_now": scored,
         },
         "runs": every,
-        "argv": secrets.argv(sys.argv, secrets.config_values(cfg)),
+        "argv": redact.argv(sys.argv, redact.config_values(cfg)),
     }
 
 

@@ -38,12 +38,13 @@ class Feed:
 
 @dataclasses.dataclass
 class Group:
-    """Rows (indices into the shard table) that share one shape per input, and their tensors;
-    ``mask`` marks the real tokens of padded text rows (for pooling), where there are some."""
+    """Rows (indices into the chunk) that share one shape per input, their tensors, and their
+    context: per-row arrays that preprocessing hands to postprocessing (the attention mask of
+    padded text rows, an image's size and placement), one entry per row."""
 
     rows: np.ndarray
     feed: dict[str, np.ndarray]
-    mask: np.ndarray | None = None
+    context: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def input_columns(spec: TensorSpec, columns: Mapping[str, str | list[str]]) -> tuple[str, ...]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Iterator
-from typing import Any
 
 import pyarrow as pa
 
@@ -22,8 +21,8 @@ from scoring.formats import Chunk
 from scoring.model import local_model_path
 from scoring.record import Reason, Rejections
 from scoring.session import build_session
-from scoring.shard import Shard
-from scoring.worker import JobSpec
+from scoring.shard import Shard, Source
+from scoring.spec import JobSpec, check
 
 PREVIEW_ROWS = 8
 SHARDS_LOOKED_AT = 64  # past this many shards without a row, validate gives up
@@ -38,13 +37,11 @@ class Preview:
     predictions: pa.Table  # the first rows' prediction columns
     rejected: list[str]  # why some of those rows were rejected
     notes: list[str] = dataclasses.field(default_factory=list)  # the preprocessor's (token counts)
-    source: dict[str, Any] | None = None  # a table at its version (``Format.source``)
+    source: Source | None = None  # a table at its version (``Format.source``)
 
 
 def validate(cfg: Config) -> Preview:
     """Check ``cfg`` as ``run`` does, then score the first ``PREVIEW_ROWS`` rows here (CPU)."""
-    from scoring.job import check
-
     spec, files = check(cfg)
     job_plan = plan.make_plan(cfg, spec.model.sha256, spec.format, files)
     path = local_model_path(spec.model.uri, spec.model.sha256, cfg.storage_options)
@@ -90,14 +87,10 @@ def _first_rows(spec: JobSpec, shards: list[Shard]) -> tuple[Shard, Chunk]:
         for chunk in _read(spec, shard):
             looked.append(chunk)
             if len(chunk):
-                n = PREVIEW_ROWS
-                skip = chunk.skip[:n] if chunk.skip is not None else None
-                rejected = Rejections()
+                head = chunk.head(PREVIEW_ROWS)
+                head.rejected = Rejections()
                 for seen in looked:
-                    rejected.extend(seen.rejected)
-                head = Chunk(
-                    chunk.data.slice(0, n), chunk.files, chunk.file_of[:n], chunk.rows[:n], rejected, skip
-                )
+                    head.rejected.extend(seen.rejected)
                 return shard, head
     reasons = [r.message for c in looked for _, _, _, r in c.rejected.ranges][:3]
     why = f" ({'; '.join(reasons)})" if reasons else ""
@@ -121,16 +114,12 @@ def format_preview(p: Preview) -> str:
     if p.source:
         s = p.source
         deletes = (
-            f"deletes applied: {s['rows_deleted']:,} row(s) of {s['files_with_deletes']} file(s)"
-            if s.get("rows_deleted")
+            f"deletes applied: {s.rows_deleted:,} row(s) of {s.files_with_deletes} file(s)"
+            if s.rows_deleted
             else "no deletes to apply"
         )
-        lines.append(
-            f"{s['format']} table {s['table']} at version {s['version']}: {s['files']} live data file(s), "
-            f"{s['rows']:,} live row(s); {deletes}"
-        )
+        lines.append(f"{s.describe()}: {s.files} live data file(s), {s.rows:,} live row(s); {deletes}")
     lines += [
-        "model inputs: " + ", ".join(p.inputs),
         "model inputs: " + ", ".join(p.inputs),
         f"the first {PREVIEW_ROWS} rows of the input, scored here: "
         f"{p.predictions.num_rows} scored, {len(p.rejected)} rejected",

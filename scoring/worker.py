@@ -1,7 +1,7 @@
 """Scoring whole shards: read a shard chunk by chunk, prepare and score each chunk, write its
-predictions, commit the shard. A Ray actor (``runners``) or a thread of the local runner holds
-one ``Worker``. Nothing here knows a format or a kind of preprocessing: ``JobSpec`` carries the
-job's ``Format`` and ``Preprocessor``, resolved on the driver.
+predictions, commit the shard. A Ray actor or a thread of the local runner (``runners``) holds
+one ``Worker``. Nothing here knows a format, a kind of preprocessing or postprocessing, or an
+output: the ``JobSpec`` carries them, resolved on the driver.
 
 Up to ``compute.shards_in_flight`` shards go through one worker at once, in threads: reading,
 preprocessing and writing overlap, while ``turn`` gives the session to one shard at a time, so
@@ -15,138 +15,24 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
-from scoring import sink
-from scoring.config import Config
-from scoring.embedding import Embedding
-from scoring.errors import ConfigError, RowError, StorageError
-from scoring.formats import Chunk, Format, every_row
-from scoring.model import ModelInfo, local_model_path
-from scoring.postprocess import Postprocess
-from scoring.preprocess import Preprocessor
+from scoring import fence, outputs
+from scoring.errors import RowError, StorageError
+from scoring.folder import JobFolder, ShardOutput
+from scoring.formats import Chunk
+from scoring.model import local_model_path
+from scoring.outputs import table_bytes
 from scoring.record import Reason, Rejections, ShardRecord
-from scoring.scorer import Scored, Scorer, prediction_columns
 from scoring.shard import Shard
+from scoring.spec import JobSpec
 
 # How often a worker writing to object storage checks that its run still holds OUT (a GET);
 # on local disk it checks every chunk (a small file read).
 REMOTE_FENCE_CHECK_S = 10.0
-
-
-@dataclasses.dataclass(frozen=True)
-class JobSpec:
-    """Everything a worker needs, checked on the driver; plain data, cheap to pickle.
-
-    ``schema`` is the input columns read from every shard, in the job's types (the model's
-    columns and ``input.keep``). ``run_id`` is the run's claim on the output folder (``sink``);
-    ``driver`` is the host and pid of the driver process, so workers on its machine stop when it
-    is gone.
-    """
-
-    config: Config
-    model: ModelInfo
-    format: Format
-    preprocessor: Preprocessor
-    schema: pa.Schema
-    postprocess: Postprocess | None = None
-    embedding: Embedding | None = None
-    run_id: str = ""
-    driver: tuple[str, int] = ("", 0)
-
-    def scorer(self, session: Any) -> Scorer:
-        cfg = self.config
-        return Scorer(
-            self.model, session, cfg.output.outputs, self.postprocess, cfg.compute.batch_size, self.embedding
-        )
-
-    def predictions(self, shard: str, chunk: Chunk, scored: Scored) -> pa.Table:
-        """The prediction rows of a scored chunk: ``shard``, where each row comes from (``file``
-        and ``row``, or ``row`` and ``path``), the ``keep`` columns, then the output columns."""
-        take = scored.rows
-        n = len(take)
-        row = (pa.field("row", pa.int64()), pa.array(chunk.rows[take], pa.int64()))
-        if self.format.provenance == "path":
-            where = [row, (pa.field("path", pa.string()), chunk.file_column(take))]
-        else:
-            where = [(pa.field("file", pa.string()), chunk.file_column(take)), row]
-        fields = [pa.field("shard", pa.string()), *(f for f, _ in where)]
-        arrays: list[Any] = [pa.array(np.full(n, shard, dtype=object), pa.string()), *(a for _, a in where)]
-        kept = self.config.input.kept
-        if kept:
-            indices = pa.array(take, pa.int64())
-            for name, column in kept:
-                fields.append(self.schema.field(column).with_name(name))
-                arrays.append(chunk.data.column(column).take(indices))
-        return pa.Table.from_arrays(arrays + scored.columns, schema=pa.schema(fields + scored.fields))
-
-
-# The columns that say where each prediction row comes from, by the format's ``provenance``.
-PROVENANCE = {
-    "file": [
-        ("shard", "scoring (the shard's id)"),
-        ("file", "scoring (the row's input file)"),
-        ("row", "scoring (the row's index in its file)"),
-    ],
-    "path": [
-        ("shard", "scoring (the shard's id)"),
-        ("row", "scoring (the row's index in its shard)"),
-        ("path", "scoring (the image file)"),
-    ],
-}
-
-
-def check_columns(
-    cfg: Config,
-    model: ModelInfo,
-    provenance: str,
-    postprocess: Postprocess | None,
-    embedding: Embedding | None,
-) -> None:
-    """Refuse a prediction column named twice (a kept column named like one scoring adds):
-    ``predictions/`` would be unreadable. Raises ``ConfigError``."""
-    added = PROVENANCE[provenance] + prediction_columns(model, cfg.output.outputs, postprocess, embedding)
-    check_names(cfg.input.kept, added)
-
-
-def check_names(kept: list[tuple[str, str]], added: list[tuple[str, str]]) -> None:
-    """Raise ``ConfigError`` when two prediction columns would share a name: a kept column and
-    one that ``added`` names (each with what adds it), or two of either."""
-    seen: dict[str, str] = {}
-    for name, column in kept:
-        origin = f"input.keep ({column!r})" if name == column else f"input.keep ({{{name}: {column}}})"
-        if name in seen:
-            raise ConfigError(
-                f"{seen[name]} and {origin} both name the prediction column {name!r}; "
-                "keep each column once, under one name"
-            )
-        seen[name] = origin
-    for name, origin in added:
-        if name not in seen:
-            seen[name] = origin
-            continue
-        other = seen[name]
-        if other.startswith("input.keep"):
-            fix = (
-                f"keep it under another name, e.g. input.keep: [{{input_{name}: {name}}}]"
-                if other == f"input.keep ({name!r})"
-                else "rename it in input.keep"
-            )
-            if origin.startswith("model output"):
-                fix += f", or name the output otherwise: output.outputs: {{{name}_out: {origin[14:-1]}}}"
-        else:
-            fix = "name one of them otherwise in output.outputs"
-        raise ConfigError(
-            f"{other} and {origin} would both add the column {name!r} to every prediction row; "
-            f"two fields of one name make predictions/ unreadable as a dataset. To resolve it, {fix}"
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +64,8 @@ class Worker:
         )
         self.spec, self.placement = spec, placement
         self.scorer = spec.scorer(session)
-        self.output = sink.Output(cfg.output.uri, cfg.storage_options, spec.run_id)
+        self.folder = JobFolder(cfg.output.uri, cfg.storage_options, spec.run_id)
+        self.output = outputs.get(cfg.output, cfg.storage_options)
         self.lock = threading.Lock()  # the session's: one shard at a time
         self.setup_lock = threading.Lock()
         # Reading many small files and decoding images run on the worker's own CPUs: pyarrow and
@@ -199,17 +86,18 @@ class Worker:
         spec = self.spec
         empty = Chunk.of_file(spec.schema.empty_table(), "", 0)
         prepared = spec.preprocessor.prepare(empty.data, None, self.pool)
-        sink.table_bytes(spec.predictions("", empty, self.scorer.run(prepared.groups)))
+        table_bytes(spec.predictions("", empty, self.scorer.run(prepared.groups)))
 
     # -- one shard ---------------------------------------------------------------------------
 
     def score(self, shard: Shard) -> ShardRecord:
         """Score and commit ``shard``; its record. Raises ``ModelFailure`` (the model cannot be
-        used: stop the job) or ``sink.Fenced`` (this run no longer holds OUT: nothing written)."""
+        used: stop the job) or ``fence.Fenced`` (this run no longer holds OUT: nothing written)."""
         rec = self._record(shard)
         rejections = Rejections()
+        writer = self.output.writer(self.folder.predictions(shard.index))
         try:
-            with self.output.shard(shard.index, shard.id) as out:
+            with self.folder.shard(shard.index, shard.id, writer) as out:
                 try:
                     self._chunks(shard, rec, rejections, out)
                 except RowError as exc:  # unreadable: the whole shard is rejected
@@ -232,13 +120,13 @@ class Worker:
         record still reaches the driver, which takes the shard's marker instead if one landed
         after all (written, but the store's answer lost)."""
         reason = Reason("write", "StorageError", f"{shard.id}: could not be written: {exc}")
-        rejected = every_row(shard, self.spec.format.provenance, reason)
+        rejected = self.spec.format.every_row(shard, reason)
         rec.rows = max(rec.rows, shard.rows or 0)
         rec.close("failed", rejected)
         rec.committed = False
         return rec
 
-    def _chunks(self, shard: Shard, rec: ShardRecord, rejections: Rejections, out: sink.ShardOutput) -> None:
+    def _chunks(self, shard: Shard, rec: ShardRecord, rejections: Rejections, out: ShardOutput) -> None:
         spec = self.spec
         pre = spec.preprocessor
         rows = max(pre.chunk_rows, spec.config.compute.batch_size)
@@ -269,20 +157,20 @@ class Worker:
             yield
 
     def check_alive(self) -> None:
-        """Raise ``sink.Fenced`` when this run has lost OUT or its driver is gone, so a worker left
-        behind by a killed driver stops instead of scoring on."""
-        host, pid = self.spec.driver
-        if pid and pid != os.getpid() and host == socket.gethostname() and not _running(pid):
-            raise sink.Fenced(f"the driver (pid {pid}) is gone")
+        """Raise ``fence.Fenced`` when this run has lost OUT or its driver is gone, so a worker
+        left behind by a killed driver stops instead of scoring on."""
+        driver = self.spec.driver
+        if driver and driver.get("pid") != os.getpid() and fence.alive(driver) is False:
+            raise fence.Fenced(f"the driver (pid {driver.get('pid')}) is gone")
         now = time.monotonic()
-        if self.output.local or now - self.checked_at > REMOTE_FENCE_CHECK_S:
+        if self.folder.local or now - self.checked_at > REMOTE_FENCE_CHECK_S:
             self.checked_at = now
             try:
-                held = self.output.holds()
+                held = self.folder.fence.holds()
             except StorageError:
                 return  # an outage, not a takeover: the commit checks again, and fails if it lasts
             if not held:
-                raise sink.Fenced(f"run {self.spec.run_id} no longer holds {self.output.uri}")
+                raise fence.Fenced(f"run {self.spec.run_id} no longer holds {self.folder.uri}")
 
     def _record(self, shard: Shard) -> ShardRecord:
         s, p = self.scorer.session, self.placement
@@ -305,16 +193,6 @@ class Worker:
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
             run_id=self.spec.run_id,
         )
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _timed(chunks: Iterator[Any], rec: ShardRecord) -> Iterator[Any]:

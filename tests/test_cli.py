@@ -73,7 +73,7 @@ def test_precedence_defaults_file_environment_set() -> None:
 
 
 def test_secrets_are_redacted_whatever_their_shape() -> None:
-    from scoring import secrets
+    from scoring import redact
 
     key = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
     options = {
@@ -85,14 +85,14 @@ def test_secrets_are_redacted_whatever_their_shape() -> None:
         data={**BASE, "model": {"uri": "s3://user:pa55word@host/m.onnx"}, "storage_options": options},
         environ={},
     )
-    data = secrets.config(cfg.model_dump(mode="json"))
+    data = redact.config(cfg.model_dump(mode="json"))
     assert data["storage_options"] == {
         "connection_string": "***",
         "client_kwargs": {"endpoint_url": "***"},
         "anon": False,
     }
     assert data["model"]["uri"] == "s3://***@host/m.onnx"
-    argv = secrets.argv(
+    argv = redact.argv(
         [
             "scoring",
             "run",
@@ -115,7 +115,7 @@ def test_secrets_are_redacted_whatever_their_shape() -> None:
         "ray://***@head:10001",
     ]
     message = f"cannot reach http://minio.internal:9000 with AccountKey={key}; credentials hunter22 refused"
-    masked = secrets.text(message, secrets.values(options))
+    masked = redact.text(message, redact.values(options))
     assert key not in masked and "hunter22" not in masked and "AccountKey=***" in masked
     # Catalog properties: credentials masked, what says which catalog kept.
     catalog = {
@@ -126,15 +126,15 @@ def test_secrets_are_redacted_whatever_their_shape() -> None:
     }
     inp = {"uri": "db.events", "format": "iceberg", "catalog": catalog}
     cfg = load_config(data={**BASE, "input": inp}, environ={})
-    data = secrets.config(cfg.model_dump(mode="json"))
+    data = redact.config(cfg.model_dump(mode="json"))
     assert data["input"]["catalog"] == {
         "type": "rest",
         "uri": "https://cat.example/api",
         "credential": "***",
         "token": "***",
     }
-    assert "s3cr3t" not in secrets.text("catalog refused cl1ent:s3cr3t", secrets.config_values(cfg))
-    assert secrets.argv(["--set=output.catalog.token=T0K3N", "--set=input.catalog.type=rest"]) == [
+    assert "s3cr3t" not in redact.text("catalog refused cl1ent:s3cr3t", redact.config_values(cfg))
+    assert redact.argv(["--set=output.catalog.token=T0K3N", "--set=input.catalog.type=rest"]) == [
         "--set=output.catalog.token=***",
         "--set=input.catalog.type=rest",
     ]

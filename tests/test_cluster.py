@@ -312,15 +312,15 @@ def _wait_all_jobs(address: str) -> None:
 
 
 def test_the_pool_is_fitted_node_by_node_and_gpu_workers_get_their_share_of_cpus() -> None:
-    from scoring.cluster import plan_pool
     from scoring.config import ComputeConfig
     from scoring.errors import ConfigError
+    from scoring.pool import plan_pool
 
     gpu_node, cpu_node = {"CPU": 16.0, "GPU": 2.0}, {"CPU": 64.0}
     pool = plan_pool(ComputeConfig(gpus_per_actor=1), [gpu_node, cpu_node])
-    assert (pool.actors, pool.cpus_per_actor) == (2, 8.0)  # each GPU worker: half its node's CPUs
-    assert plan_pool(ComputeConfig(gpus_per_actor=0.5), [gpu_node]).cpus_per_actor == 4.0
-    assert plan_pool(ComputeConfig(), [cpu_node, {"CPU": 2.0}]).actors == 66  # CPU workers: 1 CPU each
+    assert (pool.workers, pool.cpus_per_worker) == (2, 8.0)  # each GPU worker: half its node's CPUs
+    assert plan_pool(ComputeConfig(gpus_per_actor=0.5), [gpu_node]).cpus_per_worker == 4.0
+    assert plan_pool(ComputeConfig(), [cpu_node, {"CPU": 2.0}]).workers == 66  # CPU workers: 1 CPU each
     # Four CPUs in all, but no node holds the 2 CPUs one worker asks for.
     with pytest.raises(ConfigError, match=r"its nodes \(1 CPU / 0 GPU, .*\) can host only 0 such workers"):
         plan_pool(ComputeConfig(actors=2, cpus_per_actor=2), [{"CPU": 1.0}] * 4)

@@ -282,7 +282,7 @@ def test_output_with_batch_on_axis_one(run_job, tmp_path: Path, declare: bool) -
 
 
 def test_a_shard_larger_than_a_chunk_is_scored_in_pieces_with_rows_in_place(run_job, tmp_path: Path) -> None:
-    from scoring.preprocess.tables import CHUNK_ROWS
+    from scoring.preprocess.columns import CHUNK_ROWS
 
     n = 2 * CHUNK_ROWS + 1000  # three chunks
     rng = np.random.default_rng(3)
@@ -442,14 +442,16 @@ def test_rejected_rows_stay_out_of_the_record_that_reaches_the_driver(run_job, t
 def test_a_run_that_lost_the_output_folder_cannot_commit_into_it(tmp_path: Path) -> None:
     """The fence: a worker of an earlier run (its driver killed) finishing a shard after a new
     run claimed OUT writes nothing, and cannot overwrite the new run's files."""
+    from scoring.fence import Fenced
+    from scoring.folder import JobFolder
     from scoring.record import Reason, Rejections, ShardRecord
-    from scoring.sink import Fenced, Output
 
-    old, new = Output(str(tmp_path / "out"), {}, "old-run"), Output(str(tmp_path / "out"), {}, "new-run")
-    old.claim()
+    out = str(tmp_path / "out")
+    old, new = JobFolder(out, {}, "old-run"), JobFolder(out, {}, "new-run")
+    old.fence.claim()
     with old.shard(0, "a") as late:
         late.write(pa.table({"x": [1]}))
-        new.claim()  # the old driver died; a resumed run takes over
+        new.fence.claim()  # the old driver died; a resumed run takes over
         with new.shard(0, "a") as fresh:
             fresh.write(pa.table({"x": [2]}))
             fresh.commit(ShardRecord(0, "a"), Rejections(), "succeeded")
@@ -465,7 +467,7 @@ def test_a_run_that_lost_the_output_folder_cannot_commit_into_it(tmp_path: Path)
         json.loads((tmp_path / "out" / "_progress" / "part-000000.json").read_text())["status"] == "succeeded"
     )
     assert os.listdir(tmp_path / "out" / "predictions") == ["part-000000.parquet"]  # no temp left
-    new.revoke()
+    new.fence.revoke()
     with pytest.raises(Fenced):
         with new.shard(1, "b") as after:
             after.commit(ShardRecord(1, "b"), Rejections(), "succeeded")

@@ -113,10 +113,10 @@ def test_the_report_page_shows_workers_shards_stages_and_rejections(tmp_path: Pa
     # and counts against the plan.
     for name in ("_job.json", "_shards.parquet", "_errors.parquet"):
         (out / name).unlink()
-    from scoring.sink import _process_start
+    from scoring.fence import process_start
 
     me = os.getpid()
-    claim = {"run_id": "r", "host": socket.gethostname(), "pid": me, "process_start": _process_start(me)}
+    claim = {"run_id": "r", "host": socket.gethostname(), "pid": me, "process_start": process_start(me)}
     (out / "_run.json").write_text(json.dumps(claim))
     next(iter(sorted((out / "_progress").iterdir()))).unlink()
     subprocess.run(

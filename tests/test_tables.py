@@ -23,7 +23,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from scoring import storage
+from scoring import storage, store_options
 from scoring.demo import make_mlp
 from scoring.errors import InputError, PlanChanged
 
@@ -585,9 +585,8 @@ def wait_until(condition: Any, timeout: float = 60) -> None:
 
 
 def storage_options(fsspec: dict[str, Any], uri: str) -> dict[str, str]:
-    from scoring import storage
 
-    return storage.object_store_options(uri, fsspec)
+    return store_options.object_store_options(uri, fsspec)
 
 
 # -- in object storage ------------------------------------------------------------------------

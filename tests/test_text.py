@@ -165,7 +165,7 @@ def test_rows_are_batched_by_length_and_put_back_in_order(tiny: dict[str, Any]) 
     assert widths == sorted(widths)
     for g in prepared.groups:
         assert g.feed["input_ids"].shape[1] == max(lengths[r] for r in g.rows)  # padded to its own longest
-        assert (g.mask.sum(axis=1) == [lengths[r] for r in g.rows]).all()
+        assert (g.context["attention_mask"].sum(axis=1) == [lengths[r] for r in g.rows]).all()
         assert len(g.rows) <= 16 and (len(g.rows) == 1 or g.feed["input_ids"].size <= 16 * TOKENS_PER_ROW)
     assert len(prepared.groups[0].rows) == 16  # short rows: a full batch
     assert sorted(r for g in prepared.groups for r in g.rows.tolist()) == list(range(100))

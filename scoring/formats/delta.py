@@ -5,7 +5,7 @@
 resume). delta-rs (``deltalake``, the ``[delta]`` extra) reads the log: the version's add
 actions (path, size, rows, typed partition values), the schema with column mapping's physical
 names, and deletion vectors as the rows they remove. The data files are then read by scoring's
-Parquet path (``scoring.formats.table``).
+Parquet path (``scoring.formats.lakehouse``).
 
 A reader feature that the table needs and scoring cannot honour is refused before anything is
 scored, naming it (delta-rs refuses some itself when loading the log).
@@ -19,11 +19,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from scoring import storage
-from scoring.config import InputConfig
+from scoring import listing, storage
 from scoring.errors import ConfigError, InputError, StorageError
-from scoring.formats.table import DataFile, Table, deleted_positions
+from scoring.formats.lakehouse import DataFile, Lakehouse, TableInput, deleted_positions
 from scoring.shard import FileInfo
+from scoring.store_options import object_store_options
 
 # Reader features whose tables read right through delta-rs' log and these data files: columns
 # by their physical names, deletion vectors applied, types cast to the table's.
@@ -58,7 +58,7 @@ def open_table(uri: str, storage_options: dict[str, Any], version: int | str | N
     deltalake = import_deltalake()
     from deltalake.exceptions import DeltaError, TableNotFoundError
 
-    options = storage.object_store_options(uri, storage_options)
+    options = object_store_options(uri, storage_options)
     try:
         table = deltalake.DeltaTable(uri, storage_options=options or None)
         if version not in (None, "latest"):
@@ -72,16 +72,22 @@ def open_table(uri: str, storage_options: dict[str, Any], version: int | str | N
     return table
 
 
-class Delta(Table):
+class Delta(Lakehouse):
     name = "delta"
+    layout = "_delta_log/"
 
-    def __init__(self, inp: InputConfig, storage_options: dict[str, Any]) -> None:
-        if inp.catalog is not None:
-            raise ConfigError(
-                "config key 'input.catalog' is for input.format iceberg; a Delta table is read by its folder"
-            )
+    def __init__(self, inp: TableInput, storage_options: dict[str, Any]) -> None:
         super().__init__(inp, storage_options)
         self.physical: dict[str, str] = {}  # logical column -> its name in the data files
+
+    @classmethod
+    def table_root(cls, uri: str) -> str | None:
+        parts = uri.rstrip("/").split("/")
+        return "/".join(parts[: parts.index("_delta_log")]) if "_delta_log" in parts[:-1] else None
+
+    @classmethod
+    def is_table(cls, fs: Any, folder: str) -> bool:
+        return bool(fs.isdir(f"{folder}/_delta_log"))
 
     def listing(self) -> list[FileInfo]:
         table = open_table(self.inp.uri, self.so, self.inp.version)
@@ -107,7 +113,7 @@ class Delta(Table):
             files[uri] = DataFile(int(rows), deleted.get(uri), values)
             infos.append(FileInfo(uri, int(action["size_bytes"]), f"delta:{action['modification_time']}"))
         self.files = files
-        found = storage.existing([f.uri for f in infos], root, self.so)
+        found = listing.existing([f.uri for f in infos], root, self.so)
         gone = [f.uri for f in infos if f.uri not in found]
         if gone:
             raise InputError(
@@ -115,8 +121,7 @@ class Delta(Table):
                 f"from storage (vacuumed?), e.g. {gone[0]}; read a later version (input.version), or "
                 "restore them"
             )
-        self.pinned = {"format": self.name, "table": self.inp.uri, "version": table.version()}
-        self.pinned |= self.summary(files)
+        self.pinned = self.pin(table.version(), files)
         if not infos:
             raise StorageError(
                 f"{self.inp.uri} at version {table.version()} holds no data file: nothing to score"

@@ -12,7 +12,7 @@ partitions as the spec says). Position deletes (and v3 deletion vectors) are rea
 pyiceberg's own reader into the rows they remove; equality deletes, which pyiceberg cannot plan,
 are refused before scoring. Columns are found in the data files by field id, so a renamed column
 reads under its new name; identity partitions fill a column a file lacks. The data files are read
-by scoring's Parquet path (``scoring.formats.table``).
+by scoring's Parquet path (``scoring.formats.lakehouse``).
 """
 
 from __future__ import annotations
@@ -22,15 +22,27 @@ import re
 from typing import Any
 
 import pyarrow as pa
+from pydantic import Field
 
-from scoring import storage
+from scoring import listing, storage
 from scoring.config import InputConfig
 from scoring.errors import ConfigError, InputError, StorageError
-from scoring.formats.table import DataFile, Table, deleted_positions
+from scoring.formats.lakehouse import DataFile, Lakehouse, TableInput, deleted_positions
 from scoring.shard import FileInfo
+from scoring.store_options import pyiceberg_properties
 
 FIELD_ID = b"PARQUET:field_id"
 METADATA_VERSION = re.compile(r"^v?(\d+)[-.]")  # 00003-<uuid>.metadata.json, v3.metadata.json
+
+
+class IcebergInput(TableInput):
+    """An Iceberg input: a table's version, and the catalog that names it."""
+
+    catalog: dict[str, Any] | None = Field(
+        default=None,
+        description="pyiceberg catalog properties (name: default, type: sql | rest | glue | hive, uri, "
+        "warehouse, ...), with input.uri the table's name (db.table)",
+    )
 
 
 def import_pyiceberg() -> Any:
@@ -50,7 +62,7 @@ def load_table(uri: str, catalog: dict[str, Any] | None, storage_options: dict[s
     from pyiceberg.exceptions import NoSuchTableError
 
     where = catalog.get("warehouse") or catalog.get("uri") or "" if catalog else uri
-    io = storage.pyiceberg_properties(str(where), storage_options)
+    io = pyiceberg_properties(str(where), storage_options)
     try:
         if catalog is not None:
             return load_catalog(catalog, io).load_table(uri)
@@ -104,11 +116,14 @@ def _metadata_json(uri: str, storage_options: dict[str, Any]) -> str:
     return storage.unstrip(fs, f"{folder}/{max(versions)[1]}")
 
 
-class Iceberg(Table):
+class Iceberg(Lakehouse):
     name = "iceberg"
+    Options: type[InputConfig] = IcebergInput
+    layout = "metadata/*.metadata.json"
 
-    def __init__(self, inp: InputConfig, storage_options: dict[str, Any]) -> None:
+    def __init__(self, inp: IcebergInput, storage_options: dict[str, Any]) -> None:
         super().__init__(inp, storage_options)
+        self.inp: IcebergInput = inp
         self.ids: dict[str, int] = {}  # logical column -> field id
         self.aliases: dict[int, list[str]] = {}  # field id -> names in files without ids
 
@@ -141,18 +156,27 @@ class Iceberg(Table):
         self.aliases = {m.field_id: list(m.names) for m in mapping} if mapping is not None else {}
         self.files = self._data_files(table, schema, tasks)
         infos = [FileInfo(_uri(t.file.file_path), int(t.file.file_size_in_bytes), "iceberg") for t in tasks]
-        found = storage.existing([f.uri for f in infos], _uri(table.location()), self.so)
+        found = listing.existing([f.uri for f in infos], _uri(table.location()), self.so)
         gone = [f.uri for f in infos if f.uri not in found]
         if gone:
             raise InputError(
                 f"{self.inp.uri} at snapshot {snapshot.snapshot_id} lists {len(gone)} data file(s) that are "
                 f"gone from storage (removed by expiring snapshots or orphan-file cleanup?), e.g. {gone[0]}"
             )
-        self.pinned = {"format": self.name, "table": self.inp.uri, "version": snapshot.snapshot_id}
-        self.pinned |= {"metadata": table.metadata_location} | self.summary(self.files)
+        self.pinned = self.pin(snapshot.snapshot_id, self.files, table.metadata_location)
         if not infos:
             raise StorageError(f"{self.inp.uri} at snapshot {snapshot.snapshot_id} holds no data file")
         return sorted(infos, key=lambda f: f.uri)
+
+    @classmethod
+    def table_root(cls, uri: str) -> str | None:
+        parts = uri.rstrip("/").split("/")
+        is_metadata = len(parts) >= 2 and parts[-2] == "metadata" and parts[-1].endswith(".metadata.json")
+        return "/".join(parts[:-2]) if is_metadata else None
+
+    @classmethod
+    def is_table(cls, fs: Any, folder: str) -> bool:
+        return bool(fs.isdir(f"{folder}/metadata") and fs.glob(f"{folder}/metadata/*.metadata.json"))
 
     def _snapshot(self, table: Any) -> Any:
         version = self.inp.version

@@ -17,17 +17,18 @@ import pyarrow as pa
 
 from scoring import storage
 from scoring.config import InputConfig
-from scoring.formats import Chunk, listed, listing_root, partitions
+from scoring.formats import ByPath, Chunk, Format, listed
+from scoring.listing import listing_root, partitions
 from scoring.record import Reason, Rejections
-from scoring.shard import FileInfo, Shard
+from scoring.shard import FileInfo, Shard, Source
 
 IMAGE_COLUMN = "image"
 
 
-class ImageFiles:
+class ImageFiles(ByPath):
     name = "image_files"
-    suffixes = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-    provenance = "path"
+    suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+    Options: type[InputConfig] = InputConfig
 
     def __init__(self, inp: InputConfig, storage_options: dict[str, Any]) -> None:
         self.inp, self.so = inp, storage_options
@@ -36,8 +37,11 @@ class ImageFiles:
     def listing(self) -> list[FileInfo]:
         return listed(self.inp, self.so, self.suffixes)
 
-    def source(self) -> dict[str, Any] | None:
+    def source(self) -> Source | None:
         return None
+
+    def resumed(self, source: Source | None) -> Format:
+        return self
 
     def plan(self, files: Sequence[FileInfo], first_index: int, first_position: int) -> list[Shard]:
         folder, step = self.inp.uri.rstrip("/"), self.inp.files_per_shard

@@ -25,14 +25,15 @@ import pyarrow as pa
 from scoring import storage
 from scoring.config import InputConfig
 from scoring.errors import InputError, RowError, StorageError
-from scoring.formats import Chunk, concat, listed, listing_root, partitions, unify
+from scoring.formats import ByFile, Chunk, Format, concat, listed
+from scoring.formats.schemas import FOOTER_THREADS, inspect_local, read_footer, threaded, unify_files
+from scoring.listing import listing_root, partitions
 from scoring.record import Reason, Rejections
-from scoring.shard import FileInfo, Shard
+from scoring.shard import FileInfo, Shard, Source
 
 EXACT_FILES = 256
 SMALL = 16
 SAMPLE = 16  # footers read to estimate bytes per row when there are too many to read them all
-FOOTER_THREADS = 16  # footers are small reads, mostly waiting
 WINDOW = 64  # files of a packed shard read ahead at once (a few MB)
 # Row-range shards of remote files are read through a block cache of this size (ranged GETs).
 REMOTE_BLOCK = 16 << 20
@@ -41,10 +42,10 @@ NOT_READ: Layout = [-1]  # a small file whose footer planning did not need
 T = TypeVar("T")
 
 
-class Parquet:
+class Parquet(ByFile):
     name = "parquet"
     suffixes: tuple[str, ...] = (".parquet", ".pq")
-    provenance = "file"
+    Options: type[InputConfig] = InputConfig
 
     def __init__(self, inp: InputConfig, storage_options: dict[str, Any]) -> None:
         self.inp, self.so = inp, storage_options
@@ -72,8 +73,11 @@ class Parquet:
     def listing(self) -> list[FileInfo]:
         return listed(self.inp, self.so, self.suffixes)
 
-    def source(self) -> dict[str, Any] | None:
+    def source(self) -> Source | None:
         return None
+
+    def resumed(self, source: Source | None) -> Format:
+        return self
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -130,7 +134,7 @@ class Parquet:
             except InputError:
                 return None  # a corrupt file is planned whole; scoring it fails its rows, not the job
 
-        return _threaded(one, files, FOOTER_THREADS)
+        return threaded(one, files, FOOTER_THREADS)
 
     # -- the job's schema --------------------------------------------------------------------
 
@@ -149,10 +153,10 @@ class Parquet:
 
     def _unified(self, files: Sequence[FileInfo], columns: list[str], first: pa.Schema) -> dict[str, Any]:
         if storage.is_local(storage.split_uri(files[0].uri, self.so)[0]):
-            merged = _inspect_local([f.uri for f in files])
+            merged = inspect_local([f.uri for f in files])
             if merged is not None:  # every file agrees (a column of nulls takes the others' type)
                 return {c: merged.field(c).type for c in columns}
-        return _unify_files(files, columns, first, lambda uri: self.footer(uri)[0])
+        return unify_files(files, columns, first, lambda uri: self.footer(uri)[0])
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -329,85 +333,6 @@ def _ranges(layout: Layout, rows_per_shard: int) -> list[Range]:
     if len(out) == 1:  # one row group larger than rows_per_shard: the file stays whole
         return [(total, None, None, ())]
     return out
-
-
-# -- footers and schemas ---------------------------------------------------------------------
-
-
-def read_footer(uri: str, storage_options: dict[str, Any]) -> tuple[pa.Schema, list[int]]:
-    """A Parquet file's schema and rows per row group, from its footer alone (small ranged reads,
-    retried when transient). Raises ``InputError`` when it cannot be read."""
-    import pyarrow.parquet as pq
-
-    fs, path = storage.split_uri(uri, storage_options)
-
-    def read() -> tuple[pa.Schema, list[int]]:
-        # A small block: s3fs would otherwise fetch 50 MiB to read a footer of a few KB.
-        with fs.open(path, "rb", block_size=1 << 16) as f:
-            file = pq.ParquetFile(f)
-            meta = file.metadata
-            return file.schema_arrow, [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-
-    try:
-        return storage.with_retries(read, f"reading the footer of {uri}")
-    except (OSError, pa.ArrowException, StorageError) as exc:
-        raise InputError(f"{uri}: cannot read the Parquet footer ({exc}). Is it a Parquet file?") from exc
-
-
-def _inspect_local(paths: list[str]) -> pa.Schema | None:
-    """Every local file's schema merged by Arrow in C++ (0.6 s for 20,000 files on 2 cores, in 4
-    parts at once), or None when two files disagree on some column's type."""
-    import pyarrow.dataset as ds
-    import pyarrow.fs as pafs
-
-    def inspect(part: list[str]) -> pa.Schema:
-        factory = ds.FileSystemDatasetFactory(pafs.LocalFileSystem(), part, ds.ParquetFileFormat())
-        return factory.inspect(fragments=None)
-
-    parts = [paths[i::4] for i in range(min(4, len(paths)))]
-    try:
-        with concurrent.futures.ThreadPoolExecutor(len(parts)) as pool:
-            return pa.unify_schemas(list(pool.map(inspect, parts)))
-    except (pa.ArrowException, OSError):
-        return None  # a type conflict, or an unreadable file: the slow path says which
-
-
-def _unify_files(
-    files: Sequence[FileInfo], columns: list[str], first: pa.Schema, read: Callable[[str], pa.Schema]
-) -> dict[str, Any]:
-    """Each column's type over every file that has it. Raises ``InputError`` naming the column
-    and two files whose types no type holds without changing values."""
-
-    def one(f: FileInfo) -> pa.Schema | None:
-        try:
-            return read(f.uri)
-        except InputError:
-            return None  # unreadable: its shard fails when read, the job goes on
-
-    schemas = _threaded(one, files[1:], FOOTER_THREADS)
-    types = {c: (first.field(c).type, files[0].uri) for c in columns}
-    for f, schema in zip(files[1:], schemas):
-        for c in columns:
-            if schema is None or c not in schema.names:
-                continue
-            have, where = types[c]
-            found = schema.field(c).type
-            both = unify(have, found)
-            if both is None:
-                raise InputError(
-                    f"input files disagree on column '{c}': {have} in {where}, {found} in {f.uri}; no "
-                    "type holds both without changing values. Convert the column upstream, or score "
-                    "those files in separate jobs"
-                )
-            types[c] = (both, where if both == have else f.uri)
-    return {c: t for c, (t, _) in types.items()}
-
-
-def _threaded(fn: Callable[[Any], T], items: Sequence[Any], threads: int) -> list[T]:
-    if len(items) <= 1:
-        return [fn(i) for i in items]
-    with concurrent.futures.ThreadPoolExecutor(min(threads, len(items))) as pool:
-        return list(pool.map(fn, items))
 
 
 def _windowed(

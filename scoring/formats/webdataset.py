@@ -24,9 +24,9 @@ import pyarrow as pa
 from scoring import storage
 from scoring.config import InputConfig
 from scoring.errors import InputError, RowError, StorageError
-from scoring.formats import Chunk, listed
+from scoring.formats import ByFile, Chunk, Format, listed
 from scoring.record import Reason, Rejections
-from scoring.shard import FileInfo, Shard
+from scoring.shard import FileInfo, Shard, Source
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 AUTO_IMAGE = "image"  # the column holding each sample's first image member
@@ -37,10 +37,10 @@ STREAM_BLOCK = 8 << 20  # remote tars are streamed through a read-ahead buffer o
 Sample = tuple[str, dict[str, bytes]]
 
 
-class WebDataset:
+class WebDataset(ByFile):
     name = "webdataset"
-    suffixes = (".tar",)
-    provenance = "file"
+    suffixes: tuple[str, ...] = (".tar",)
+    Options: type[InputConfig] = InputConfig
 
     def __init__(self, inp: InputConfig, storage_options: dict[str, Any]) -> None:
         self.inp, self.so = inp, storage_options
@@ -48,8 +48,11 @@ class WebDataset:
     def listing(self) -> list[FileInfo]:
         return listed(self.inp, self.so, self.suffixes)
 
-    def source(self) -> dict[str, Any] | None:
+    def source(self) -> Source | None:
         return None
+
+    def resumed(self, source: Source | None) -> Format:
+        return self
 
     def plan(self, files: Sequence[FileInfo], first_index: int, first_position: int) -> list[Shard]:
         return [

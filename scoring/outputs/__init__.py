@@ -1,13 +1,19 @@
-"""Output formats: what a job's prediction files become once the job is complete. One seam, one
-module each.
+"""Output formats: what a job's predictions become. One seam, one module each.
 
-Every job writes the same layout under OUT (``scoring.sink``): a Parquet file per shard under
-``predictions/``, committed shard by shard, readable at every moment. An ``Output`` is built
-from ``output.*`` and ``storage_options`` on the driver, and says what happens to those files:
+Every job keeps the same layout under OUT (``scoring.folder``): a shard's predictions are
+committed with its marker, shard by shard, readable at every moment. An ``Output`` is built from
+the output section (``output.*``, its class the output's ``Options``) and ``storage_options`` on
+the driver, travels to the workers, and says what happens to the predictions:
 
-- ``tabled``: whether ``predictions/`` outlives a job — files a table holds are never removed by
-  ``--mode overwrite`` or a resume (only this plan's unsettled shards are), and a new plan numbers
-  its shards past them, so a file name is never reused while a table version may read it;
+- ``writer(uri) -> ShardWriter``: where a shard's rows go while it is scored (``uri``: its file
+  under ``predictions/``). ``ShardWriter``: ``write(table)`` each chunk's rows, ``commit() ->
+  [Written]`` once the shard settles (what became visible, recorded in its marker), ``abort()``
+  (drop what was written; a no-op once committed). ``ParquetFile`` (outputs/parquet.py) writes
+  one Parquet file: what every output here uses;
+- ``versioned``: whether ``predictions/`` outlives a job — files a table holds are never removed
+  by ``--mode overwrite`` or a resume (only this plan's unsettled shards are), and a new plan
+  numbers its shards past the plan before, so a file name is never reused while a table version
+  may read it;
 - ``check()``: before OUT is touched — the library installed, the catalog reachable. Raises
   ``ScoringError`` (exit 2);
 - ``commit(files, job, replace) -> dict | None``: when a run completes the job, put every
@@ -16,12 +22,13 @@ from ``output.*`` and ``storage_options`` on the driver, and says what happens t
   ``_job.json`` (None when nothing was). Raises ``StorageError`` (a conflict, a store down): the
   run fails and the next resume commits.
 
-Registered by name, imported when used; ``output.format`` names one. Example, an output that
-lists each job's files in a manifest::
+Registered in ``scoring.registry.OUTPUTS``, imported when used. Example, an output that lists
+each job's files in a manifest::
 
     class Manifest:
-        name, tabled = "manifest", False
+        name, versioned, Options = "manifest", False, OutputConfig
         def __init__(self, cfg, storage_options): self.cfg, self.so = cfg, storage_options
+        def writer(self, uri): return ParquetFile(uri, self.so)
         def check(self): pass
         def commit(self, files, job, replace):
             text = "\\n".join(f.uri for f in files).encode()
@@ -32,23 +39,19 @@ lists each job's files in a manifest::
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import io
 from collections.abc import Sequence
 from typing import Any, ClassVar, Protocol
 
-from scoring.config import OutputConfig
+import pyarrow as pa
 
-# Output format name -> "module:Class".
-OUTPUTS = {
-    "parquet": "scoring.outputs.parquet:Files",
-    "delta": "scoring.outputs.delta:Delta",
-    "iceberg": "scoring.outputs.iceberg:Iceberg",
-}
+from scoring import registry
+from scoring.config import OutputConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class Written:
-    """One shard's predictions file, as a table commit takes it."""
+    """A file a shard's writer made visible, as a table commit takes it."""
 
     uri: str
     name: str  # its path under predictions/
@@ -56,10 +59,28 @@ class Written:
     rows: int
     modified_ms: int
 
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Written:
+        return cls(**data)
+
+
+class ShardWriter(Protocol):
+    def write(self, table: pa.Table) -> None: ...
+
+    def commit(self) -> list[Written]: ...
+
+    def abort(self) -> None: ...
+
 
 class Output(Protocol):
     name: ClassVar[str]
-    tabled: ClassVar[bool]
+    versioned: ClassVar[bool]
+    Options: ClassVar[type[OutputConfig]]
+
+    def writer(self, uri: str) -> ShardWriter: ...
 
     def check(self) -> None: ...
 
@@ -69,18 +90,26 @@ class Output(Protocol):
 
 
 def get(cfg: OutputConfig, storage_options: dict[str, Any]) -> Output:
-    module, cls = OUTPUTS[cfg.format].split(":")
-    return getattr(importlib.import_module(module), cls)(cfg, storage_options)  # type: ignore[no-any-return]
+    return registry.load(registry.OUTPUTS[cfg.format])(cfg, storage_options)  # type: ignore[no-any-return]
 
 
-def no_catalog(cfg: OutputConfig, why: str) -> None:
-    """Refuse ``output.table`` and ``output.catalog`` (``ConfigError``) for an output without them."""
-    if cfg.table is not None or cfg.catalog is not None:
-        from scoring.errors import ConfigError
+def text_columns(schema: pa.Schema) -> list[str]:
+    """The columns worth dictionary encoding: text. On float predictions dictionary encoding
+    costs about as much as the rest of the write together and then falls back to plain anyway."""
+    return [
+        f.name
+        for f in schema
+        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_dictionary(f.type)
+    ]
 
-        raise ConfigError(
-            f"config keys 'output.table' and 'output.catalog' are for output.format iceberg; {why}"
-        )
+
+def table_bytes(table: pa.Table) -> bytes:
+    """``table`` as the bytes of one Parquet file."""
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf, use_dictionary=text_columns(table.schema))
+    return buf.getvalue()
 
 
 def properties(job: dict[str, Any]) -> dict[str, str]:

@@ -18,17 +18,22 @@ import pyarrow as pa
 from scoring import storage
 from scoring.config import OutputConfig
 from scoring.errors import StorageError
-from scoring.outputs import Written, no_catalog, properties
+from scoring.outputs import ShardWriter, Written, properties
+from scoring.outputs.parquet import ParquetFile
+from scoring.store_options import object_store_options
 
 
 class Delta:
     name = "delta"
-    tabled = True
+    versioned = True
+    Options = OutputConfig
 
     def __init__(self, cfg: OutputConfig, storage_options: dict[str, Any]) -> None:
-        no_catalog(cfg, "a Delta output is the table OUT/predictions/")
         self.uri = storage.join(cfg.uri, "predictions")
         self.so = storage_options
+
+    def writer(self, uri: str) -> ShardWriter:
+        return ParquetFile(uri, self.so)
 
     def check(self) -> None:
         from scoring.formats.delta import import_deltalake
@@ -42,7 +47,7 @@ class Delta:
         from deltalake.exceptions import DeltaError, TableNotFoundError
         from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
 
-        options = storage.object_store_options(self.uri, self.so) or None
+        options = object_store_options(self.uri, self.so) or None
         try:
             try:  # not is_deltatable(): its listing hangs on some S3 servers (moto, seen here)
                 table = deltalake.DeltaTable(self.uri, storage_options=options)
@@ -86,7 +91,7 @@ def _schema(uri: str, storage_options: dict[str, Any]) -> Any:
     none; the Parquet files hold lists) and large strings as strings."""
     from deltalake import Schema
 
-    from scoring.formats.parquet import read_footer
+    from scoring.formats.schemas import read_footer
 
     arrow, _ = read_footer(uri, storage_options)
     return Schema.from_arrow(pa.schema([f.with_type(_plain(f.type)) for f in arrow]))

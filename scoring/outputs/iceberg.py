@@ -12,17 +12,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from scoring import storage
+from pydantic import Field
+
 from scoring.config import OutputConfig
 from scoring.errors import ConfigError, ScoringError, StorageError
-from scoring.outputs import Written, properties
+from scoring.outputs import ShardWriter, Written, properties
+from scoring.outputs.parquet import ParquetFile
+from scoring.store_options import pyiceberg_properties
+
+
+class IcebergOutput(OutputConfig):
+    """An Iceberg output: the table the predictions go to, and its catalog."""
+
+    table: str | None = Field(default=None, description="namespace.table, created when absent")
+    catalog: dict[str, Any] | None = Field(
+        default=None, description="pyiceberg catalog properties, as input.catalog"
+    )
 
 
 class Iceberg:
     name = "iceberg"
-    tabled = True
+    versioned = True
+    Options = IcebergOutput
 
-    def __init__(self, cfg: OutputConfig, storage_options: dict[str, Any]) -> None:
+    def __init__(self, cfg: IcebergOutput, storage_options: dict[str, Any]) -> None:
         if cfg.table is None or cfg.catalog is None:
             raise ConfigError(
                 "output.format iceberg needs config keys 'output.table' (namespace.table) and "
@@ -31,7 +44,10 @@ class Iceberg:
         if "." not in cfg.table.strip("."):
             raise ConfigError(f"config key 'output.table': expected namespace.table, found {cfg.table!r}")
         self.table, self.catalog, self.so = cfg.table, cfg.catalog, storage_options
-        self.io = storage.pyiceberg_properties(cfg.uri, storage_options)
+        self.io = pyiceberg_properties(cfg.uri, storage_options)
+
+    def writer(self, uri: str) -> ShardWriter:
+        return ParquetFile(uri, self.so)
 
     def check(self) -> None:
         from scoring.formats.iceberg import import_pyiceberg, load_catalog
@@ -44,7 +60,7 @@ class Iceberg:
         from pyiceberg.expressions import AlwaysTrue
 
         from scoring.formats.iceberg import load_catalog
-        from scoring.formats.parquet import read_footer
+        from scoring.formats.schemas import read_footer
 
         catalog = load_catalog(self.catalog, self.io)
         props = properties(job)

@@ -10,10 +10,10 @@ the workers as plain data. It has one job there:
 - ``notes(data) -> [str]``: what ``scoring validate`` says about the first rows (token counts).
 
 Besides it, ``columns`` (the input columns it reads) and ``chunk_rows`` (rows worth reading at
-once). Which one a job gets: ``text`` when ``input.text`` is set, ``images`` for image inputs
-(and a table whose ``input.image_column`` is set), else ``tables``. Each module has
-``needs(inp, model)`` (the columns to ask the input for) and ``resolve(cfg, model, schema,
-where)``. Example, a preprocessor that feeds one column as is::
+once). Which one a job gets (``name``): ``text`` when ``input.text`` is set, else what the input
+says its rows hold (``InputConfig.data``: ``columns``, ``images``, ...). Each is a module named in
+``scoring.registry.PREPROCESSORS`` with ``needs(inp, model)`` (the columns to ask the input for)
+and ``resolve(cfg, model, schema, where)``. Example, a preprocessor that feeds one column as is::
 
     @dataclasses.dataclass(frozen=True)
     class Raw:
@@ -32,26 +32,17 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import importlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 
+from scoring import registry
 from scoring.config import Config, InputConfig
 from scoring.model import ModelInfo
 from scoring.record import Rejections
 from scoring.tensors import Group
-
-# Kind -> the module that holds its ``needs`` and ``resolve``.
-PREPROCESSORS = {
-    "tables": "scoring.preprocess.tables",
-    "images": "scoring.preprocess.images",
-    "text": "scoring.preprocess.text",
-}
-IMAGE_FORMATS = ("images", "webdataset")
-TABLE_FORMATS = ("delta", "iceberg")
 
 
 @dataclasses.dataclass
@@ -74,16 +65,13 @@ class Preprocessor(Protocol):
     def notes(self, data: pa.Table) -> list[str]: ...
 
 
-def kind(inp: InputConfig) -> str:
-    if inp.text is not None:
-        return "text"
-    if inp.format in TABLE_FORMATS and "image_column" in inp.model_fields_set:
-        return "images"  # a table's column of encoded images, named to be decoded
-    return "images" if inp.format in IMAGE_FORMATS else "tables"
+def name(inp: InputConfig) -> str:
+    """The job's preprocessor: ``text`` when ``input.text`` is set, else what its rows hold."""
+    return "text" if inp.text is not None else inp.data
 
 
 def _module(inp: InputConfig) -> Any:
-    return importlib.import_module(PREPROCESSORS[kind(inp)])
+    return registry.load(registry.PREPROCESSORS[name(inp)])
 
 
 def needs(inp: InputConfig, model: ModelInfo) -> list[str]:

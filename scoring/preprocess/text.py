@@ -88,7 +88,7 @@ class Text:
             ids[j, :n], mask[j, :n], types[j, :n] = e.ids, e.attention_mask, e.type_ids
         arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         feed = {name: arrays[name].astype(dtype, copy=False) for name, dtype in self.feeds}
-        return Group(rows, feed, mask)
+        return Group(rows, feed, {"attention_mask": mask})
 
     def notes(self, data: pa.Table) -> list[str]:
         """The first rows' token counts, and which were truncated."""

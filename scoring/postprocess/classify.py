@@ -1,35 +1,64 @@
-"""Classifier columns from a model's class scores: ``label``, ``score``, and for ``top_k > 1``
-``top_labels`` and ``top_scores`` (README "Classifier labels").
+"""Classifier columns from a model's class scores (``output.postprocess``): ``label``, ``score``,
+and for ``top_k > 1`` ``top_labels`` and ``top_scores``.
 
-``resolve`` checks ``output.postprocess`` against the model on the driver — the output exists
-and is ``[N, C]``, the labels (a file, a list, or the model's metadata) number ``C`` — and returns
-a ``Postprocess``, plain data that travels to the workers. ``columns`` computes the columns for a
-batch of scores.
+``resolve`` checks the section against the model on the driver — the output exists and is
+``[N, C]``, the labels (a file, a list, or the model's metadata) number ``C`` — and returns a
+``Classify``, plain data that travels to the workers; ``decode`` computes a batch's columns.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from scoring import storage
-from scoring.config import PostprocessConfig
+from scoring.config import Config as JobConfig
+from scoring.config import Section
 from scoring.errors import ConfigError, ModelFailure, StorageError
 from scoring.model import ModelInfo, TensorSpec
+from scoring.postprocess import Context
 
 FLOATS = ("float16", "float32", "float64")
+KEY = "postprocess"
+
+
+class Config(Section):
+    output: str | None = Field(
+        default=None, description="the output holding class scores [N, C]; default: the only one"
+    )
+    softmax: bool = Field(default=False, description="apply softmax first (logits -> probabilities)")
+    top_k: int = Field(default=1, ge=1, description="k > 1 adds top_labels and top_scores")
+    labels: str | list[str] | None = Field(
+        default=None,
+        description="class names: a text file (one per line, any URI), a list, or metadata:KEY",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
-class Postprocess:
+class Classify:
     output: str  # the model output holding class scores, [N, C]
     softmax: bool
     top_k: int
     labels: tuple[str, ...] | None  # None: the class index as a string (C may then be dynamic)
+    key = KEY
+    replaces_outputs = False
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.output,)
+
+    def check(self, outputs: Mapping[str, Any]) -> None:
+        """The class count against the labels, before the first shard."""
+        self.columns(np.asarray(outputs[self.output]))
+
+    def decode(self, outputs: Mapping[str, Any], context: Context) -> list[pa.Array]:
+        return self.columns(np.asarray(outputs[self.output]))
 
     def fields(self) -> list[pa.Field]:
         fields = [pa.field("label", pa.string()), pa.field("score", pa.float32())]
@@ -76,16 +105,15 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def resolve(
-    cfg: PostprocessConfig | None, info: ModelInfo, storage_options: dict[str, Any]
-) -> Postprocess | None:
+def resolve(job: JobConfig, info: ModelInfo) -> Classify | None:
     """Check ``output.postprocess`` against the model and read its labels. Raises
     ``ConfigError`` (exit 2) naming the key, what was expected and what was found."""
+    cfg: Config | None = getattr(job.output, KEY, None)
     if cfg is None:
         return None
     spec = _scores_output(cfg.output, info)
     classes = spec.row_shape[0] if spec.row_shape else None
-    labels = _labels(cfg.labels, info, storage_options)
+    labels = _labels(cfg.labels, info, job.storage_options)
     if labels is not None and isinstance(classes, int) and classes > 0 and len(labels) != classes:
         raise ConfigError(
             f"config key 'output.postprocess.labels': {len(labels)} labels for model output "
@@ -96,7 +124,7 @@ def resolve(
             f"config key 'output.postprocess.top_k' is {cfg.top_k} but model output '{spec.name}' has "
             f"{classes} classes"
         )
-    return Postprocess(spec.name, cfg.softmax, cfg.top_k, labels)
+    return Classify(spec.name, cfg.softmax, cfg.top_k, labels)
 
 
 def _scores_output(name: str | None, info: ModelInfo) -> TensorSpec:

@@ -1,4 +1,4 @@
-"""Table columns fed to the model as they are: each input takes its column(s) (``tensors``).
+"""Columns fed to the model as they are: each input takes its column(s) (``tensors``).
 
 The feeds are planned once, on the driver, against the job's schema: every file's columns
 arrive in the job's types (``formats``), so a batch never needs planning again.
@@ -17,12 +17,12 @@ from scoring.model import ModelInfo
 from scoring.preprocess import Prepared
 from scoring.tensors import Feed, feed_columns, plan_feeds, prepare
 
-# Rows of a table shard in memory at once (at least compute.batch_size).
+# Rows of a shard in memory at once (at least compute.batch_size).
 CHUNK_ROWS = 65536
 
 
 @dataclasses.dataclass(frozen=True)
-class Tables:
+class Columns:
     feeds: tuple[Feed, ...]
     chunk_rows: int = CHUNK_ROWS
 
@@ -44,6 +44,6 @@ def needs(inp: InputConfig, model: ModelInfo) -> list[str]:
     return feed_columns(model, inp.columns)
 
 
-def resolve(cfg: Config, model: ModelInfo, schema: pa.Schema, where: str) -> Tables:
+def resolve(cfg: Config, model: ModelInfo, schema: pa.Schema, where: str) -> Columns:
     """Raises ``ConfigError``/``InputError`` naming the file, column and input that cannot work."""
-    return Tables(tuple(plan_feeds(model, cfg.input.columns, schema, where)))
+    return Columns(tuple(plan_feeds(model, cfg.input.columns, schema, where)))

@@ -21,12 +21,35 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field, field_validator
 
 from scoring.config import InputConfig
 from scoring.errors import InputError
-from scoring.formats import Chunk
+from scoring.formats import Chunk, Format
 from scoring.formats.parquet import Layout, Parquet
-from scoring.shard import FileInfo, Shard
+from scoring.shard import FileInfo, Shard, Source
+
+
+class TableInput(InputConfig):
+    """The input section of a table: the keys every input has, and the version read."""
+
+    version: int | str | None = Field(
+        default=None,
+        description="delta: a table version or a timestamp; iceberg: a snapshot id or a timestamp; "
+        "latest. Unset: the latest on a first run, the version the plan pinned on a resume",
+    )
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("expected a version (an integer >= 0), a timestamp or 'latest'")
+        return v
+
+    @property
+    def data(self) -> str:
+        """Columns, or a column of encoded images when ``image_column`` is named."""
+        return "images" if "image_column" in self.model_fields_set else super().data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,36 +65,60 @@ class DataFile:
         return self.rows - (len(self.deleted) if self.deleted is not None else 0)
 
 
-class Table(Parquet):
+class Lakehouse(Parquet):
     """A table at one version. ``listing()`` (a subclass's) fills ``files`` (URI -> ``DataFile``),
     ``table_schema`` (logical names, the table's types) and ``pinned`` (``source()``); these travel
-    to the workers with the format."""
+    to the workers with the format. A subclass says what its table's folder holds (``layout``,
+    ``table_root``, ``is_table``)."""
 
     suffixes: tuple[str, ...] = (".parquet",)
-    provenance = "file"
+    Options: type[InputConfig] = TableInput
+    layout = ""  # what marks a folder as one of its tables, for messages
 
-    def __init__(self, inp: InputConfig, storage_options: dict[str, Any]) -> None:
+    def __init__(self, inp: TableInput, storage_options: dict[str, Any]) -> None:
         super().__init__(inp, storage_options)
+        self.inp: TableInput = inp
         self.files: dict[str, DataFile] = {}
         self.table_schema = pa.schema([])
-        self.pinned: dict[str, Any] = {}
+        self.pinned: Source | None = None
 
-    def source(self) -> dict[str, Any] | None:
+    def source(self) -> Source | None:
         return self.pinned
+
+    def resumed(self, source: Source | None) -> Format:
+        """A resume reads the version its plan pinned, unless ``input.version`` names one."""
+        if source is None or self.inp.version is not None:
+            return self
+        return type(self)(self.inp.model_copy(update={"version": source.version}), self.so)
+
+    @classmethod
+    def table_root(cls, uri: str) -> str | None:
+        """The table a listed file belongs to, when it is a file of a table's log or metadata."""
+        raise NotImplementedError
+
+    @classmethod
+    def is_table(cls, fs: Any, folder: str) -> bool:
+        """Whether ``folder`` (a path on ``fs``) is one of these tables' folders."""
+        raise NotImplementedError
 
     def _columns(self, found: pa.Schema) -> dict[str, str]:
         """Logical column -> its column in a data file of schema ``found``, for those it has."""
         raise NotImplementedError
 
-    def summary(self, files: dict[str, DataFile]) -> dict[str, int]:
-        """The counts ``source()`` reports: live files and rows, and what deletes took away."""
+    def pin(self, version: int | str, files: dict[str, DataFile], metadata: str | None = None) -> Source:
+        """What ``source()`` reports of the version read: its live files and rows, and what its
+        deletes took away."""
         deleted = [len(f.deleted) for f in files.values() if f.deleted is not None and len(f.deleted)]
-        return {
-            "files": len(files),
-            "rows": sum(f.live for f in files.values()),
-            "files_with_deletes": len(deleted),
-            "rows_deleted": sum(deleted),
-        }
+        return Source(
+            self.name,
+            self.inp.uri,
+            version,
+            files=len(files),
+            rows=sum(f.live for f in files.values()),
+            files_with_deletes=len(deleted),
+            rows_deleted=sum(deleted),
+            metadata=metadata,
+        )
 
     # -- planning: rows from the log, footers only for files big enough to split --------------
 
