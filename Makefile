@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+# NO_MKDOCS_2_WARNING: Material's banner about its successor, printed on every build.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
 
-.PHONY: demo test check bench gpu-check clean
+.PHONY: demo test check docs bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +23,14 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 check: $(STAMP)
-	$(BIN)/ruff check scoring jobs tests bench
-	$(BIN)/ruff format --check scoring jobs tests bench
+	$(BIN)/ruff check scoring jobs tests bench docs
+	$(BIN)/ruff format --check scoring jobs tests bench docs
 	$(BIN)/mypy
+	$(MKDOCS) build --strict -d .site-check
+
+# The site under docs/, into site/ (open site/index.html). Not -q: under -q, --strict lets warnings pass.
+docs: $(STAMP)
+	$(MKDOCS) build --strict -d site
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
@@ -35,4 +42,4 @@ gpu-check: $(STAMP)
 	$(BIN)/python bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-peers demo bench-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-peers demo bench-data site .site-check .pytest_cache .mypy_cache .ruff_cache
