@@ -64,7 +64,7 @@ def delta_vs_parquet(reps: int) -> None:
 
 def planning(reps: int) -> None:
     from scoring import plan
-    from scoring.config import load_config
+    from scoring.config_file import load_config
     from scoring.job import check
 
     model, many, _ = small_data()

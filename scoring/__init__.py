@@ -1,8 +1,7 @@
 """scoring: run ONNX models over big datasets, on Ray or in this process.
 
 Importing this package imports nothing heavy (no Ray, ONNX Runtime, PIL or s3fs); the stages
-import what they need when they run, and ``run`` and ``predict`` load on first use (README
-"Python API")::
+import what they need when they run, and ``run`` and ``predict`` load on first use (docs/api.md)::
 
     result = scoring.run("configs/x.yaml", overrides={"compute.batch_size": 512})
     scored = scoring.predict(ray.data.read_parquet(...), model="model.onnx", keep=["id"])

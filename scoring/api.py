@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from scoring.config import Config, load_config
+from scoring.config import Config
+from scoring.config_file import load_config
 from scoring.errors import InputError, RowsRejected
 from scoring.record import Rejections
 

@@ -62,7 +62,7 @@ def _exit(code: int) -> None:
 
 
 def _load(config: str, sets: tuple[str, ...], mode: str | None = None) -> Any:
-    from scoring.config import load_config
+    from scoring.config_file import load_config
 
     overrides = list(sets) + ([f"output.mode={mode}"] if mode else [])
     return load_config(config, overrides=overrides)

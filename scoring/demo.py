@@ -231,7 +231,7 @@ def run_demo(directory: str, echo: Callable[[str], None] = print, runner: str = 
     """Build everything under ``directory``, score tables, images and texts on ``runner``, print
     where it went."""
     from scoring import cluster
-    from scoring.config import load_config
+    from scoring.config_file import load_config
     from scoring.job import run_job
     from scoring.page import write_html
     from scoring.progress import console_progress

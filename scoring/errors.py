@@ -92,8 +92,8 @@ class RowError(ScoringError):
         self.row_stop = row_stop
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # It travels between Ray stages (a shard that could not be read); the default pickling
-        # would call __init__ with the message alone.
+        # It travels from a Ray worker to the driver (a shard that could not be read); the
+        # default pickling would call __init__ with the message alone.
         return (type(self), (self.stage, self.message, self.error, self.row_start, self.row_stop))
 
 

@@ -1,4 +1,4 @@
-"""What a running job shows on the console (README "Progress").
+"""What a running job shows on the console (docs/report.md).
 
 ``Lines``: a line per settled shard and a summary line every ``every_s`` seconds: what a
 submitted job's log or CI shows. ``Bar``: one live bar (``rich``) on a terminal: rows and shards

@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 STAGES = ("read", "decode", "preprocess", "infer", "postprocess", "write")  # where a row is rejected
-# Where a shard's time goes: the work of each stage, measured where it happens (README "How
-# timing is attributed"); besides it, the worker's one-off setup and the wait for the session.
+# Where a shard's time goes: the work of each stage, measured where it happens (docs/report.md,
+# "Timing"); besides it, the worker's one-off setup and the wait for the session.
 WORK_TIMES = ("read_s", "preprocess_s", "infer_s", "write_s")
 STAGE_TIMES = ("setup_s", *WORK_TIMES, "wait_s")
 ERROR_COLUMNS = pa.schema(

@@ -6,7 +6,7 @@ output: the ``JobSpec`` carries them, resolved on the driver.
 Up to ``compute.shards_in_flight`` shards go through one worker at once, in threads: reading,
 preprocessing and writing overlap, while ``turn`` gives the session to one shard at a time, so
 inference never competes with itself for the worker's CPUs or GPU. Timing is measured here,
-where the work happens (README "How timing is attributed").
+where the work happens (docs/report.md, "Timing").
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pyarrow as pa
 import pytest
 import yaml
-from conftest import features_job, fixed_list, write_parquet
+from support import features_job, fixed_list, write_parquet
 
 import scoring
 from scoring.demo import make_mlp, write_tables

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scoring.config import load_config
+from scoring.config_file import load_config
 from scoring.demo import make_mlp, write_tables
 from scoring.errors import ConfigError
 

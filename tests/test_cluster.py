@@ -21,7 +21,7 @@ import onnxruntime as ort
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import features_job, free_port, read_predictions
+from support import features_job, free_port, read_predictions
 
 from scoring.demo import make_mlp, write_tables
 
@@ -191,7 +191,8 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Any:
     port, dash = free_port(), free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     ray = str(Path(sys.executable).parent / "ray")
-    cmd = [ray, "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1"]
+    cmd = [ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1"]
+    cmd += ["--dashboard-host=127.0.0.1"]
     cmd += [f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={free_port()}"]
     cmd += ["--num-cpus=2", "--disable-usage-stats", "--block"]
     with open(log, "w") as out:

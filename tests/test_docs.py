@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scoring.config import load_config
+from scoring.config_file import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

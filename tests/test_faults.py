@@ -23,7 +23,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import Terminal, features_job, run_to_end, start_run
+from support import Terminal, features_job, run_to_end, start_run
 
 from scoring.demo import make_mlp, write_tables
 

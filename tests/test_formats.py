@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from conftest import RUNNERS, features_job, fixed_list, read_errors, read_predictions, write_parquet
+from support import RUNNERS, features_job, fixed_list, read_errors, read_predictions, write_parquet
 from test_images import MEAN, STD, broken_files, samples
 
 from scoring.demo import make_cnn, make_mlp, write_tables
@@ -235,7 +235,7 @@ def test_webdataset_members_are_learnt_past_the_first_samples_and_errors_met_say
     """The schema comes from the first samples; an extension they lack but a later sample has is
     a column (null where absent), one no sample has is refused naming the tar, and an error met
     while sampling is the error reported, not a column said to be missing."""
-    from scoring.config import load_config
+    from scoring.config_file import load_config
     from scoring.validate import validate
 
     pic = samples()["rgb.png"]
@@ -377,7 +377,7 @@ def test_a_job_that_scores_nothing_has_failed_and_stops_early(run_job, tmp_path:
     one = run_job({**cfg, "input": {**cfg["input"], "rows_per_shard": 100}, "output": {"mode": "overwrite"}})
     assert not one.ok and one.job["error"].startswith("no row was scored: all 20 rows of 1 shard(s)")
 
-    from scoring.config import load_config
+    from scoring.config_file import load_config
     from scoring.validate import validate
 
     with pytest.raises(ModelError, match="none of the first rows can be scored: they were rejected"):
@@ -385,7 +385,7 @@ def test_a_job_that_scores_nothing_has_failed_and_stops_early(run_job, tmp_path:
 
 
 def test_validate_looks_past_empty_files(tmp_path: Path) -> None:
-    from scoring.config import load_config
+    from scoring.config_file import load_config
     from scoring.validate import format_preview, validate
 
     model = make_mlp(tmp_path / "m.onnx", (8, 4))

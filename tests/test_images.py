@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import RUNNERS, read_errors, read_predictions, write_parquet
 from PIL import Image, ImageOps
+from support import RUNNERS, read_errors, read_predictions, write_parquet
 
 from scoring.config import ImageConfig
 from scoring.demo import make_cnn

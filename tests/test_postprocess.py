@@ -9,7 +9,7 @@ import models
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import fixed_list, read_predictions, write_parquet
+from support import fixed_list, read_predictions, write_parquet
 
 from scoring.errors import ConfigError
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import Terminal, features_job, write_parquet
+from support import Terminal, features_job, write_parquet
 
 from scoring.demo import make_mlp, write_tables
 
@@ -67,7 +67,7 @@ def test_a_log_gets_a_line_per_shard_and_summaries(tmp_path: Path) -> None:
     assert len(shard_lines) == 4 and any("failed" in line for line in shard_lines)
     assert "Token authentication" not in proc.stderr + proc.stdout
 
-    from scoring.config import load_config
+    from scoring.config_file import load_config
     from scoring.job import run_job
     from scoring.progress import Lines
 
@@ -127,7 +127,7 @@ def test_the_report_page_shows_workers_shards_stages_and_rejections(tmp_path: Pa
 
 
 def test_the_report_of_a_resumed_job_counts_every_run(tmp_path: Path) -> None:
-    from scoring.config import load_config
+    from scoring.config_file import load_config
     from scoring.job import run_job
     from scoring.page import render
     from scoring.report import load_report, summary

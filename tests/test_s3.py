@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import features_job, free_port, options, upload
+from support import features_job, free_port, options, upload
 
 from scoring import storage
 from scoring.demo import make_cnn, make_mlp, write_images, write_tables

@@ -20,7 +20,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import RUNNERS, TcpProxy, features_job, options, run_to_end, start_run, upload
+from support import RUNNERS, TcpProxy, features_job, options, run_to_end, start_run, upload
 
 from scoring.demo import make_mlp, write_tables
 
@@ -285,7 +285,7 @@ def test_a_full_disk_fails_the_job_with_the_resume_hint(tmp_path: Path) -> None:
 
 
 def test_a_wrong_address_is_refused_within_seconds(tmp_path: Path) -> None:
-    from conftest import free_port
+    from support import free_port
 
     model = make_mlp(tmp_path / "m.onnx", (8, 4))
     write_tables(tmp_path / "d", files=1, rows=10, features=8)

@@ -18,7 +18,7 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import RUNNERS, read_errors, read_predictions, write_parquet
+from support import RUNNERS, read_errors, read_predictions, write_parquet
 from tokenizers import Tokenizer
 
 from scoring.demo import make_mlp, make_text_model, make_tokenizer, sentences
@@ -148,7 +148,7 @@ def test_int32_inputs_other_poolings_and_resume(run_job, tmp_path: Path, tiny: d
 
 
 def test_rows_are_batched_by_length_and_put_back_in_order(tiny: dict[str, Any]) -> None:
-    from scoring.config import load_config
+    from scoring.config_file import load_config
     from scoring.model import parse_model
     from scoring.preprocess import resolve
     from scoring.preprocess.text import TOKENS_PER_ROW
@@ -242,7 +242,7 @@ def test_all_minilm_l6_v2_matches_the_reference_and_means_something(run_job, tmp
         a, b = got[2 * i], got[2 * i + 1]
         assert a @ b > max(a @ unrelated, b @ unrelated) + 0.2, (i, a @ b, a @ unrelated)
 
-    from scoring.config import load_config
+    from scoring.config_file import load_config
     from scoring.validate import format_preview, validate
 
     preview = format_preview(

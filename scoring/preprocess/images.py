@@ -4,7 +4,7 @@ The image comes from one column of encoded bytes (``input.image_column``): binar
 Face's image ``struct<bytes, path>``. A null, or bytes that are no image, is a rejected row.
 Decoding runs in the worker's threads (Pillow releases the GIL while it decodes and resizes).
 
-Steps, in order (README repeats them):
+Steps, in order (docs/preprocessing/images.md repeats them):
 1. decode with Pillow; apply the EXIF orientation;
 2. convert to the mode: palette and RGBA/LA images go through RGBA and lose alpha, 16-bit
    greyscale is scaled to 8 bits (>> 8), then RGB or L; BGR is RGB with channels reversed later;

@@ -1,4 +1,4 @@
-"""End-to-end table jobs on a real local Ray: predictions, exactly-once, bad input, modes."""
+"""End-to-end jobs on column data, on both runners: predictions, exactly-once, bad input, modes."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-from conftest import RUNNERS, features_job, fixed_list, read_errors, read_predictions, write_parquet
 from onnx import TensorProto
 from PIL import Image
+from support import RUNNERS, features_job, fixed_list, read_errors, read_predictions, write_parquet
 
 from scoring.demo import make_cnn, make_mlp, write_tables
 from scoring.errors import ConfigError, InputError, StorageError

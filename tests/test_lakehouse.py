@@ -146,7 +146,7 @@ def test_a_delta_table_is_scored_at_its_version_and_nothing_else(
     }
     # Delta has no fixed-size list: a table made of files that store one (pyarrow's, converted)
     # reads them as the files store them, as a Parquet folder would (no copy on the way to ORT).
-    from scoring.config import load_config
+    from scoring.config_file import load_config
     from scoring.formats import list_input
 
     converted = tmp_path / "converted"
@@ -189,7 +189,7 @@ def test_ray_workers_read_a_table_as_the_driver_planned_it(
 def test_validate_shows_the_table_version_files_and_rows(
     delta: dict[str, Any], model: str, tmp_path: Path
 ) -> None:
-    from scoring.config import load_config
+    from scoring.config_file import load_config
     from scoring.validate import format_preview, validate
 
     cfg = load_config(data=job(delta["mapped"], "delta", model, tmp_path / "o", ["id"]), environ={})
@@ -502,8 +502,8 @@ def test_predictions_are_committed_into_an_iceberg_table(
 
 
 def test_ctrl_c_before_the_commit_leaves_no_table_and_resume_commits_every_row_once(tmp_path: Path) -> None:
-    from conftest import run_to_end, start_run
     from deltalake import DeltaTable, write_deltalake
+    from support import run_to_end, start_run
 
     heavy = make_mlp(tmp_path / "heavy.onnx", (8, 512, 512, 4))  # ~0.3 s a shard: time to stop it
     uri = str(tmp_path / "input")
@@ -538,9 +538,9 @@ def test_a_commit_the_store_refuses_fails_the_run_and_resume_commits(
 ) -> None:
     """The store goes down at the commit (every shard scored): the run fails saying so, the files
     stay, and the resume commits them — in one commit, all of them."""
-    from conftest import TcpProxy, options
     from deltalake import DeltaTable, write_deltalake
     from deltalake.exceptions import TableNotFoundError
+    from support import TcpProxy, options
 
     endpoint, fs = s3
     uri = str(tmp_path / "input")
@@ -595,8 +595,8 @@ def storage_options(fsspec: dict[str, Any], uri: str) -> dict[str, str]:
 def test_tables_in_a_bucket_are_read_and_written(run_job, tmp_path: Path, s3: Any, model: str) -> None:
     """A Delta and an Iceberg table on the loopback S3 server, read at their versions with the job's
     storage_options; predictions committed as a Delta table and into an Iceberg table there."""
-    from conftest import options
     from deltalake import DeltaTable, write_deltalake
+    from support import options
 
     endpoint, fs = s3
     so = options(endpoint)
