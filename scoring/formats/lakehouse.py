@@ -26,7 +26,8 @@ from pydantic import Field, field_validator
 from scoring.config import InputConfig
 from scoring.errors import InputError
 from scoring.formats import Chunk, Format
-from scoring.formats.parquet import Layout, Parquet
+from scoring.formats.packing import Layout
+from scoring.formats.parquet import Parquet
 from scoring.shard import FileInfo, Shard, Source
 
 

@@ -2,7 +2,7 @@
 
 - A file with more than ``input.rows_per_shard`` rows becomes row ranges (id ``URI#rows=A-B``,
   B exclusive), split at row-group boundaries, so one big file is scored by every worker.
-- Files far smaller than a shard (under ``rows_per_shard / SMALL`` rows) are packed, in listing
+- Files far smaller than a shard (under ``rows_per_shard / packing.SMALL`` rows) are packed, in listing
   order, into shards of about ``rows_per_shard`` rows and at most ``input.files_per_shard`` files
   (id ``FIRST_FILE+N``, N more files): one predictions file, one marker and one record per shard
   instead of one per file.
@@ -25,20 +25,17 @@ import pyarrow as pa
 from scoring import storage
 from scoring.config import InputConfig
 from scoring.errors import InputError, RowError, StorageError
-from scoring.formats import ByFile, Chunk, Format, concat, listed
+from scoring.formats import ByFile, Chunk, Format, concat, listed, packing
 from scoring.formats.schemas import FOOTER_THREADS, inspect_local, read_footer, threaded, unify_files
 from scoring.listing import listing_root, partitions
 from scoring.record import Reason, Rejections
 from scoring.shard import FileInfo, Shard, Source
 
 EXACT_FILES = 256
-SMALL = 16
 SAMPLE = 16  # footers read to estimate bytes per row when there are too many to read them all
 WINDOW = 64  # files of a packed shard read ahead at once (a few MB)
 # Row-range shards of remote files are read through a block cache of this size (ranged GETs).
 REMOTE_BLOCK = 16 << 20
-Layout = list[int] | None  # rows per row group; None when the footer cannot be read
-NOT_READ: Layout = [-1]  # a small file whose footer planning did not need
 T = TypeVar("T")
 
 
@@ -82,53 +79,25 @@ class Parquet(ByFile):
     # -- planning ----------------------------------------------------------------------------
 
     def plan(self, files: Sequence[FileInfo], first_index: int, first_position: int = 0) -> list[Shard]:
-        per_shard, small = self.inp.rows_per_shard, self.inp.rows_per_shard / SMALL
         layouts, bytes_per_row = self._layouts(files)
-        shards: list[Shard] = []
-        group: list[tuple[FileInfo, int | None, float]] = []  # file, its rows if known, estimate
-        grouped = 0.0  # the group's rows, estimated
+        return packing.pack(self.name, files, layouts, bytes_per_row, self.inp, first_index)
 
-        def flush() -> None:
-            nonlocal grouped
-            if group:
-                shards.append(_packed(self.name, first_index + len(shards), group))
-                group.clear()
-            grouped = 0.0
-
-        for f, layout in zip(files, layouts):
-            rows = None if layout is None or layout is NOT_READ else sum(layout)
-            estimate = f.size / bytes_per_row if rows is None else rows
-            if estimate < small:
-                group.append((f, rows, estimate))
-                grouped += estimate
-                if grouped >= per_shard or len(group) >= self.inp.files_per_shard:
-                    flush()
-                continue
-            flush()
-            for n, start, stop, groups in _ranges(layout, per_shard):
-                shard_id = f.uri if start is None else f"{f.uri}#rows={start}-{stop}"
-                index = first_index + len(shards)
-                file = ((f.uri,), (f.size,), (f.version,))
-                shards.append(Shard(index, shard_id, self.name, *file, n, start, stop, groups))
-        flush()
-        return shards
-
-    def _layouts(self, files: Sequence[FileInfo]) -> tuple[list[Layout], float]:
-        """Each file's row groups (``NOT_READ`` for small files left unread, None for a footer
+    def _layouts(self, files: Sequence[FileInfo]) -> tuple[list[packing.Layout], float]:
+        """Each file's row groups (``packing.NOT_READ`` for small files left unread, None for a footer
         that cannot be read), and the bytes per row of the files that were read."""
         if len(files) <= EXACT_FILES:
             layouts = self._footers(files)
-            return layouts, _bytes_per_row(files, layouts)
+            return layouts, packing.bytes_per_row(files, layouts)
         step = max(len(files) // SAMPLE, 1)
         sample = files[::step][:SAMPLE]
-        bytes_per_row = _bytes_per_row(sample, self._footers(sample))
-        limit = self.inp.rows_per_shard / SMALL * bytes_per_row
+        bytes_per_row = packing.bytes_per_row(sample, self._footers(sample))
+        limit = self.inp.rows_per_shard / packing.SMALL * bytes_per_row
         big = [f for f in files if f.size >= limit]
         found = dict(zip((f.uri for f in big), self._footers(big)))
-        return [found.get(f.uri, NOT_READ) for f in files], bytes_per_row
+        return [found.get(f.uri, packing.NOT_READ) for f in files], bytes_per_row
 
-    def _footers(self, files: Sequence[FileInfo]) -> list[Layout]:
-        def one(f: FileInfo) -> Layout:
+    def _footers(self, files: Sequence[FileInfo]) -> list[packing.Layout]:
+        def one(f: FileInfo) -> packing.Layout:
             try:
                 return self.footer(f.uri)[1]
             except InputError:
@@ -277,62 +246,10 @@ class Parquet(ByFile):
         return pa.Table.from_arrays(columns, schema=schema)  # type: ignore[arg-type]
 
 
-def _bytes_per_row(files: Sequence[FileInfo], layouts: Sequence[Layout]) -> float:
-    """Bytes per row over the files whose footer was read (1 when none has a row)."""
-    read = [(f.size, sum(layout)) for f, layout in zip(files, layouts) if layout]
-    rows = sum(n for _, n in read)
-    return sum(size for size, _ in read) / rows if rows else 1.0
-
-
-def _packed(kind: str, index: int, group: list[tuple[FileInfo, int | None, float]]) -> Shard:
-    """One shard of small files, id ``FIRST_FILE+N``."""
-    files = [f for f, _, _ in group]
-    known = [n for _, n, _ in group]
-    exact = None if None in known else sum(n for n in known if n is not None)
-    shard_id = files[0].uri if len(files) == 1 else f"{files[0].uri}+{len(files) - 1}"
-    estimate = None if exact is not None else round(sum(e for _, _, e in group))
-    return Shard(
-        index,
-        shard_id,
-        kind,
-        tuple(f.uri for f in files),
-        tuple(f.size for f in files),
-        tuple(f.version for f in files),
-        exact,
-        rows_estimate=estimate,
-    )
-
-
 def _rejected(schema: pa.Schema, uri: str, start: int, stop: int, reason: Reason) -> Chunk:
     rejected = Rejections()
     rejected.add(start, stop, reason, uri)
     return Chunk.of_file(schema.empty_table(), uri, 0, rejected=rejected)
-
-
-Range = tuple[int | None, int | None, int | None, tuple[int, ...]]
-
-
-def _ranges(layout: Layout, rows_per_shard: int) -> list[Range]:
-    """``(rows, start, stop, row_groups)`` per shard of one file; start is None when it is whole."""
-    if layout is None:
-        return [(None, None, None, ())]
-    total = sum(layout)
-    if total <= rows_per_shard:
-        return [(total, None, None, ())]
-    out: list[Range] = []
-    groups: list[int] = []
-    start = count = 0
-    for g, n in enumerate(layout):
-        if groups and count + n > rows_per_shard:
-            out.append((count, start, start + count, tuple(groups)))
-            start, groups, count = start + count, [], 0
-        groups.append(g)
-        count += n
-    if groups:
-        out.append((count, start, start + count, tuple(groups)))
-    if len(out) == 1:  # one row group larger than rows_per_shard: the file stays whole
-        return [(total, None, None, ())]
-    return out
 
 
 def _windowed(
