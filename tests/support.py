@@ -25,7 +25,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-RUNNERS = pytest.mark.parametrize("runner", ["local", "ray"])
+from scoring import registry
+
+# Every registered runner: a test parametrized with it holds each runner to the same result.
+RUNNERS = pytest.mark.parametrize("runner", sorted(registry.RUNNERS))
 
 
 KEYS = {"key": "testing", "secret": "testing"}
