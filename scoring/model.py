@@ -186,7 +186,7 @@ def local_copy(uri: str, sha256: str, storage_options: dict[str, Any], folder: s
     """A local path holding the file at ``uri`` with this sha256, fetched at most once per node.
 
     Local files are used in place. Remote ones are copied into
-    ``cache_dir()/FOLDER/<sha256>SUFFIX`` under a file lock, so the actors of one node share one
+    ``cache_dir()/FOLDER/<sha256>SUFFIX`` under a file lock, so the workers of one node share one
     download; the copy is verified.
     """
     fs, path = storage.split_uri(uri, storage_options)

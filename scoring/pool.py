@@ -1,7 +1,7 @@
 """Sizing the worker pool so the job cannot deadlock: how many workers, with how many CPUs and
 GPUs each, on the nodes a runner has (and those an autoscaler can add).
 
-Ray Data's documented pattern hangs when the actors hold every CPU slot and the tasks the
+Ray Data's documented pattern hangs when the workers hold every CPU slot and the tasks the
 pipeline still needs (reads, image decodes) are never scheduled (ray-project/ray#44687). Here a
 worker reads, decodes and writes its shards itself, so no other task is needed, and the pool is
 checked against the cluster's resources (or this machine's, before a local Ray starts).
@@ -96,12 +96,12 @@ def plan_pool(
             + (" and its autoscaler launches none" if launchable else "")
             + "; set compute.gpus_per_actor: 0 to score on CPU, or join a GPU cluster"
         )
-    cpa = _cpus_per_actor(cfg, shapes)
+    cpa = _cpus_per_worker(cfg, shapes)
     capacity = sum(_fits(n, cpa, gpa) for n in nodes)  # workers the nodes can host, node by node
     if launchable is None:
-        actors = cfg.actors or max(capacity, 1)
-        _fixed(actors, cpa, gpa, nodes, capacity, where)
-        return Pool(actors, cpa, gpa)
+        workers = cfg.actors or max(capacity, 1)
+        _fixed(workers, cpa, gpa, nodes, capacity, where)
+        return Pool(workers, cpa, gpa)
     if not any(_fits(n, cpa, gpa) for n in shapes):
         types = (
             "; its autoscaler launches " + _describe([t.resources for t in launchable]) if launchable else ""
@@ -115,26 +115,26 @@ def plan_pool(
 
 
 def _fixed(
-    actors: int, cpa: float, gpa: float, nodes: list[dict[str, float]], capacity: int, where: str
+    workers: int, cpa: float, gpa: float, nodes: list[dict[str, float]], capacity: int, where: str
 ) -> None:
     """Raises ``ConfigError`` when ``actors`` workers do not fit ``nodes``: the job would wait."""
     cpus = sum(float(n.get("CPU", 0)) for n in nodes)
     gpus = sum(float(n.get("GPU", 0)) for n in nodes)
-    if actors * cpa > cpus + 1e-9:
+    if workers * cpa > cpus + 1e-9:
         raise ConfigError(
-            f"compute.actors={actors} x compute.cpus_per_actor={cpa:g} needs "
-            f"{actors * cpa:g} CPUs but {where} has {cpus:g}: the job would wait forever. Lower "
+            f"compute.actors={workers} x compute.cpus_per_actor={cpa:g} needs "
+            f"{workers * cpa:g} CPUs but {where} has {cpus:g}: the job would wait forever. Lower "
             "compute.actors or compute.cpus_per_actor (fractions are allowed)."
         )
-    if actors * gpa > gpus + 1e-9:
+    if workers * gpa > gpus + 1e-9:
         raise ConfigError(
-            f"compute.actors={actors} x compute.gpus_per_actor={gpa:g} "
-            f"needs {actors * gpa:g} GPUs but {where} has {gpus:g}; "
+            f"compute.actors={workers} x compute.gpus_per_actor={gpa:g} "
+            f"needs {workers * gpa:g} GPUs but {where} has {gpus:g}; "
             "lower compute.actors or compute.gpus_per_actor"
         )
-    if actors > capacity:
+    if workers > capacity:
         raise ConfigError(
-            f"compute.actors={actors} workers of {cpa:g} CPU / {gpa:g} GPU each: {where} has the "
+            f"compute.actors={workers} workers of {cpa:g} CPU / {gpa:g} GPU each: {where} has the "
             f"CPUs and GPUs in all, but its nodes ({_describe(nodes)}) can host only {capacity} such "
             "workers, each on one node: the job would wait forever. Lower compute.actors, or "
             "compute.cpus_per_actor / gpus_per_actor so that workers fit the nodes."
@@ -145,7 +145,7 @@ def _describe(shapes: list[dict[str, float]]) -> str:
     return ", ".join(f"{n.get('CPU', 0):g} CPU / {n.get('GPU', 0):g} GPU" for n in shapes) or "none"
 
 
-def _cpus_per_actor(cfg: ComputeConfig, nodes: list[dict[str, float]]) -> float:
+def _cpus_per_worker(cfg: ComputeConfig, nodes: list[dict[str, float]]) -> float:
     if cfg.cpus_per_actor != "auto":
         return float(cfg.cpus_per_actor)
     if not cfg.gpus_per_actor:

@@ -25,7 +25,6 @@ STAGES = ("read", "decode", "preprocess", "infer", "postprocess", "write")  # wh
 # Where a shard's time goes: the work of each stage, measured where it happens (docs/report.md,
 # "Timing"); besides it, the worker's one-off setup and the wait for the session.
 WORK_TIMES = ("read_s", "preprocess_s", "infer_s", "write_s")
-STAGE_TIMES = ("setup_s", *WORK_TIMES, "wait_s")
 ERROR_COLUMNS = pa.schema(
     [
         ("shard", pa.string()),
@@ -88,7 +87,7 @@ class ShardRecord:
 
     @contextlib.contextmanager
     def timed(self, stage: str) -> Iterator[None]:
-        """Add the time spent in the block to ``stage`` (one of ``STAGE_TIMES``)."""
+        """Add the time spent in the block to ``stage`` (one of ``WORK_TIMES``, ``setup_s``, ``wait_s``)."""
         t0 = time.perf_counter()
         try:
             yield
