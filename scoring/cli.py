@@ -103,17 +103,17 @@ def run(
 
     cfg = _load(config, sets + ((f"compute.runner={runner}",) if runner else ()), mode)
     result = run_job(cfg, address=address, echo=click.echo, progress=console_progress(click.echo))
-    click.echo(summary(result.job, result.records))
-    if result.job["status"] == "interrupted":
+    job = result.record
+    click.echo(summary(job, result.records))
+    if job.status == "interrupted":
         click.echo(interrupted_message(result), err=True)
         _exit(130)
     if not result.ok:
         from scoring.summary import resume_hint
 
-        click.echo(f"Error: {result.job['error']}", err=True)
-        totals = result.job["totals"]
-        if totals["shards_complete"] < totals["shards_planned"]:
-            click.echo(resume_hint(result.job), err=True)
+        click.echo(f"Error: {job.error}", err=True)
+        if job.totals.shards_complete < (job.totals.shards_planned or 0):
+            click.echo(resume_hint(job), err=True)
         _exit(1)
     _exit(0)
 

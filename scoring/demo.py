@@ -291,7 +291,7 @@ def run_demo(directory: str, echo: Callable[[str], None] = print, runner: str = 
         for name, data in jobs.items():
             echo(f"\n== {name} ==")
             result = run_job(load_config(data=data, environ={}), echo=echo, progress=console_progress(echo))
-            echo(summary(result.job, result.records))
+            echo(summary(result.record, result.records))
             page = root / f"report-{name}.html"
             write_html(str(page), load_report(result.out))
             echo(f"outputs: {result.out}/predictions/, _shards.parquet, _errors.parquet, _job.json")

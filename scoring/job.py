@@ -24,6 +24,7 @@ from scoring.config import Config
 from scoring.driver import Run
 from scoring.errors import Interrupted, JobFailed, ScoringError, StorageError
 from scoring.folder import PROGRESS, JobFolder
+from scoring.jobrecord import JobRecord
 from scoring.pool import plan_pool
 from scoring.progress import Lines
 from scoring.record import ShardRecord
@@ -38,12 +39,17 @@ Echo = Callable[[str], None]
 @dataclasses.dataclass
 class JobResult:
     out: str
-    job: dict[str, Any]
+    record: JobRecord
     records: list[ShardRecord]
 
     @property
+    def job(self) -> dict[str, Any]:
+        """``_job.json``, as a plain dict."""
+        return self.record.to_json()
+
+    @property
     def ok(self) -> bool:
-        return self.job["status"] == "succeeded"
+        return self.record.status == "succeeded"
 
 
 def decide_plan(
@@ -121,16 +127,15 @@ def run_job(
             error = outcome.nothing_scored(records)
             status = "failed" if error else status
         job = summary.job_record(
-            spec, job_plan, records, run.scored, started, t_ready, status, error, runs, run.committed
+            spec, job_plan, records, run.scored, started, t_ready, status, error, runs, run.committed, start_s
         )
-        job["totals"]["ray_init_s"] = start_s
         try:
             _write_summary(out, records, job, stop)
         except ScoringError as exc:
             note = f"writing its summary failed: {exc}. {summary.resume_hint(job)}"
             if status == "interrupted" or stop.event.is_set():
                 raise Interrupted(f"interrupted; {note}") from exc
-            raise JobFailed(f"{job['error'] or 'the job ended'}; then {note}") from exc
+            raise JobFailed(f"{job.error or 'the job ended'}; then {note}") from exc
     finally:
         stop.restore()
         runner.close()
@@ -140,12 +145,12 @@ def run_job(
 SUMMARY_WAITS_S = (2.0, 4.0, 8.0)  # a store that failed the job mid-way may be back for its summary
 
 
-def _write_summary(out: JobFolder, records: list[ShardRecord], job: dict[str, Any], stop: Stop) -> None:
+def _write_summary(out: JobFolder, records: list[ShardRecord], job: JobRecord, stop: Stop) -> None:
     """The summary files, tried again a few times when storage fails (not after a signal: then
     within the grace period only). Raises ``ScoringError`` when it cannot be written."""
     for wait in (*SUMMARY_WAITS_S, None):
         try:
-            stop.bounded(lambda: out.write_summary(records, job), "writing the job summary")
+            stop.bounded(lambda: out.write_summary(records, job.to_json()), "writing the job summary")
             return
         except ScoringError:
             if wait is None or stop.deadline is not None or stop.event.wait(wait):
@@ -255,5 +260,5 @@ def _interrupted(done: int, total: int, nothing: bool = False) -> ScoringError:
 
 
 def interrupted_message(result: JobResult) -> str:
-    totals = result.job["totals"]
-    return str(_interrupted(totals["shards_complete"], totals["shards_planned"]))
+    totals = result.record.totals
+    return str(_interrupted(totals.shards_complete, totals.shards_planned or 0))

@@ -18,6 +18,7 @@ from scoring import storage
 from scoring.errors import StorageError
 from scoring.fence import driver_state
 from scoring.folder import ERRORS, PLAN, JobFolder, part
+from scoring.jobrecord import JobRecord, Totals
 from scoring.record import WORK_TIMES, ShardRecord
 
 EXAMPLES = 3
@@ -26,7 +27,7 @@ EXAMPLES = 3
 @dataclasses.dataclass
 class Report:
     out: str
-    job: dict[str, Any]  # _job.json, or {"status": "running", "totals": …} while it is absent
+    job: JobRecord  # _job.json, or what the plan and markers say while it is absent
     records: list[ShardRecord]
     rejected: list[dict[str, Any]]  # per stage and error kind: rows, examples
 
@@ -38,47 +39,48 @@ def load_report(out: str, storage_options: dict[str, Any] | None = None) -> Repo
     records = sorted(output.markers().values(), key=lambda r: r.index)
     job_uri = storage.join(out, "_job.json")
     if storage.exists(job_uri, so):
-        job = json.loads(storage.read_bytes(job_uri, so))
+        job = JobRecord.from_json(json.loads(storage.read_bytes(job_uri, so)))
     elif records or storage.exists(storage.join(out, PLAN), so):
         plan = output.read_plan()
-        job = {"totals": totals_of(records)} | _driver(output)
+        job = _driver(output)
+        job.totals = totals_of(records)
         if plan is not None:
-            job["totals"] |= {"shards_planned": len(plan.shards), "rows_planned": plan.rows}
+            job.totals.shards_planned, job.totals.rows_planned = len(plan.shards), plan.rows
     else:
         raise StorageError(f"{out} holds no job (no _job.json, no plan, no markers); check the URI")
     return Report(out, job, records, _rejected(output, records))
 
 
-def _driver(output: JobFolder) -> dict[str, Any]:
+def _driver(output: JobFolder) -> JobRecord:
     """Whether the run writing OUT (no ``_job.json`` yet) is alive: ``running``, or ``stopped``
     with why, from its claim (host, pid, heartbeat)."""
     holder = output.fence.holder()
     if holder is None:
-        return {
-            "status": "stopped",
-            "error": "no run holds this folder and there is no _job.json: its driver stopped before "
+        return JobRecord(
+            "stopped",
+            error="no run holds this folder and there is no _job.json: its driver stopped before "
             "writing the summary (killed?). Run the job again with --mode resume to finish it",
-        }
+        )
     state = driver_state(holder)
     driver = {k: holder.get(k) for k in ("host", "pid", "started_at", "heartbeat_at")} | {"state": state}
     if state == "alive":
-        return {"status": "running", "driver": driver}
+        return JobRecord("running", driver=driver)
     beat = time.time() - float(holder.get("heartbeat_at") or holder.get("started_at") or 0)
-    return {
-        "status": "stopped",
-        "driver": driver,
-        "error": f"its driver (pid {holder.get('pid')} on {holder.get('host')}) is gone: last heard of "
+    return JobRecord(
+        "stopped",
+        driver=driver,
+        error=f"its driver (pid {holder.get('pid')} on {holder.get('host')}) is gone: last heard of "
         f"{beat:,.0f} s ago. Run the job again with --mode resume to finish it",
-    }
+    )
 
 
-def totals_of(records: Sequence[ShardRecord]) -> dict[str, Any]:
-    return {
-        "rows": sum(r.rows for r in records),
-        "rows_failed": sum(r.rows_failed for r in records),
-        "shards": len(records),
-        "shards_complete": sum(r.status in ("succeeded", "partial") for r in records),
-    }
+def totals_of(records: Sequence[ShardRecord]) -> Totals:
+    return Totals(
+        rows=sum(r.rows for r in records),
+        rows_failed=sum(r.rows_failed for r in records),
+        shards=len(records),
+        shards_complete=sum(r.status in ("succeeded", "partial") for r in records),
+    )
 
 
 def _rejected(output: JobFolder, records: Sequence[ShardRecord]) -> list[dict[str, Any]]:
@@ -103,15 +105,15 @@ def _rejected(output: JobFolder, records: Sequence[ShardRecord]) -> list[dict[st
     return groups
 
 
-def summary(job: dict[str, Any], records: Sequence[ShardRecord]) -> str:
+def summary(job: JobRecord, records: Sequence[ShardRecord]) -> str:
     """Totals, time per stage, and a per-shard table (at most 20 rows, slowest first)."""
-    totals = job.get("totals") or totals_of(records)
+    totals = job.totals
     lines = [
-        f"status: {job['status']}" + (f" ({job['error']})" if job["status"] == "stopped" else ""),
-        f"rows: {totals['rows']:,} scored or rejected, "
-        f"{totals['rows_failed']:,} rejected, {totals['shards']} shard(s)",
+        f"status: {job.status}" + (f" ({job.error})" if job.status == "stopped" else ""),
+        f"rows: {totals.rows:,} scored or rejected, {totals.rows_failed:,} rejected, "
+        f"{totals.shards} shard(s)",
     ]
-    source, committed = job.get("input") or {}, (job.get("output") or {}).get("committed")
+    source, committed = job.input, job.committed
     if source.get("version") is not None:
         lines.append(f"input: {source['format']} table {source['table']} at version {source['version']}")
     if committed:
@@ -119,18 +121,18 @@ def summary(job: dict[str, Any], records: Sequence[ShardRecord]) -> str:
             f"committed: {committed['files']} file(s), {committed['rows']:,} row(s) to the "
             f"{committed['format']} table {committed['table']} (version {committed['version']})"
         )
-    runs = job.get("runs") or []
-    if "wall_s" in totals:
+    runs = job.runs
+    if totals.wall_s is not None:
         over = f" over {len(runs)} runs" if len(runs) > 1 else ""
-        lines.append(f"wall: {totals['wall_s']:.2f}s{over}, {totals['rows_per_s']:,.0f} rows/s end to end")
+        lines.append(f"wall: {totals.wall_s:.2f}s{over}, {totals.rows_per_s or 0:,.0f} rows/s end to end")
     if len(runs) > 1:
-        for i, r in enumerate(runs, 1):
+        for i, run in enumerate(runs, 1):
             lines.append(
-                f"  run {i}: {r['status']}, {r.get('rows_scored', 0):,} rows in {r.get('wall_s', 0):.2f}s, "
-                f"{r.get('rows_per_s', 0):,.0f} rows/s"
+                f"  run {i}: {run.status}, {run.rows_scored:,} rows in {run.wall_s:.2f}s, "
+                f"{run.rows_per_s:,.0f} rows/s"
             )
-    elif runs and runs[-1].get("startup_s") is not None:
-        lines[-1] += f" ({runs[-1]['startup_s']:.2f}s before the first shard started)"
+    elif runs and runs[-1].startup_s is not None:
+        lines[-1] += f" ({runs[-1].startup_s:.2f}s before the first shard started)"
     if records:
         stage_sum = {s: sum(getattr(r, s) for r in records) for s in WORK_TIMES}
         busy = sum(stage_sum.values()) or 1.0

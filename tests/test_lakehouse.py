@@ -442,9 +442,9 @@ def test_predictions_are_committed_into_a_delta_table_once_per_completing_run(
     from scoring.report import summary
 
     assert f"committed: 2 file(s), 150 row(s) to the delta table {table} (version 0)" in summary(
-        first.job, []
+        first.record, []
     )
-    assert f"input: delta table {uri} at version 1" in summary(first.job, [])
+    assert f"input: delta table {uri} at version 1" in summary(first.record, [])
     assert first.job["output"]["committed"] == {
         "format": "delta",
         "table": str(table),

@@ -21,7 +21,18 @@ ROOT = Path(__file__).resolve().parents[1] / "scoring"
 # one's. docs/architecture.md draws the same layers.
 LAYERS: list[tuple[str, ...]] = [
     # Plain data and helpers every layer reads.
-    ("registry", "errors", "record", "redact", "shard", "threads", "store_options", "storage", "fence"),
+    (
+        "registry",
+        "errors",
+        "record",
+        "redact",
+        "shard",
+        "threads",
+        "store_options",
+        "storage",
+        "fence",
+        "jobrecord",
+    ),
     # What a user asked for, and the small rules around a run.
     ("config", "config_file", "stopping", "outcome", "listing"),
     # The model and where it runs.
