@@ -157,8 +157,13 @@ def _is_scores(spec: TensorSpec) -> bool:
 
 
 def _labels(
-    given: str | list[str] | None, info: ModelInfo, storage_options: dict[str, Any]
+    given: str | list[str] | None,
+    info: ModelInfo,
+    storage_options: dict[str, Any],
+    key: str = "output.postprocess.labels",
 ) -> tuple[str, ...] | None:
+    """Names from ``given``: a list, ``metadata:KEY``, or a text file (one a line) at any URI.
+    Raises ``ConfigError`` naming the config ``key``."""
     if given is None:
         return None
     if isinstance(given, list):
@@ -167,14 +172,14 @@ def _labels(
         key = given.removeprefix("metadata:")
         if key not in info.metadata:
             raise ConfigError(
-                f"config key 'output.postprocess.labels' is {given!r} but the model's metadata has no "
+                f"config key '{key}' is {given!r} but the model's metadata has no "
                 f"key '{key}' (keys: {sorted(info.metadata)}); see `scoring inspect MODEL`"
             )
         return _split(info.metadata[key])
     try:
         text = storage.read_bytes(given, storage_options).decode()
     except (StorageError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config key 'output.postprocess.labels': cannot read {given}: {exc}") from exc
+        raise ConfigError(f"config key '{key}': cannot read {given}: {exc}") from exc
     return tuple(line.strip() for line in text.strip().splitlines())
 
 
