@@ -234,7 +234,9 @@ def detector(
     f = TensorProto.FLOAT
     image = helper.make_tensor_value_info("images", f, ["batch", 3, *size])
     if layout == "yolox":
-        out = [helper.make_tensor_value_info("raw", f, ["batch", "k", 7])]
+        fixed = all(isinstance(d, int) for d in size)
+        k = sum((size[0] // s) * (size[1] // s) for s in strides) if fixed else "k"
+        out = [helper.make_tensor_value_info("raw", f, ["batch", k, 7])]
         return save(helper.make_graph(nodes, "detector", [image], out, inits), path)
     h, w = size
     grid = np.concatenate(

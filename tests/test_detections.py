@@ -11,9 +11,12 @@ import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
 import pytest
-from models import detector
-from PIL import Image
+from models import bright_box, detector
+from PIL import Image, ImageDraw, ImageFont
 from support import read_predictions
+
+from scoring.config_file import load_config
+from scoring.errors import ConfigError
 
 STRIDES = (8, 16, 32)
 ITEM = pa.struct(
@@ -151,3 +154,189 @@ def test_every_layout_gives_the_reference_detections(
         assert (row["image_width"], row["image_height"]) == (96, 80)
         total += len(got)
     assert total >= 6  # the scenes give boxes of both classes, some suppressed
+
+
+def rectangle(width: int, height: int, box: tuple[int, int, int, int]) -> bytes:
+    img = np.zeros((height, width, 3), np.uint8)
+    img[box[1] : box[3], box[0] : box[2]] = 255
+    return png(img)
+
+
+@pytest.mark.parametrize(
+    "image,dynamic",
+    [
+        ({"resize": "stretch"}, False),
+        ({"resize": "center_crop", "resize_short_side": 72}, False),
+        ({"resize": "letterbox"}, False),
+        ({"resize": "letterbox", "anchor": "top_left", "pad_value": 0}, False),
+        ({"size": [None, None]}, True),
+        ({"size": [64, None], "resize": "letterbox"}, True),
+    ],
+)
+def test_boxes_land_in_source_pixels_whatever_the_resize(
+    run_job, tmp_path: Path, image: dict, dynamic: bool
+) -> None:
+    """A white rectangle drawn at known pixels is found there by a model that boxes the bright
+    pixels of its input, however the image was placed (and at its own aspect when dynamic)."""
+    folder = tmp_path / "rects"
+    folder.mkdir()
+    # Both rectangles lie inside what center_crop keeps.
+    truth = {"wide.png": (120, 90, (30, 20, 70, 60)), "tall.png": (70, 110, (10, 30, 60, 80))}
+    for name, (w, h, box) in truth.items():
+        (folder / name).write_bytes(rectangle(w, h, box))
+    model = bright_box(tmp_path / "bb.onnx", ("h", "w") if dynamic else (64, 64))
+    dets = {"format": "xyxy", "iou_threshold": None, "score_threshold": 0.5}
+    result = run_job(job(model, folder, image, dets))
+    assert result.ok, result.job["error"]
+    for row in read_predictions(result.out).to_pylist():
+        w, h, box = truth[Path(row["path"]).name]
+        ((found,),) = [[d["box"] for d in row["detections"]]]
+        assert (row["image_width"], row["image_height"]) == (w, h)
+        # The resize blurs an edge by a model pixel: that many source pixels, and a half.
+        np.testing.assert_allclose(found, box, atol=max(w, h) / 64 + 0.5)
+
+
+def test_labels_from_a_file_or_the_models_metadata_and_nms_across_classes(
+    run_job, tmp_path: Path, photos: Path
+) -> None:
+    import onnx
+
+    model = detector(tmp_path / "det.onnx", "yolox")
+    proto = onnx.load(model)
+    onnx.helper.set_model_props(proto, {"names": "{0: 'warm', 1: 'cool'}"})
+    onnx.save(proto, model)
+    (tmp_path / "labels.txt").write_text("warm\ncool\n")
+    found = {}
+    for labels, agnostic in (("metadata:names", False), (str(tmp_path / "labels.txt"), True)):
+        dets = {"format": "yolox", "labels": labels, "class_agnostic": agnostic, "iou_threshold": 0.3}
+        config = job(model, photos, {"resize": "letterbox"}, dets)
+        config["output"]["mode"] = "overwrite"
+        result = run_job(config)
+        assert result.ok, result.job["error"]
+        rows = read_predictions(result.out).to_pylist()
+        found[agnostic] = [d for r in rows for d in r["detections"]]
+    assert {d["label"] for d in found[False]} == {"warm", "cool"}
+    assert 0 < len(found[True]) < len(found[False])  # across classes, overlaps of two classes go too
+
+
+def text_scene() -> Image.Image:
+    img = Image.new("RGB", (640, 480), (235, 230, 220))
+    ImageDraw.Draw(img).text((60, 180), "HELLO 2024", fill=(20, 20, 60), font=ImageFont.load_default(size=64))
+    return img
+
+
+def ddddocr_reference(session: ort.InferenceSession, img: Image.Image) -> np.ndarray:
+    """ddddocr 1.6.1's own pipeline (core/detection_engine.py), restated with PIL and numpy: BGR
+    0-255, letterbox at the top left on 114, YOLOX decoding, class-agnostic NMS 0.45 with its
+    +1 pixel areas, score 0.1, boxes divided by the ratio and clipped."""
+    bgr = np.asarray(img)[..., ::-1]
+    r = min(416 / img.height, 416 / img.width)
+    resized = np.asarray(img.resize((int(img.width * r), int(img.height * r)), Image.BILINEAR))[..., ::-1]
+    padded = np.full((416, 416, 3), 114, np.float32)
+    padded[: resized.shape[0], : resized.shape[1]] = resized
+    del bgr
+    out = session.run(None, {"images": padded.transpose(2, 0, 1)[None]})[0][0]
+    grids, strides = [], []
+    for s in STRIDES:
+        yv, xv = np.meshgrid(np.arange(416 // s), np.arange(416 // s), indexing="ij")
+        grids.append(np.stack((xv, yv), 2).reshape(-1, 2))
+        strides.append(np.full((grids[-1].shape[0], 1), s))
+    grid, stride = np.concatenate(grids), np.concatenate(strides)
+    out[:, :2] = (out[:, :2] + grid) * stride
+    out[:, 2:4] = np.exp(out[:, 2:4]) * stride
+    boxes = np.concatenate([out[:, :2] - out[:, 2:4] / 2, out[:, :2] + out[:, 2:4] / 2], 1) / r
+    scores = out[:, 4] * out[:, 5]
+    order = np.argsort(-scores)
+    order = order[scores[order] > 0.1]
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        w = np.maximum(0, np.minimum(x2[i], x2[order[1:]]) - np.maximum(x1[i], x1[order[1:]]) + 1)
+        h = np.maximum(0, np.minimum(y2[i], y2[order[1:]]) - np.maximum(y1[i], y1[order[1:]]) + 1)
+        ovr = w * h / (areas[i] + areas[order[1:]] - w * h)
+        order = order[1:][ovr <= 0.45]
+    return np.clip(boxes[keep], 0, [640, 480, 640, 480])
+
+
+def test_a_real_yolox_from_the_wild_finds_the_characters_its_own_code_finds(run_job, tmp_path: Path) -> None:
+    """ddddocr's character detector (a YOLOX at 416x416, fixed batch 1), configured as its
+    quirks need, gives the boxes of ddddocr's own pre- and postprocessing."""
+    from wild import ddddocr_det
+
+    model = ddddocr_det()
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    text_scene().save(folder / "hello.png")
+    image = {"mode": "BGR", "scale": 1.0, "resize": "letterbox", "anchor": "top_left"}  # pad_value 114
+    dets = {"format": "yolox", "score_threshold": 0.1, "class_agnostic": True, "labels": ["char"]}
+    result = run_job(job(str(model), folder, image, dets))
+    assert result.ok, result.job["error"]
+    (row,) = read_predictions(result.out).to_pylist()
+    got = np.array([d["box"] for d in row["detections"]])
+    want = ddddocr_reference(ort.InferenceSession(str(model)), text_scene())
+    assert len(got) == len(want) >= 7  # one box a glyph, nearly every glyph
+    for box in want:  # each of ddddocr's boxes is one of ours, to a pixel or two
+        assert np.abs(got - box).max(axis=1).min() < 2.5, box
+    assert all(180 < b[1] and b[3] < 250 and 55 < b[0] and b[2] < 435 for b in got)  # on the text line
+    assert {d["label"] for d in row["detections"]} == {"char"}
+
+
+def test_the_ray_runner_gives_the_local_runners_detections(run_job, tmp_path: Path, photos: Path) -> None:
+    model = detector(tmp_path / "det.onnx", "yolov8")
+    found = []
+    for runner in ("local", "ray"):
+        config = job(model, photos, {"resize": "letterbox"}, {"format": "yolov8"}, runner=runner)
+        config["output"]["uri"] = str(tmp_path / runner)
+        result = run_job(config)
+        assert result.ok, result.job["error"]
+        found.append(sorted(read_predictions(result.out).to_pylist(), key=lambda r: r["path"]))
+    assert found[0] == found[1] and sum(len(r["detections"]) for r in found[0]) > 0
+
+
+def config_error(tmp_path: Path, model: str, dets: dict[str, Any], image: dict | None = None) -> str:
+    from scoring.spec import check
+
+    data = job(model, tmp_path, image or {}, dets)
+    data["output"]["uri"] = str(tmp_path / "out")
+    (tmp_path / "a.png").write_bytes(png(scene(0)))
+    with pytest.raises(ConfigError) as err:
+        check(load_config(data=data, environ={}))
+    return str(err.value)
+
+
+def test_configs_that_cannot_fit_the_model_are_refused_saying_what_to_set(tmp_path: Path) -> None:
+    v8 = detector(tmp_path / "v8.onnx", "yolov8")
+    two = detector(tmp_path / "two.onnx", "boxes")
+    msg = config_error(tmp_path, v8, {"format": "yolov8", "output": "boxes"})
+    assert "names 'boxes', which is not a model output; the model's outputs are ['out']" in msg
+    msg = config_error(tmp_path, v8, {"format": "yolov5"})
+    assert "expects [N, K, 5 + C]" in msg and "out: float32 [batch, 6, 84]" in msg
+    assert "looks like the yolov8 layout" in msg and "Set output.detections.format" in msg
+    msg = config_error(tmp_path, two, {"format": "boxes", "output": "xyxy"})
+    assert "names 1 output(s) ['xyxy']; format boxes reads two outputs: boxes [N, K, 4]" in msg
+    msg = config_error(tmp_path, two, {"format": "xyxy"})
+    assert "is not set and the model has 2 outputs" in msg and "set output.detections.output" in msg
+    msg = config_error(tmp_path, two, {"format": "yolov8", "output": "xyxy"})
+    assert "expects [N, 4 + C, K]" in msg and "xyxy: float32 [batch, 84, 4]" in msg
+    yolox = detector(tmp_path / "x.onnx", "yolox", size=(64, 64))
+    msg = config_error(tmp_path, yolox, {"format": "yolox", "strides": [8, 16]}, {"size": [64, 64]})
+    assert "a 64x64 input makes 80 grid cells" in msg and "set strides to the model's" in msg
+    msg = config_error(tmp_path, v8, {"format": "yolov8", "labels": ["a", "b", "c"]})
+    assert "3 labels for model output out: float32 [batch, 6, 84] of 2 classes" in msg
+
+
+def test_outputs_that_do_not_fit_the_layout_stop_the_job_saying_why(
+    run_job, tmp_path: Path, photos: Path
+) -> None:
+    """A model that declares no sizes is checked on its first outputs: a wrong stride list is a
+    model problem, not every row's."""
+    model = detector(tmp_path / "dyn.onnx", "yolox", size=("h", "w"))
+    dets = {"format": "yolox", "strides": [8, 16]}
+    result = run_job(job(model, photos, {"size": [64, 64], "resize": "letterbox"}, dets))
+    assert not result.ok
+    message = result.job["error"]
+    assert "has 84 candidates, but a 64x64 input with strides [8, 16] makes 80 grid cells" in message
+    assert "set output.detections.strides" in result.job["error"]

@@ -8,6 +8,7 @@ and for ``top_k > 1`` ``top_labels`` and ``top_scores``.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 from collections.abc import Mapping
@@ -184,16 +185,18 @@ def _labels(
 
 
 def _split(text: str) -> tuple[str, ...]:
-    """Labels from a metadata value: a JSON list, one per line, or comma-separated."""
+    """Labels from a metadata value: a JSON list or object, a Python dict (Ultralytics' exports
+    write ``names`` as ``{0: 'person', 1: 'bicycle', ...}``), one per line, or comma-separated."""
     try:
         value = json.loads(text)
-        if isinstance(value, list):
-            return tuple(str(v) for v in value)
-        if isinstance(value, dict):  # {"0": "cat", "1": "dog"}, as some exporters write
-            return tuple(
-                str(value[k]) for k in sorted(value, key=lambda k: int(k) if str(k).isdigit() else k)
-            )
     except ValueError:
-        pass
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            value = None
+    if isinstance(value, list):
+        return tuple(str(v) for v in value)
+    if isinstance(value, dict):  # {"0": "cat", "1": "dog"}, as some exporters write
+        return tuple(str(value[k]) for k in sorted(value, key=lambda k: int(k) if str(k).isdigit() else k))
     parts = text.splitlines() if "\n" in text.strip() else text.split(",")
     return tuple(p.strip() for p in parts if p.strip())

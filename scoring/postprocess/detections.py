@@ -14,7 +14,6 @@ and clipped to it. See docs/models/detections.md.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -28,6 +27,7 @@ from scoring.errors import ConfigError, ModelFailure
 from scoring.model import ModelInfo, TensorSpec
 from scoring.postprocess import Context
 from scoring.postprocess.classify import _labels
+from scoring.postprocess.nms import grid, nms
 from scoring.preprocess import geometry
 
 KEY = "detections"
@@ -77,6 +77,7 @@ class Detections:
     labels: tuple[str, ...] | None  # None: the class id as a string
     size: geometry.Size  # the model input's [height, width]; None: follows each image (multiple_of)
     multiple_of: int
+    fixed: bool  # the model declares its input's height and width (the warm-up batch has that size)
     key = KEY
     replaces_outputs = True
 
@@ -92,9 +93,10 @@ class Detections:
         ]
 
     def check(self, outputs: Mapping[str, Any]) -> None:
-        """The warm-up batch's outputs against the layout (and the grid, for a fixed size)."""
+        """The warm-up batch's outputs against the layout (and the grid, when the model fixes
+        its input's size: otherwise the warm-up images are 1x1)."""
         h, w = self.size
-        self.candidates(outputs, (h, w) if h is not None and w is not None else None)
+        self.candidates(outputs, (h, w) if h is not None and w is not None else None, grid=self.fixed)
 
     def decode(self, outputs: Mapping[str, Any], context: Context) -> list[pa.Array]:
         n = len(np.asarray(outputs[self.outputs[0]]))
@@ -128,7 +130,7 @@ class Detections:
         return None
 
     def candidates(
-        self, outputs: Mapping[str, Any], size: tuple[int, int] | None
+        self, outputs: Mapping[str, Any], size: tuple[int, int] | None, grid: bool = True
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every candidate of a batch: boxes [n, K, 4] x1, y1, x2, y2 in model-input pixels, its
         best class's score [n, K] and that class [n, K]. Raises ``ModelFailure`` for outputs
@@ -152,9 +154,9 @@ class Detections:
             elif a.ndim != 3 or a.shape[2] < 6:
                 raise self._misfit(shape)
             xywh = a[..., :4]
-            if fmt == "yolox":
-                grid, stride = self._grid(a.shape[1], size)
-                xywh = np.concatenate([(xywh[..., :2] + grid) * stride, np.exp(xywh[..., 2:]) * stride], -1)
+            if fmt == "yolox" and grid:
+                cells, stride = self._grid(a.shape[1], size)
+                xywh = np.concatenate([(xywh[..., :2] + cells) * stride, np.exp(xywh[..., 2:]) * stride], -1)
             half = xywh[..., 2:] / 2
             xyxy = np.concatenate([xywh[..., :2] - half, xywh[..., :2] + half], -1)
             obj, cls = (None, a[..., 4:]) if fmt == "yolov8" else (a[..., 4], a[..., 5:])
@@ -182,14 +184,14 @@ class Detections:
         if size is None:  # square inputs only: K = side² × Σ 1/stride²
             side = round((k / sum(1 / s**2 for s in self.strides)) ** 0.5)
             size = (side, side)
-        grid, stride = _grid(size[0], size[1], self.strides)
-        if len(grid) != k:
+        cells, stride = grid(size[0], size[1], self.strides)
+        if len(cells) != k:
             raise ModelFailure(
                 f"output.detections (yolox): model output '{self.outputs[0]}' has {k} candidates, but a "
-                f"{size[0]}x{size[1]} input with strides {list(self.strides)} makes {len(grid)} grid "
+                f"{size[0]}x{size[1]} input with strides {list(self.strides)} makes {len(cells)} grid "
                 "cells; set output.detections.strides to the model's (or input.image.size)"
             )
-        return grid, stride
+        return cells, stride
 
     def _misfit(self, found: Any) -> ModelFailure:
         return ModelFailure(
@@ -247,38 +249,6 @@ class Detections:
         return pa.ListArray.from_arrays(pa.array(offsets), items, type=COLUMN)
 
 
-@functools.lru_cache(maxsize=16)
-def _grid(height: int, width: int, strides: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """YOLOX's grid cells (x, y) [K, 2] and their strides [K, 1], finest grid first."""
-    cells, steps = [], []
-    for s in strides:
-        ys, xs = np.mgrid[0 : height // s, 0 : width // s]
-        cells.append(np.stack([xs.ravel(), ys.ravel()], 1))
-        steps.append(np.full((cells[-1].shape[0], 1), s))
-    return np.concatenate(cells).astype(np.float32), np.concatenate(steps).astype(np.float32)
-
-
-def nms(boxes: np.ndarray, classes: np.ndarray | None, iou: float, limit: int) -> np.ndarray:
-    """Greedy NMS of ``boxes`` [m, 4] (x1, y1, x2, y2) sorted by score, highest first: the indices
-    kept, at most ``limit``. A box is dropped when it overlaps a kept one by more than ``iou``;
-    with ``classes``, only boxes of one class suppress each other (each class is shifted apart).
-    Each round keeps one box, so it runs at most ``limit`` rounds of vector work."""
-    b = boxes.astype(np.float64)
-    if classes is not None:
-        b = b + (classes.astype(np.float64) * (b.max() - b.min() + 1))[:, None]
-    x1, y1, x2, y2 = b.T
-    areas = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    order, keep = np.arange(len(b)), list[int]()
-    while order.size and len(keep) < limit:
-        i, rest = order[0], order[1:]
-        keep.append(i)
-        w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
-        h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
-        inter = w * h
-        order = rest[inter <= iou * (areas[i] + areas[rest] - inter)]
-    return np.asarray(keep, np.int64)
-
-
 def resolve(job: JobConfig, info: ModelInfo) -> Detections | None:
     """Check ``output.detections`` against the model and read its labels. Raises ``ConfigError``
     (exit 2) naming the key, what was expected and what was found."""
@@ -287,10 +257,13 @@ def resolve(job: JobConfig, info: ModelInfo) -> Detections | None:
         return None
     specs = _outputs(cfg, info)
     size: geometry.Size = (None, None)
+    fixed = False
     if job.input.data == "images" and info.inputs:
         from scoring.preprocess.images import input_shape
 
-        size = input_shape(job.input.image, info.inputs[0])[0]
+        size, layout, _ = input_shape(job.input.image, info.inputs[0])
+        shape = info.inputs[0].shape or ()
+        fixed = all(isinstance(d, int) and d > 0 for d in (shape[2:4] if layout == "NCHW" else shape[1:3]))
     labels = _labels(cfg.labels, info, job.storage_options, key=f"output.{KEY}.labels")
     classes = _classes(cfg, specs, size)
     if labels is not None and classes is not None and classes != len(labels):
@@ -310,6 +283,7 @@ def resolve(job: JobConfig, info: ModelInfo) -> Detections | None:
         labels,
         size,
         job.input.image.multiple_of,
+        fixed,
     )
 
 
@@ -325,7 +299,8 @@ def _outputs(cfg: Config, info: ModelInfo) -> list[TensorSpec]:
                 f"{LAYOUTS[cfg.format]}: set output.detections.output to "
                 f"{'[BOXES, SCORES]' if want == 2 else 'the one holding boxes'}"
             )
-        names = [o.name for o in info.outputs]
+        # Boxes (the output whose last dim is 4) before scores, whichever order the model has.
+        names = sorted((o.name for o in info.outputs), key=lambda n: (by_name[n].shape or [0])[-1] != 4)
     if len(names) != want:
         raise ConfigError(
             f"config key 'output.detections.output' names {len(names)} output(s) {names}; format "
