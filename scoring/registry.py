@@ -55,6 +55,7 @@ PREPROCESSORS = {
 POSTPROCESSORS = {
     "postprocess": "scoring.postprocess.classify",
     "embedding": "scoring.postprocess.embedding",
+    "detections": "scoring.postprocess.detections",
 }
 
 # output.format -> "module:Class": what the prediction files become once the job is complete.
