@@ -55,6 +55,7 @@ PREPROCESSORS = {
 POSTPROCESSORS = {
     "postprocess": "scoring.postprocess.classify",
     "embedding": "scoring.postprocess.embedding",
+    "text": "scoring.postprocess.text",
 }
 
 # output.format -> "module:Class": what the prediction files become once the job is complete.

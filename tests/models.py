@@ -171,3 +171,37 @@ def classifier(path: Path, classes: int = 4, metadata: dict[str, str] | None = N
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return str(path)
+
+
+def ctc(path: Path, classes: int, layout: str = "NTC", logits: bool = False) -> str:
+    """ids [batch, steps] float -> scores [batch, steps, classes]: at each step the class nearest
+    the id wins, softmax(-4 (id - c)^2) (logits when ``logits``); ``TNC`` gives [steps, batch,
+    classes], declared with names that do not say where the batch is."""
+    nodes = [
+        helper.make_node("Unsqueeze", ["ids", "last"], ["col"]),
+        helper.make_node("Sub", ["col", "classes"], ["d"]),
+        helper.make_node("Mul", ["d", "d"], ["d2"]),
+        helper.make_node("Mul", ["d2", "minus4"], ["z"]),
+    ]
+    out = "z"
+    if not logits:
+        nodes.append(helper.make_node("Softmax", ["z"], ["p"], axis=-1))
+        out = "p"
+    if layout == "TNC":
+        nodes.append(helper.make_node("Transpose", [out], ["scores"], perm=[1, 0, 2]))
+        dims = ["t", "n", classes]
+    else:
+        nodes.append(helper.make_node("Identity", [out], ["scores"]))
+        dims = ["batch", "steps", classes]
+    graph = helper.make_graph(
+        nodes,
+        "ctc",
+        [helper.make_tensor_value_info("ids", TensorProto.FLOAT, ["batch", "steps"])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, dims)],
+        [
+            numpy_helper.from_array(np.array([2], np.int64), "last"),
+            numpy_helper.from_array(np.arange(classes, dtype=np.float32), "classes"),
+            numpy_helper.from_array(np.array(-4.0, np.float32), "minus4"),
+        ],
+    )
+    return save(graph, path)
