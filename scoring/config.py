@@ -79,8 +79,13 @@ class ModelConfig(Section):
 
 
 class ImageConfig(Section):
-    size: tuple[int, int] | None = Field(
-        default=None, description="[height, width] fed to the model; default: the input's static size"
+    size: tuple[int | None, int | None] | None = Field(
+        default=None,
+        description="[height, width] fed to the model; default: the input's static size; a null dim "
+        "(dynamic models) is the other dim times the source's aspect, rounded up to multiple_of",
+    )
+    multiple_of: int = Field(
+        default=32, gt=0, description="a null dim of size is rounded up to a multiple of this"
     )
     resize: Literal["stretch", "center_crop", "letterbox"] = Field(
         default="stretch",
@@ -89,6 +94,10 @@ class ImageConfig(Section):
     resize_short_side: int | None = Field(
         default=None, gt=0, description="for center_crop; default: the short side of size"
     )
+    anchor: Literal["center", "top_left"] = Field(
+        default="center", description="letterbox: where the image sits in the padded input"
+    )
+    pad_value: int = Field(default=114, ge=0, le=255, description="letterbox: the padding's value")
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = Field(
         default="bilinear", description="the resize's resampling filter"
     )
@@ -102,9 +111,9 @@ class ImageConfig(Section):
 
     @field_validator("size")
     @classmethod
-    def _positive_size(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
-        if v is not None and min(v) < 1:
-            raise ValueError("expected [height, width] of positive integers")
+    def _positive_size(cls, v: tuple[int | None, int | None] | None) -> tuple[int | None, int | None] | None:
+        if v is not None and any(d is not None and d < 1 for d in v):
+            raise ValueError("expected [height, width] of positive integers (or null)")
         return v
 
     @field_validator("std")

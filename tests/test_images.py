@@ -230,3 +230,85 @@ def test_photos_are_decoded_small_and_match_a_full_decode(resize: str, rotated: 
     assert got.shape == expected.shape == (3, 96, 128)
     levels = np.abs(got - expected) * np.array(STD, np.float32)[:, None, None] * 255
     assert levels.max() <= 4 and levels.mean() < 1, (levels.max(), levels.mean())
+
+
+@pytest.mark.parametrize(
+    "resize,anchor,size",
+    [
+        ("stretch", "center", (48, 40)),
+        ("center_crop", "center", (40, 40)),
+        ("letterbox", "center", (48, 48)),
+        ("letterbox", "top_left", (48, 48)),
+        ("stretch", "center", (None, 48)),
+        ("letterbox", "center", (None, None)),
+    ],
+)
+def test_each_row_keeps_where_its_source_landed(resize: str, anchor: str, size: tuple) -> None:
+    """A white rectangle drawn at known source pixels is found in the model input where
+    x * scale + pad says, for every resize; the context holds the source's size after EXIF."""
+    h, w, (x1, y1, x2, y2) = 60, 90, (30, 12, 60, 42)
+    src = np.zeros((h, w, 3), np.uint8)
+    src[y1:y2, x1:x2] = 255
+    data = encode(src)
+    prep = images.Images(
+        "img",
+        False,
+        ImageConfig(resize=resize, anchor=anchor, pad_value=7, scale=1.0),
+        size,
+        "NHWC",
+        images.TensorSpec("x", "uint8", (None, None, None, 3)),
+    )
+    (group,) = prep.prepare(pa.table({"img": pa.array([data], pa.binary())}), None, None).groups
+    x = group.feed["x"][0, ..., 0]
+    ctx = {k: float(v[0]) for k, v in group.context.items()}
+    assert (ctx["image_width"], ctx["image_height"]) == (w, h)
+    assert {k: v.dtype for k, v in group.context.items()} == {
+        "image_width": np.int32,
+        "image_height": np.int32,
+        "scale_x": np.float32,
+        "scale_y": np.float32,
+        "pad_x": np.float32,
+        "pad_y": np.float32,
+    }
+    ys, xs = np.nonzero(x > 128)
+    found = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    expected = (
+        x1 * ctx["scale_x"] + ctx["pad_x"],
+        y1 * ctx["scale_y"] + ctx["pad_y"],
+        x2 * ctx["scale_x"] + ctx["pad_x"],
+        y2 * ctx["scale_y"] + ctx["pad_y"],
+    )
+    np.testing.assert_allclose(found, expected, atol=1.01)
+    if size == (None, 48):
+        assert x.shape == (32, 48)  # 48 * 60/90 = 32, a multiple of 32
+    if size == (None, None):
+        assert x.shape == (64, 96)  # 60x90 rounded up to multiples of 32
+    if resize == "letterbox" and size == (48, 48):
+        edge = x[-1, -1] if anchor == "top_left" else x[0, 0]
+        assert edge == 7  # pad_value
+
+
+def test_dynamic_sizes_batch_rows_of_equal_shape_together() -> None:
+    wide, tall = encode(np.zeros((40, 100, 3), np.uint8)), encode(np.zeros((100, 40, 3), np.uint8))
+    prep = images.Images(
+        "img",
+        False,
+        ImageConfig(),
+        (64, None),
+        "NCHW",
+        images.TensorSpec("x", "float32", (None, 3, None, None)),
+    )
+    table = pa.table({"img": pa.array([wide, tall, wide, None, tall], pa.binary())})
+    prepared = prep.prepare(table, None, None)
+    shapes = {tuple(g.rows): g.feed["x"].shape for g in prepared.groups}
+    assert shapes == {(0, 2): (2, 3, 64, 160), (1, 4): (2, 3, 64, 32)}
+    assert [g.context["image_width"].tolist() for g in prepared.groups] == [[100, 100], [40, 40]]
+
+
+def test_a_null_dim_the_model_fixes_is_refused() -> None:
+    spec = images.TensorSpec("images", "float32", (1, 3, 416, 416))
+    with pytest.raises(images.InputError, match=r"fixed height of 416; give 416"):
+        images.input_shape(ImageConfig(size=(None, 416)), spec)
+    dynamic = images.TensorSpec("x", "float32", (1, 3, "h", "w"))
+    with pytest.raises(images.InputError, match=r"\[null, null\]"):
+        images.input_shape(ImageConfig(), dynamic)

@@ -8,11 +8,13 @@ Steps, in order (docs/preprocessing/images.md repeats them):
 1. decode with Pillow; apply the EXIF orientation;
 2. convert to the mode: palette and RGBA/LA images go through RGBA and lose alpha, 16-bit
    greyscale is scaled to 8 bits (>> 8), then RGB or L; BGR is RGB with channels reversed later;
-3. resize to ``size`` = [height, width]: ``stretch`` resizes directly; ``center_crop`` resizes the
-   short side to ``resize_short_side`` (aspect kept) then crops the centre; ``letterbox`` fits the
-   image inside keeping aspect and pads with grey (114), centred;
+3. resize to ``size`` = [height, width] (a ``null`` dim follows the source's aspect):
+   ``stretch`` resizes directly; ``center_crop`` resizes the short side to ``resize_short_side``
+   (aspect kept) then crops the centre; ``letterbox`` fits the image inside keeping aspect and
+   pads with ``pad_value`` (114), centred or at the top left (``anchor``). ``geometry.place``
+   decides it, and each row keeps it as context (``geometry.context``) for postprocessing;
 4. to uint8 HWC;
-5. per batch: float32 ``x * scale``, ``- mean``, ``/ std`` per channel, then
+5. per batch of rows of one size: float32 ``x * scale``, ``- mean``, ``/ std`` per channel, then
    NCHW or NHWC, then the model input's element type.
 """
 
@@ -21,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import io
-import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,14 +31,13 @@ import pyarrow as pa
 from scoring.config import Config, ImageConfig, InputConfig
 from scoring.errors import InputError
 from scoring.model import ModelInfo, TensorSpec
-from scoring.preprocess import Prepared, reject_nulls, unskipped
+from scoring.preprocess import Prepared, geometry, reject_nulls, unskipped
 from scoring.record import Reason, Rejections
 from scoring.tensors import Group
 
 if TYPE_CHECKING:
     from PIL import Image
 
-LETTERBOX_FILL = 114
 REDUCING_GAP = 2
 RESAMPLING = {"nearest": "NEAREST", "bilinear": "BILINEAR", "bicubic": "BICUBIC", "lanczos": "LANCZOS"}
 # Images decoded at once: enough for a few batches, little memory (~10 MB at 224x224).
@@ -50,7 +50,7 @@ class Images:
     column: str  # the column of encoded images
     struct: bool  # Hugging Face's struct<bytes, path>: the bytes are its field "bytes"
     image: ImageConfig
-    size: tuple[int, int]
+    size: geometry.Size  # [height, width]; None: follows each image's aspect
     layout: str
     input: TensorSpec
     chunk_rows: int = IMAGES_PER_CHUNK
@@ -76,18 +76,25 @@ class Images:
                 rejected.add(row, row + 1, Reason("decode", type(result).__name__, message))
             else:
                 ok.append(row)
-        if not ok:
-            return Prepared([], rejected)
-        batch = np.stack([d for d in decoded if not isinstance(d, Exception)])
-        tensor = normalise(batch, self.image, self.layout, self.input.dtype)
-        return Prepared([Group(np.asarray(ok, np.int64), {self.input.name: tensor})], rejected)
+        placed = [d for d in decoded if not isinstance(d, Exception)]
+        by_size: dict[tuple[int, ...], list[int]] = {}  # rows of one size batch together
+        for i, (arr, _) in enumerate(placed):
+            by_size.setdefault(arr.shape, []).append(i)
+        groups = []
+        for members in by_size.values():
+            batch = np.stack([placed[i][0] for i in members])
+            tensor = normalise(batch, self.image, self.layout, self.input.dtype)
+            rows = np.asarray([ok[i] for i in members], np.int64)
+            context = geometry.context([placed[i][1] for i in members])
+            groups.append(Group(rows, {self.input.name: tensor}, context))
+        return Prepared(groups, rejected)
 
     def notes(self, data: pa.Table) -> list[str]:
         return []
 
-    def _decode(self, blob: bytes) -> np.ndarray | Exception:
+    def _decode(self, blob: bytes) -> tuple[np.ndarray, geometry.Placement] | Exception:
         try:
-            return decode(blob, self.image, self.size)
+            return decode_placed(blob, self.image, self.size)
         except Exception as exc:  # PIL raises many types for bad bytes; the row is rejected
             return exc
 
@@ -104,7 +111,7 @@ def resolve(cfg: Config, model: ModelInfo, schema: pa.Schema, where: str) -> Ima
         raise InputError(
             f"an image job feeds one model input; this model has {[i.name for i in model.inputs]}"
         )
-    size, layout, _ = geometry(inp.image, model.inputs[0])
+    size, layout, _ = input_shape(inp.image, model.inputs[0])
     column = inp.image_column
     if column not in schema.names:
         raise InputError(
@@ -126,10 +133,11 @@ def _map(pool: concurrent.futures.Executor | None, fn: Any, items: list[int]) ->
     return list(pool.map(fn, items)) if pool is not None and len(items) > 1 else [fn(i) for i in items]
 
 
-def geometry(cfg: ImageConfig, spec: TensorSpec) -> tuple[tuple[int, int], str, int]:
+def input_shape(cfg: ImageConfig, spec: TensorSpec) -> tuple[geometry.Size, str, int]:
     """(size, layout, channels) for ``spec``, from config or read off the input's shape.
 
-    Raises ``InputError`` when the model's shape cannot tell and the config does not say.
+    Raises ``InputError`` when the model's shape cannot tell and the config does not say, or the
+    config leaves a dim to the aspect that the model fixes.
     """
     channels = 1 if cfg.mode == "L" else 3
     shape = spec.shape or ()
@@ -157,13 +165,21 @@ def geometry(cfg: ImageConfig, spec: TensorSpec) -> tuple[tuple[int, int], str, 
             f"{'L' if c == 1 else 'RGB or BGR'}"
         )
     size = cfg.size
+    fixed = [d if isinstance(d, int) and d > 0 else None for d in hw]
     if size is None:
-        if not all(isinstance(d, int) and d > 0 for d in hw):
+        if None in fixed:
             raise InputError(
-                f"model input '{spec.name}' has dynamic height/width {list(hw)}; "
-                "set input.image.size: [height, width]"
+                f"model input '{spec.name}' has dynamic height/width {list(hw)}; set "
+                "input.image.size: [height, width], or [null, null] to keep each image's size "
+                "(rounded up to input.image.multiple_of), or one dim null to keep its aspect"
             )
-        size = (int(hw[0]), int(hw[1]))  # type: ignore[arg-type]
+        size = (fixed[0], fixed[1])
+    for given, dim, name in zip(size, fixed, ("height", "width")):
+        if given is None and dim is not None:
+            raise InputError(
+                f"input.image.size leaves the {name} to the image's aspect (null) but model input "
+                f"'{spec.name}' {list(shape)} takes a fixed {name} of {dim}; give {dim}"
+            )
     for name, values in (("mean", cfg.mean), ("std", cfg.std)):
         if len(values) not in (1, channels):
             raise InputError(
@@ -173,47 +189,39 @@ def geometry(cfg: ImageConfig, spec: TensorSpec) -> tuple[tuple[int, int], str, 
     return size, layout, channels
 
 
-def decode(data: bytes, cfg: ImageConfig, size: tuple[int, int]) -> np.ndarray:
+def decode(data: bytes, cfg: ImageConfig, size: geometry.Size) -> np.ndarray:
     """Steps 1-4 for one encoded image: uint8 array [H, W, C] (C = 1 for mode L)."""
+    return decode_placed(data, cfg, size)[0]
+
+
+def decode_placed(
+    data: bytes, cfg: ImageConfig, size: geometry.Size
+) -> tuple[np.ndarray, geometry.Placement]:
+    """Steps 1-4 for one encoded image, and where the source landed in it."""
     from PIL import Image, ImageOps
 
     if not data:
         raise ValueError("empty file (0 bytes)")
     with Image.open(io.BytesIO(data)) as opened:
+        turned = opened.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # shown turned by 90 degrees
+        iw, ih = opened.size
+        placement = geometry.place(ih if turned else iw, iw if turned else ih, cfg, size)
         if opened.format == "JPEG":
             # Decode no larger than the resize needs: the JPEG decoder scales by 1/2, 1/4 or 1/8
             # in the DCT domain (a 12 MP photo to 224x224: 45 ms instead of 145, one core), to at
             # least REDUCING_GAP times the size the resize makes, as Pillow's thumbnail() does,
             # so the resize still has the detail it averages (at most 4 levels of 255 from a full
             # decode, under 1 on average: tested).
-            w, h = _needed(opened, cfg, size)
+            w, h = placement.resized[::-1] if turned else placement.resized
             opened.draft(
                 opened.mode if opened.mode in ("RGB", "L") else "RGB", (w * REDUCING_GAP, h * REDUCING_GAP)
             )
         opened.load()
         img = ImageOps.exif_transpose(opened)
     img = _convert(img, "L" if cfg.mode == "L" else "RGB")
-    img = _resize(img, cfg, size)
+    img = _resize(img, cfg, placement)
     arr = np.asarray(img, dtype=np.uint8)
-    return arr[:, :, None] if arr.ndim == 2 else arr
-
-
-def _needed(img: Image.Image, cfg: ImageConfig, size: tuple[int, int]) -> tuple[int, int]:
-    """The smallest (width, height) of the stored image that the resize still reads at full
-    detail: both sides of ``size`` for stretch, the scaled image for center_crop and letterbox
-    (which keep the aspect); in the stored orientation (EXIF may turn it)."""
-    h, w = size
-    iw, ih = img.size
-    if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # shown turned by 90 degrees
-        h, w = w, h
-    if cfg.resize == "stretch":
-        return w, h
-    if cfg.resize == "center_crop":
-        scale = (cfg.resize_short_side or min(h, w)) / min(iw, ih)
-        scale = max(scale, w / iw, h / ih)
-    else:
-        scale = min(w / iw, h / ih)
-    return max(1, math.ceil(iw * scale)), max(1, math.ceil(ih * scale))
+    return (arr[:, :, None] if arr.ndim == 2 else arr), placement
 
 
 def _convert(img: Image.Image, mode: str) -> Image.Image:
@@ -232,25 +240,22 @@ def _convert(img: Image.Image, mode: str) -> Image.Image:
     return img if img.mode == mode else img.convert(mode)
 
 
-def _resize(img: Image.Image, cfg: ImageConfig, size: tuple[int, int]) -> Image.Image:
+def _resize(img: Image.Image, cfg: ImageConfig, placement: geometry.Placement) -> Image.Image:
+    """Resize to ``placement.resized`` and put it at ``placement.offset`` in the model input (a
+    crop where the offset is negative, padding with ``pad_value`` where the image does not reach)."""
     from PIL import Image
 
     method = getattr(Image.Resampling, RESAMPLING[cfg.interpolation])
-    h, w = size
-    if cfg.resize == "stretch":
-        return img if img.size == (w, h) else img.resize((w, h), method)
-    iw, ih = img.size
-    if cfg.resize == "center_crop":
-        short = cfg.resize_short_side or min(h, w)
-        scale = short / min(iw, ih)
-        nw, nh = max(w, round(iw * scale)), max(h, round(ih * scale))
-        img = img.resize((nw, nh), method)
-        left, top = (nw - w) // 2, (nh - h) // 2
-        return img.crop((left, top, left + w, top + h))
-    scale = min(w / iw, h / ih)
-    nw, nh = max(1, round(iw * scale)), max(1, round(ih * scale))
-    canvas = Image.new(img.mode, (w, h), (LETTERBOX_FILL,) * len(img.getbands()))
-    canvas.paste(img.resize((nw, nh), method), ((w - nw) // 2, (h - nh) // 2))
+    h, w = placement.size
+    if img.size != placement.resized:
+        img = img.resize(placement.resized, method)
+    if img.size == (w, h):
+        return img
+    x, y = placement.offset
+    if x <= 0 and y <= 0 and img.width + x >= w and img.height + y >= h:
+        return img.crop((-x, -y, w - x, h - y))
+    canvas = Image.new(img.mode, (w, h), (cfg.pad_value,) * len(img.getbands()))
+    canvas.paste(img, (x, y))
     return canvas
 
 
