@@ -205,3 +205,42 @@ def ctc(path: Path, classes: int, layout: str = "NTC", logits: bool = False) -> 
         ],
     )
     return save(graph, path)
+
+
+def segmenter(path: Path, size: tuple = ("h", "w"), classes: bool = False) -> str:
+    """x [batch, 3, H, W] RGB in 0..1 -> one channel: logits 20 (R - 0.5) [batch, 1, H, W] (red is
+    foreground); ``classes``: scores [batch, 4, H/2, W/2] of (0.3, R, G, B) averaged over 2x2
+    (argmax: 0 dark, 1 red, 2 green, 3 blue), a stride-2 head."""
+    h, w = size
+    if classes:
+        nodes = [
+            helper.make_node("Slice", ["x", "start", "end", "axis"], ["r"]),
+            helper.make_node("Mul", ["r", "zero"], ["z0"]),
+            helper.make_node("Add", ["z0", "dark"], ["bg"]),
+            helper.make_node("Concat", ["bg", "x"], ["cat"], axis=1),
+            helper.make_node("AveragePool", ["cat"], ["mask"], kernel_shape=[2, 2], strides=[2, 2]),
+        ]
+        dims = ["batch", 4, h // 2 if isinstance(h, int) else "h2", w // 2 if isinstance(w, int) else "w2"]
+    else:
+        nodes = [
+            helper.make_node("Slice", ["x", "start", "end", "axis"], ["r"]),
+            helper.make_node("Sub", ["r", "half"], ["d"]),
+            helper.make_node("Mul", ["d", "twenty"], ["mask"]),
+        ]
+        dims = ["batch", 1, h, w]
+    graph = helper.make_graph(
+        nodes,
+        "segmenter",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, h, w])],
+        [helper.make_tensor_value_info("mask", TensorProto.FLOAT, dims)],
+        [
+            numpy_helper.from_array(np.array([0], np.int64), "start"),
+            numpy_helper.from_array(np.array([1], np.int64), "end"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+            numpy_helper.from_array(np.array(0.3, np.float32), "dark"),
+            numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+            numpy_helper.from_array(np.array(20.0, np.float32), "twenty"),
+        ],
+    )
+    return save(graph, path)
