@@ -169,5 +169,5 @@ def test_mask_mistakes_are_refused_before_scoring(run_job, tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"'output.mask.encoding'"):
         run_job(job(model, folder, {}, encoding="bitmap"))
     linear = models.linear(tmp_path / "lin.onnx", ["batch", 3, 64, 64])  # y [batch, 3]
-    with pytest.raises(ConfigError, match=r"'output.mask.output': model output y: float32 \[batch, 3\] is not"):
+    with pytest.raises(ConfigError, match=r"'output.mask.output': model output y: float32 \[batch, 3\] is"):
         run_job(job(linear, folder, {}))
