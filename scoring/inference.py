@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -86,6 +86,7 @@ class Batches:
     names: list[str]
     batch_size: int
     health: Health
+    axes: dict[str, int] = dataclasses.field(default_factory=dict)  # output -> its batch axis
     rejected: Rejections = dataclasses.field(default_factory=Rejections)
     infer_s: float = 0.0
 
@@ -121,7 +122,7 @@ class Batches:
             self.rejected.add_rows(rows, reason)
             return
         self.infer_s += time.perf_counter() - t0
-        aligned = align(values, self.names, self.info, size, len(rows))
+        aligned = align(values, self.names, self.info, size, len(rows), self.axes)
         self.health.succeeded = True
         context = {k: v[a:b] for k, v in group.context.items()}
         yield Batch(rows, dict(zip(self.names, aligned)), context)
@@ -134,16 +135,30 @@ def _pad(arr: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([arr, np.repeat(arr[-1:], size - len(arr), axis=0)])
 
 
-def align(values: list[Any], names: Sequence[str], info: ModelInfo, fed: int, k: int) -> list[Any]:
+def align(
+    values: list[Any],
+    names: Sequence[str],
+    info: ModelInfo,
+    fed: int,
+    k: int,
+    axes: Mapping[str, int] | None = None,
+) -> list[Any]:
     """Each output's first ``k`` entries along its batch axis, for a batch of ``fed`` rows (``k``
-    real, the rest padding). Raises ``ModelFailure`` naming an output that cannot be aligned."""
+    real, the rest padding): axis 0, the axis the model declares, or the one ``axes`` names (a
+    postprocessor's layout says it: ``[T, N, C]``). Raises ``ModelFailure`` naming an output that
+    cannot be aligned."""
     specs = {o.name: o for o in info.outputs}
     batch_symbol = info.inputs[0].batch_dim if info.inputs else None
     symbol = batch_symbol if isinstance(batch_symbol, str) else None
     out: list[Any] = []
     for name, value in zip(names, values):
         if isinstance(value, np.ndarray):
-            if value.ndim and value.shape[0] == fed and _batch_axis_ok(specs[name], 0, symbol):
+            given = (axes or {}).get(name)
+            if given is not None and given < value.ndim and value.shape[given] == fed:
+                out.append(np.moveaxis(value, given, 0)[:k])
+                continue
+            on_0 = value.ndim and value.shape[0] == fed and _batch_axis_ok(specs[name], 0, symbol)
+            if given is None and on_0:
                 out.append(value[:k])
                 continue
             axis = _declared_batch_axis(specs[name], symbol)

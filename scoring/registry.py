@@ -56,6 +56,8 @@ POSTPROCESSORS = {
     "postprocess": "scoring.postprocess.classify",
     "embedding": "scoring.postprocess.embedding",
     "detections": "scoring.postprocess.detections",
+    "text": "scoring.postprocess.text",
+    "mask": "scoring.postprocess.mask",
 }
 
 # output.format -> "module:Class": what the prediction files become once the job is complete.

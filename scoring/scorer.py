@@ -82,16 +82,19 @@ class Scorer:
         self.raw = [s.name for s in self.outputs.values()]
         reads = [name for pp in self.postprocessors for name in pp.reads]
         self.fetch = list(dict.fromkeys([*self.raw, *reads]))
+        # Outputs whose batch is not on axis 0, as a postprocessor's layout says ([T, N, C]).
+        self.axes = {n: a for pp in self.postprocessors for n, a in getattr(pp, "batch_axes", {}).items()}
         self.health = Health("infer")
         self.decoding = Health("postprocess")
         rows, values = warm_up(session, model, self.fetch)
         if values is not None:
-            aligned = dict(zip(self.fetch, align(values, self.fetch, model, rows, rows)))  # names the output
+            # align names an output that cannot be matched with rows.
+            aligned = dict(zip(self.fetch, align(values, self.fetch, model, rows, rows, self.axes)))
             for pp in self.postprocessors:
                 pp.check({name: aligned[name] for name in pp.reads})
 
     def run(self, groups: Sequence[Group]) -> Scored:
-        batches = Batches(self.session, self.model, self.fetch, self.batch_size, self.health)
+        batches = Batches(self.session, self.model, self.fetch, self.batch_size, self.health, self.axes)
         kept_rows: list[np.ndarray] = []
         raw: dict[str, list[Any]] = {name: [] for name in self.raw}
         decoded: list[list[pa.Array]] = []  # per batch: every postprocessor's columns

@@ -12,6 +12,8 @@ A ``Postprocessor`` has:
 - ``reads``: the model outputs it takes;
 - ``replaces_outputs``: whether, with it, the raw outputs are left out unless
   ``output.outputs`` names them (an embedding replaces its token states);
+- ``batch_axes`` (optional): output -> the axis its batch is on, where that is not axis 0 (a
+  time-major ``[T, N, C]``); the output reaches ``decode`` with the batch moved to axis 0;
 - ``fields() -> [pa.Field]``: the columns it adds, in order (their names are checked against
   every other column before the job starts; their types are those of a chunk with no row);
 - ``check(outputs)``: the warm-up batch's outputs (two synthetic rows), for what can be checked

@@ -8,9 +8,7 @@ and for ``top_k > 1`` ``top_labels`` and ``top_scores``.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,12 +16,11 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from scoring import storage
 from scoring.config import Config as JobConfig
 from scoring.config import Section
-from scoring.errors import ConfigError, ModelFailure, StorageError
+from scoring.errors import ConfigError, ModelFailure
 from scoring.model import ModelInfo, TensorSpec
-from scoring.postprocess import Context
+from scoring.postprocess import Context, names
 
 FLOATS = ("float16", "float32", "float64")
 KEY = "postprocess"
@@ -114,7 +111,7 @@ def resolve(job: JobConfig, info: ModelInfo) -> Classify | None:
         return None
     spec = _scores_output(cfg.output, info)
     classes = spec.row_shape[0] if spec.row_shape else None
-    labels = _labels(cfg.labels, info, job.storage_options)
+    labels = names.labels(cfg.labels, info, job.storage_options, "output.postprocess.labels")
     if labels is not None and isinstance(classes, int) and classes > 0 and len(labels) != classes:
         raise ConfigError(
             f"config key 'output.postprocess.labels': {len(labels)} labels for model output "
@@ -155,48 +152,3 @@ def _scores_output(name: str | None, info: ModelInfo) -> TensorSpec:
 
 def _is_scores(spec: TensorSpec) -> bool:
     return spec.kind == "tensor" and spec.dtype in FLOATS and spec.shape is not None and len(spec.shape) == 2
-
-
-def _labels(
-    given: str | list[str] | None,
-    info: ModelInfo,
-    storage_options: dict[str, Any],
-    key: str = "output.postprocess.labels",
-) -> tuple[str, ...] | None:
-    """Names from ``given``: a list, ``metadata:KEY``, or a text file (one a line) at any URI.
-    Raises ``ConfigError`` naming the config ``key``."""
-    if given is None:
-        return None
-    if isinstance(given, list):
-        return tuple(str(x) for x in given)
-    if given.startswith("metadata:"):
-        key = given.removeprefix("metadata:")
-        if key not in info.metadata:
-            raise ConfigError(
-                f"config key '{key}' is {given!r} but the model's metadata has no "
-                f"key '{key}' (keys: {sorted(info.metadata)}); see `scoring inspect MODEL`"
-            )
-        return _split(info.metadata[key])
-    try:
-        text = storage.read_bytes(given, storage_options).decode()
-    except (StorageError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config key '{key}': cannot read {given}: {exc}") from exc
-    return tuple(line.strip() for line in text.strip().splitlines())
-
-
-def _split(text: str) -> tuple[str, ...]:
-    """Labels from a metadata value: a JSON list or object, a Python dict (Ultralytics' exports
-    write ``names`` as ``{0: 'person', 1: 'bicycle', ...}``), one per line, or comma-separated."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        try:
-            value = ast.literal_eval(text.strip())
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            value = None
-    if isinstance(value, list):
-        return tuple(str(v) for v in value)
-    if isinstance(value, dict):  # {"0": "cat", "1": "dog"}, as some exporters write
-        return tuple(str(value[k]) for k in sorted(value, key=lambda k: int(k) if str(k).isdigit() else k))
-    parts = text.splitlines() if "\n" in text.strip() else text.split(",")
-    return tuple(p.strip() for p in parts if p.strip())

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -25,24 +25,14 @@ from scoring.config import Config as JobConfig
 from scoring.config import Section
 from scoring.errors import ConfigError, ModelFailure
 from scoring.model import ModelInfo, TensorSpec
-from scoring.postprocess import Context
-from scoring.postprocess.classify import _labels
-from scoring.postprocess.nms import grid, nms
+from scoring.postprocess import Context, names
+from scoring.postprocess.boxes import LAYOUTS, Format, classes, grid, nms
 from scoring.preprocess import geometry
 
 KEY = "detections"
 BOX = pa.list_(pa.float32(), 4)
 ITEM = pa.struct([("class_id", pa.int32()), ("label", pa.string()), ("score", pa.float32()), ("box", BOX)])
 COLUMN = pa.list_(ITEM)
-# What each layout's output looks like (N = batch, K = candidates, C = classes), for messages.
-LAYOUTS = {
-    "yolov5": "[N, K, 5 + C] (cx, cy, w, h, objectness, C class scores)",
-    "yolov8": "[N, 4 + C, K] (cx, cy, w, h, C class scores)",
-    "yolox": "[N, K, 5 + C] before grid decoding (x, y, log w, log h, objectness, C class scores)",
-    "xyxy": "[N, K, 6] (x1, y1, x2, y2, score, class)",
-    "boxes": "two outputs: boxes [N, K, 4] (x1, y1, x2, y2) and scores [N, K, C] or [N, K]",
-}
-Format = Literal["yolov5", "yolov8", "yolox", "xyxy", "boxes"]
 
 
 class Config(Section):
@@ -264,12 +254,12 @@ def resolve(job: JobConfig, info: ModelInfo) -> Detections | None:
         size, layout, _ = input_shape(job.input.image, info.inputs[0])
         shape = info.inputs[0].shape or ()
         fixed = all(isinstance(d, int) and d > 0 for d in (shape[2:4] if layout == "NCHW" else shape[1:3]))
-    labels = _labels(cfg.labels, info, job.storage_options, key=f"output.{KEY}.labels")
-    classes = _classes(cfg, specs, size)
-    if labels is not None and classes is not None and classes != len(labels):
+    labels = names.labels(cfg.labels, info, job.storage_options, f"output.{KEY}.labels")
+    count = classes(cfg.format, cfg.strides, specs, size)
+    if labels is not None and count is not None and count != len(labels):
         raise ConfigError(
             f"config key 'output.detections.labels': {len(labels)} labels for model output "
-            f"{specs[-1].describe()} of {classes} classes; give one label per class"
+            f"{specs[-1].describe()} of {count} classes; give one label per class"
         )
     return Detections(
         cfg.format,
@@ -313,48 +303,3 @@ def _outputs(cfg: Config, info: ModelInfo) -> list[TensorSpec]:
                 f"the model's outputs are {sorted(by_name)}"
             )
     return [by_name[n] for n in names]
-
-
-def _classes(cfg: Config, specs: list[TensorSpec], size: geometry.Size) -> int | None:
-    """C from the declared shapes (None when dynamic); ``ConfigError`` when they cannot fit."""
-    shapes = [s.shape for s in specs]
-    if any(shape is None for shape in shapes):
-        return None
-    dims = [[d if isinstance(d, int) and d > 0 else None for d in shape or ()] for shape in shapes]
-    first, fmt = dims[0], cfg.format
-    hint = ""
-    if fmt == "yolov8" and len(first) == 3 and first[1] and first[2] and first[1] > first[2]:
-        hint = " (K before 4 + C: this looks like the yolov5 layout [N, K, 5 + C])"
-    if fmt in ("yolov5", "yolox") and len(first) == 3 and first[1] and first[2] and first[2] > first[1]:
-        hint = " (4 + C before K: this looks like the yolov8 layout [N, 4 + C, K])"
-    fits = {
-        "yolov5": len(first) == 3 and (first[2] is None or first[2] >= 6) and not hint,
-        "yolox": len(first) == 3 and (first[2] is None or first[2] >= 6) and not hint,
-        "yolov8": len(first) == 3 and (first[1] is None or first[1] >= 5) and not hint,
-        "xyxy": len(first) == 3 and first[2] in (None, 6),
-        "boxes": len(first) == 3 and first[2] in (None, 4) and len(dims) == 2 and len(dims[1]) in (2, 3),
-    }[fmt]
-    if not fits:
-        found = " and ".join(s.describe() for s in specs)
-        raise ConfigError(
-            f"config key 'output.detections.format' is {fmt}, which expects {LAYOUTS[fmt]}; found "
-            f"{found}{hint}. Set output.detections.format to the model's layout"
-        )
-    h, w = size
-    if fmt == "yolox" and first[1] is not None and h is not None and w is not None:
-        cells = sum((h // s) * (w // s) for s in cfg.strides)
-        if cells != first[1]:
-            raise ConfigError(
-                f"config key 'output.detections.strides' is {cfg.strides}: a {h}x{w} input makes "
-                f"{cells} grid cells, but model output {specs[0].describe()} has {first[1]} candidates; "
-                "set strides to the model's"
-            )
-    last = dims[-1]
-    c = {
-        "yolov5": first[2] and first[2] - 5,
-        "yolox": first[2] and first[2] - 5,
-        "yolov8": first[1] and first[1] - 4,
-        "xyxy": None,
-        "boxes": (last[2] if len(last) == 3 else 1),
-    }[fmt]
-    return c or None
