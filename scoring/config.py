@@ -127,6 +127,36 @@ class TextConfig(Section):
     )
 
 
+class AudioConfig(Section):
+    column: str | None = Field(
+        default=None,
+        description="Parquet: the audio column (binary, or Hugging Face's struct<bytes, path>); "
+        "webdataset: a member extension; default: audio (files: the column of samples; tars: the "
+        "first of flac, wav, mp3, ogg)",
+    )
+    sample_rate: int = Field(gt=0, description="samples per second fed to the model (resampled with soxr)")
+    channels: Literal["mono", "first"] = Field(
+        default="mono", description="mono: the average of the channels; first: the first channel"
+    )
+    window: int | None = Field(
+        default=None,
+        gt=0,
+        description="samples per row: each clip split into windows, the last padded with zeros; "
+        "default: a row is a whole clip",
+    )
+    hop: int | None = Field(default=None, gt=0, description="samples between window starts; default: window")
+
+    @field_validator("hop")
+    @classmethod
+    def _hop_needs_window(cls, v: int | None, info: Any) -> int | None:
+        if v is not None and info.data.get("window") is None:
+            raise ValueError("hop needs window: set input.audio.window too")
+        return v
+
+
+Constant = float | int | list[Any] | Literal["zeros"]
+
+
 class InputConfig(Section):
     """The keys every input has. A format with keys of its own (a table's version, a catalog)
     declares a subclass, named in ``scoring.registry``; ``load_config`` validates the section with
@@ -134,7 +164,7 @@ class InputConfig(Section):
 
     uri: str = Field(description="a folder (searched recursively), a file, or a glob; local or fsspec")
     format: str = Field(
-        description="parquet | images | webdataset | delta | iceberg (scoring.registry.INPUTS)"
+        description="parquet | images | audio | webdataset | delta | iceberg (scoring.registry.INPUTS)"
     )
     columns: dict[str, str | list[str]] = Field(
         default={},
@@ -162,6 +192,11 @@ class InputConfig(Section):
     )
     image: ImageConfig = Field(default=ImageConfig(), description="image preprocessing")
     text: TextConfig | None = Field(default=None, description="text models: tokenize this column")
+    constants: dict[str, Constant] = Field(
+        default={},
+        description="model input -> one value for every batch: a number, a nested list, or zeros "
+        "(the declared shape, its batch dim set to the batch's rows); no column feeds these inputs",
+    )
 
     @field_validator("keep")
     @classmethod
@@ -190,6 +225,12 @@ class InputConfig(Section):
     def data(self) -> str:
         """What a row holds for the model, by default: its preprocessor's name."""
         return registry.INPUTS[self.format].data
+
+
+class AudioInput(InputConfig):
+    """``input.format: audio``: the common keys and the audio section."""
+
+    audio: AudioConfig = Field(description="decoding, resampling and windowing (docs/inputs/audio.md)")
 
 
 class OutputConfig(Section):
