@@ -22,7 +22,7 @@ from support import RUNNERS, read_errors, read_predictions
 
 from scoring.config_file import load_config
 from scoring.errors import ConfigError, InputError
-from scoring.formats import audio as audio_format
+from scoring.formats import clips
 from scoring.formats.sound import Cutter, count
 from scoring.validate import format_preview, validate
 
@@ -85,11 +85,13 @@ def recordings(folder: Path) -> dict[str, bytes]:
         "lang=fr/c.mp3": encoded(speech(1.7, 8000, seed=2), 8000, "MP3"),
         "lang=fr/d.wav": encoded(speech(2.0, 48000, 2, seed=3), 48000, "WAV"),
         "lang=fr/e.flac": encoded(speech(0.02, 22050, seed=4), 22050, "FLAC"),  # shorter than a window
+        "lang=fr/f.ogg": encoded(speech(1.1, 24000, 2, seed=6), 24000, "OGG"),
     }
     broken = {
         "lang=en/garbage.wav": b"RIFF, but not really" * 20,
         "lang=en/cut.flac": encoded(speech(3.0, 44100, seed=5), 44100, "FLAC")[:20000],
         "lang=fr/empty.wav": encoded(np.zeros(0, np.float32), 16000, "WAV"),
+        "lang=fr/half.mp3": encoded(speech(4.0, 16000, seed=7), 16000, "MP3")[:12000],
     }
     for name, data in {**files, **broken}.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
@@ -149,12 +151,17 @@ def test_vad_over_a_folder_scores_every_window_once_and_rejects_broken_files(
         assert set(mine.column("lang").to_pylist()) == {name[5:7]}
         got = np.array([s[0] for s in mine.column("speech").to_pylist()])
         np.testing.assert_allclose(got, reference(data), atol=2e-5)
-    assert sorted(Path(e["file"]).name for e in errors) == ["cut.flac", "empty.wav", "garbage.wav"]
+    names = ["cut.flac", "empty.wav", "garbage.wav", "half.mp3"]
+    assert sorted(Path(e["file"]).name for e in errors) == names
     assert {e["stage"] for e in errors} == {"decode"}
     by_name = {Path(e["file"]).name: e for e in errors}
     assert "Format not recognised" in by_name["garbage.wav"]["message"]
     assert by_name["empty.wav"]["error"] == "NoFrames"
     assert by_name["cut.flac"]["error"] == "LibsndfileError"
+    assert (
+        by_name["half.mp3"]["error"] == "Truncated"
+        and "the header declares 64000 frames" in by_name["half.mp3"]["message"]
+    )
     # the VAD hears the bursts: speech in the voiced half of the first second, none in silence
     a = preds.filter(pa.compute.equal(preds.column("path"), str(folder / "lang=en/a.wav"))).sort_by("window")
     probs = np.array([s[0] for s in a.column("speech").to_pylist()])
@@ -181,7 +188,7 @@ def test_a_long_clip_is_windowed_in_pieces_with_the_same_rows(run_job, tmp_path:
     folder.mkdir()
     data = encoded(speech(25.0, 44100, 2), 44100, "FLAC")
     (folder / "long.flac").write_bytes(data)
-    monkeypatch.setattr(audio_format, "LONG_SAMPLES", 16000)  # past one second: in pieces
+    monkeypatch.setattr(clips, "LONG_SAMPLES", 16000)  # past one second: in pieces
     monkeypatch.setattr("scoring.formats.sound.BLOCK_S", 2)
     job = vad_job(folder)
     job["compute"]["batch_size"] = 100
@@ -359,3 +366,25 @@ def test_resume_scores_each_window_exactly_once(run_job, tmp_path: Path) -> None
     assert len(pairs) == len(set(pairs))
     expected = {**first, "9.flac": later}
     assert len(pairs) == sum(windows_of(d) for d in expected.values())
+
+
+def test_recordings_in_a_bucket(run_job, s3: Any, tmp_path: Path) -> None:
+    from support import options, upload
+
+    endpoint, fs = s3
+    folder = tmp_path / "calls"
+    files = recordings(folder)
+    upload(fs, folder, "data/calls")
+    job = vad_job(folder)
+    job["input"]["uri"] = "s3://data/calls"
+    job["storage_options"] = options(endpoint)
+    result = run_job(job)
+    assert result.ok, result.job["error"]
+    preds = read_predictions(result.out)
+    assert preds.num_rows == sum(windows_of(d) for d in files.values())
+    mine = preds.filter(pa.compute.equal(preds.column("path"), "s3://data/calls/lang=en/b.flac")).sort_by(
+        "window"
+    )
+    got = np.array([s[0] for s in mine.column("speech").to_pylist()])
+    np.testing.assert_allclose(got, reference(files["lang=en/b.flac"]), atol=2e-5)
+    assert len(read_errors(result.out)) == 4
