@@ -321,30 +321,28 @@ def test_configs_that_cannot_be_served_are_refused_before_scoring(run_job, tmp_p
     sf.write(folder / "a.wav", speech(1.0, 16000), 16000)
     fixed = linear(tmp_path / "lin.onnx", ["N", 1, 8000], out=2)
     stereo = linear(tmp_path / "st.onnx", ["N", 2, 8000], out=2)
-    cases = [
-        ({"model": {"uri": fixed}, "input": {"audio": {"window": 4000}}}, InputError, "set window: 8000"),
-        ({"model": {"uri": stereo}, "input": {}}, InputError, "it takes 2 channels"),
-        ({"input": {"constants": {"state": "zeros"}}}, InputError, "give the others with input.constants"),
-        ({"input": {"constants": {"sr": 8000, "state": "zeros"}}}, InputError, "make them equal"),
-        (
-            {"input": {"constants": {"rate": 1, "sr": 16000, "state": "zeros"}}},
-            ConfigError,
-            "not model inputs",
-        ),
-        ({"input": {"constants": {"sr": 1.5, "state": "zeros"}}}, ConfigError, "takes int64"),
-    ]
-    for change, error, message in cases:
+
+    def plain(model: str, **audio: Any) -> dict[str, Any]:
+        spec = {"uri": str(folder), "format": "audio", "audio": {"sample_rate": RATE, **audio}}
+        return {"model": {"uri": model}, "input": spec}
+
+    def vad(**constants: Any) -> dict[str, Any]:
         job = vad_job(folder)
-        job["model"].update(change.get("model", {}))
-        job["input"]["constants"] = change["input"].get("constants", job["input"]["constants"])
-        job["input"]["audio"].update(change["input"].get("audio", {}))
-        if "constants" not in change["input"] and change.get("model"):
-            job["input"]["constants"] = {}
-            job["output"] = {}
-            del job["input"]["audio"]["hop"]
-            job["input"]["audio"]["window"] = change["input"].get("audio", {}).get("window")
+        job["input"]["constants"] = constants
+        return job
+
+    cases = [
+        (plain(fixed, window=4000), InputError, "window is 4000 samples .* set window: 8000"),
+        (plain(stereo), InputError, "it takes 2 channels, and input.audio.channels"),
+        (vad(state="zeros"), InputError, "give the others with input.constants"),
+        (vad(sr=8000, state="zeros"), InputError, "sample rate is 8000, but input.audio.sample_rate"),
+        (vad(rate=1, sr=RATE, state="zeros"), ConfigError, r"names \['rate'\], which are not model inputs"),
+        (vad(sr=1.5, state="zeros"), ConfigError, "takes int64: the value would change"),
+    ]
+    for job, error, message in cases:
         with pytest.raises(error, match=message):
             run_job(job)
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 def test_resume_scores_each_window_exactly_once(run_job, tmp_path: Path) -> None:

@@ -130,9 +130,11 @@ class Audio:
         out = _Rows(self, clips, schema)
         todo = []
         for i, src in enumerate(srcs):
+            if clips.skip is not None and clips.skip[i]:
+                continue  # rejected while reading: in clips.rejected already
             if isinstance(src, Reason):
                 out.reject(i, src)
-            elif clips.skip is None or not clips.skip[i]:
+            else:
                 todo.append(i)
         decoded = _map(pool, lambda i: self._clip(srcs[i]), todo)
         for i, result in zip(todo, decoded):
