@@ -10,7 +10,8 @@ in the clip) and ``start_s``. The samples are the column ``input.audio.column`` 
 Clips are decoded ``CLIPS_AT_ONCE`` at a time in the worker's threads (libsndfile and soxr
 release the GIL); a windowed clip longer than ``LONG_SAMPLES`` is decoded, resampled and
 windowed piece by piece, its windows leaving in chunks of about the rows asked for (an hour at
-44.1 kHz stereo: tens of MB instead of 1.8 GB). A clip that cannot be decoded (garbage,
+44.1 kHz stereo: 42 MB to decode and resample instead of 1.8 GB, measured; a whole job over it
+peaked at 316 MB, docs/benchmarks.md). A clip that cannot be decoded (garbage,
 truncated, no frames, null) is a rejected row, stage ``decode``, with libsndfile's message; a
 long one that fails part way keeps the windows already given.
 """
