@@ -88,7 +88,9 @@ def _value(spec: TensorSpec, value: Any) -> np.ndarray:
         arr = given.astype(spec.dtype)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where} is {value!r}: not numbers of one shape ({exc})") from exc
-    if given.dtype.kind not in "biuf" or not np.array_equal(arr.astype(given.dtype), given):
+    # floats to a float input as float64 -> float32 is fed from columns; anything else must survive
+    exact = arr.dtype.kind == "f" or np.array_equal(arr.astype(given.dtype), given)
+    if given.dtype.kind not in "biuf" or not exact:
         raise ConfigError(
             f"{where} is {value!r}, but model input '{spec.name}' takes {spec.dtype}: the value "
             f"would change. Give {spec.dtype} values"

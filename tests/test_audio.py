@@ -386,3 +386,29 @@ def test_recordings_in_a_bucket(run_job, s3: Any, tmp_path: Path) -> None:
     got = np.array([s[0] for s in mine.column("speech").to_pylist()])
     np.testing.assert_allclose(got, reference(files["lang=en/b.flac"]), atol=2e-5)
     assert len(read_errors(result.out)) == 4
+
+
+def test_constants_numbers_lists_and_zeros_are_checked_against_the_model() -> None:
+    from scoring.constants import resolve
+    from scoring.model import ModelInfo, TensorSpec
+
+    inputs = (
+        TensorSpec("x", "float32", ("batch", 576)),
+        TensorSpec("sr", "int64", ()),
+        TensorSpec("thresholds", "float32", (2,)),
+        TensorSpec("state", "float32", (2, "batch", 128)),
+        TensorSpec("h", "float32", (1, None, 64)),  # unnamed: the only dynamic dim is the batch
+    )
+    info = ModelInfo("m.onnx", "0" * 64, 0, inputs, (), {}, "", {})
+    c = resolve({"sr": 16000, "thresholds": [0.25, 0.45], "state": "zeros", "h": "zeros"}, info)
+    feed = c.feed(5)
+    assert feed["sr"].dtype == np.int64 and feed["sr"].shape == () and int(feed["sr"]) == 16000
+    np.testing.assert_array_equal(feed["thresholds"], np.array([0.25, 0.45], np.float32))
+    assert feed["state"].shape == (2, 5, 128) and not feed["state"].any()
+    assert feed["h"].shape == (1, 5, 64)
+    with pytest.raises(ConfigError, match="has shape \\[3\\]"):
+        resolve({"thresholds": [0.1, 0.2, 0.3]}, info)
+    with pytest.raises(ConfigError, match="expected a number, a nested list or 'zeros'"):
+        resolve({"state": "ones"}, info)
+    with pytest.raises(ConfigError, match="every model input"):
+        resolve({n.name: "zeros" for n in inputs}, info)
