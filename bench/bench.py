@@ -14,7 +14,8 @@ Tables: 1M and 4M rows (MLP 64-256-256-10, 250k-row files); images: 2,000 and 8,
 (224x224, a small CNN). ``--only tables`` also times the same rows as a Delta table, and the
 planning of a 20,000-file one (``bench/tables.py``). ``--only s3`` times the tables job from and
 to a loopback S3 server against local disk. ``--only models`` decodes real detectors' outputs
-(``bench/models.py``). Quote medians and ratios, never one absolute time.
+(``bench/models.py``). ``--only audio``: a VAD over 1,000 sound files and the peak memory of an
+hour-long one (``bench/audio.py``). Quote medians and ratios, never one absolute time.
 """
 
 from __future__ import annotations
@@ -453,13 +454,24 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument(
         "--only",
-        choices=["tables", "images", "s3", "small", "webdataset", "text", "photos", "faults", "models"],
+        choices=[
+            "tables",
+            "images",
+            "s3",
+            "small",
+            "webdataset",
+            "text",
+            "photos",
+            "faults",
+            "models",
+            "audio",
+        ],
         default=None,
     )
     parser.add_argument("--no-daft", action="store_true", help="leave Daft out (no .venv-peers)")
     args = parser.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
-    quick = ("s3", "small", "webdataset", "text", "faults", "models")
+    quick = ("s3", "small", "webdataset", "text", "faults", "models", "audio")
     peers = None if args.no_daft or args.only in quick else peers_python()
     for kind in ("tables", "images"):
         if args.only in (None, kind):
@@ -492,6 +504,10 @@ def main() -> None:
         from text import text_vs_loop
 
         text_vs_loop(args.reps)
+    if args.only in (None, "audio"):
+        from audio import audio_vs_loop
+
+        audio_vs_loop(args.reps)
     if args.only in (None, "faults"):
         from faults import faults
 

@@ -4,6 +4,8 @@
     python bench/loop.py images MODEL OUT FILE...   PIL decode + resize + normalise -> ORT -> a file per 1,000
     python bench/loop.py text MODEL,TOKENIZER OUT FILE...   tokenizers batch encode 256 rows in input
                                                    order, pad to the batch's longest -> ORT -> mean pooling
+    python bench/loop.py audio MODEL OUT FILE...    soundfile read, channels averaged, soxr to 16 kHz,
+                                                   576-sample windows every 512 -> silero VAD
 
 ORT uses every core (intra-op threads = the machine's CPUs); reading, decoding and writing run
 on the main thread between ORT calls. Run as a command, so its time includes Python's start-up
@@ -97,9 +99,36 @@ def text(model: str, out: Path, files: list[str], max_length: int = 256) -> int:
     return rows
 
 
+def audio(
+    model: str, out: Path, files: list[str], rate: int = 16000, window: int = 576, hop: int = 512
+) -> int:  # noqa: E501
+    import soundfile as sf
+    import soxr
+
+    out.mkdir(parents=True, exist_ok=True)
+    sess, rows, part = session(model), 0, []
+    for i, f in enumerate(files):
+        x, sr = sf.read(f, dtype="float32", always_2d=True)
+        mono = (x[:, 0] + x[:, 1]) * np.float32(0.5) if x.shape[1] == 2 else x[:, 0]
+        y = soxr.resample(mono, sr, rate)
+        n = max(0, -(-(len(y) - window) // hop)) + 1
+        padded = np.zeros((n - 1) * hop + window, np.float32)
+        padded[: len(y)] = y[: len(padded)]
+        windows = np.lib.stride_tricks.sliding_window_view(padded, window)[::hop]
+        state = np.zeros((2, n, 128), np.float32)
+        feed = {"input": np.ascontiguousarray(windows), "state": state, "sr": np.array(rate)}
+        probs = sess.run(["output"], feed)[0]
+        part.append(pa.table({"path": [f] * n, "window": np.arange(n), "speech": probs[:, 0]}))
+        rows += n
+        if len(part) == 100 or i == len(files) - 1:
+            pq.write_table(pa.concat_tables(part), out / f"{i // 100}.parquet")
+            part = []
+    return rows
+
+
 def main() -> None:
     kind, model, out, *files = sys.argv[1:]
-    {"tables": tables, "images": images, "text": text}[kind](model, Path(out), files)
+    {"tables": tables, "images": images, "text": text, "audio": audio}[kind](model, Path(out), files)
 
 
 if __name__ == "__main__":

@@ -213,7 +213,10 @@ class _Predict:
         hide_gpus(gpu_ids)
         path = local_model_path(info.uri, info.sha256, cfg.storage_options)
         session = build_session(path, info, cfg.model, threads=threads, gpu_ids=gpu_ids)
-        self.scorer = Scorer(info, session, cfg.output.outputs, pps, cfg.compute.batch_size)
+        from scoring.constants import resolve
+
+        constants = resolve(cfg.input.constants, info)
+        self.scorer = Scorer(info, session, cfg.output.outputs, pps, cfg.compute.batch_size, constants)
         self.cfg, self.info, self.on_error = cfg, info, on_error
         self.preprocessors: dict[pa.Schema, Preprocessor] = {}
 

@@ -136,6 +136,9 @@ class TextConfig(Section):
     )
 
 
+Constant = float | int | list[Any] | Literal["zeros"]
+
+
 class InputConfig(Section):
     """The keys every input has. A format with keys of its own (a table's version, a catalog)
     declares a subclass, named in ``scoring.registry``; ``load_config`` validates the section with
@@ -143,7 +146,7 @@ class InputConfig(Section):
 
     uri: str = Field(description="a folder (searched recursively), a file, or a glob; local or fsspec")
     format: str = Field(
-        description="parquet | images | webdataset | delta | iceberg (scoring.registry.INPUTS)"
+        description="parquet | images | audio | webdataset | delta | iceberg (scoring.registry.INPUTS)"
     )
     columns: dict[str, str | list[str]] = Field(
         default={},
@@ -171,6 +174,11 @@ class InputConfig(Section):
     )
     image: ImageConfig = Field(default=ImageConfig(), description="image preprocessing")
     text: TextConfig | None = Field(default=None, description="text models: tokenize this column")
+    constants: dict[str, Constant] = Field(
+        default={},
+        description="model input -> one value for every batch: a number, a nested list, or zeros "
+        "(the declared shape, its batch dim set to the batch's rows); no column feeds these inputs",
+    )
 
     @field_validator("keep")
     @classmethod

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from scoring.constants import Constants
 from scoring.errors import ModelFailure
 from scoring.model import ModelInfo, TensorSpec
 from scoring.record import Reason, Rejections
@@ -87,6 +88,7 @@ class Batches:
     batch_size: int
     health: Health
     axes: dict[str, int] = dataclasses.field(default_factory=dict)  # output -> its batch axis
+    constants: Constants = dataclasses.field(default_factory=Constants)  # input.constants
     rejected: Rejections = dataclasses.field(default_factory=Rejections)
     infer_s: float = 0.0
 
@@ -107,6 +109,7 @@ class Batches:
         rows = group.rows[a:b]
         size = self.fixed or len(rows)
         feed = {k: _pad(v[a:b], size) for k, v in group.feed.items()}
+        feed.update(self.constants.feed(size))
         t0 = time.perf_counter()
         try:
             values = self.session.run(self.names, feed)

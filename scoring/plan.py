@@ -40,6 +40,8 @@ PLAN_KEYS = (
     "input.image_column",
     "input.image",
     "input.text",
+    "input.audio",
+    "input.constants",
     "output.outputs",
 )
 UNSET: Any = ()  # a key an older plan did not record: as if it had its empty value

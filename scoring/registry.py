@@ -22,6 +22,9 @@ FORMATS = {
     "webdataset": "scoring.formats.webdataset:WebDataset",
     "delta": "scoring.formats.delta:Delta",
     "iceberg": "scoring.formats.iceberg:Iceberg",
+    "audio_files": "scoring.formats.audio:AudioFiles",
+    "audio_parquet": "scoring.formats.audio:AudioParquet",
+    "audio_webdataset": "scoring.formats.audio:AudioTars",
 }
 
 
@@ -41,6 +44,7 @@ INPUTS = {
     "delta": Input(("delta",), "columns"),
     "iceberg": Input(("iceberg",), "columns"),
     "images": Input(("image_files", "parquet"), "images"),
+    "audio": Input(("audio_files", "audio_parquet", "audio_webdataset"), "audio"),
 }
 
 # Preprocessor name -> module (with ``needs`` and ``resolve``): a chunk's columns -> model inputs.
@@ -48,6 +52,7 @@ PREPROCESSORS = {
     "columns": "scoring.preprocess.columns",
     "images": "scoring.preprocess.images",
     "text": "scoring.preprocess.text",
+    "audio": "scoring.preprocess.audio",
 }
 
 # Postprocessor -> module (with ``Config`` and ``resolve``): raw outputs of a batch -> prediction

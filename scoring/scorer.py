@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from scoring.constants import Constants
 from scoring.errors import ScoringError
 from scoring.inference import Batch, Batches, Health, align
 from scoring.model import ModelInfo
@@ -75,8 +76,10 @@ class Scorer:
         outputs: Mapping[str, str] | None,
         postprocessors: Sequence[Postprocessor],
         batch_size: int,
+        constants: Constants | None = None,
     ) -> None:
         self.model, self.session, self.batch_size = model, session, batch_size
+        self.constants = constants or Constants()
         self.postprocessors = list(postprocessors)
         self.outputs = raw_outputs(model, outputs, self.postprocessors)
         self.raw = [s.name for s in self.outputs.values()]
@@ -86,7 +89,7 @@ class Scorer:
         self.axes = {n: a for pp in self.postprocessors for n, a in getattr(pp, "batch_axes", {}).items()}
         self.health = Health("infer")
         self.decoding = Health("postprocess")
-        rows, values = warm_up(session, model, self.fetch)
+        rows, values = warm_up(session, model, self.fetch, self.constants)
         if values is not None:
             # align names an output that cannot be matched with rows.
             aligned = dict(zip(self.fetch, align(values, self.fetch, model, rows, rows, self.axes)))
@@ -94,7 +97,9 @@ class Scorer:
                 pp.check({name: aligned[name] for name in pp.reads})
 
     def run(self, groups: Sequence[Group]) -> Scored:
-        batches = Batches(self.session, self.model, self.fetch, self.batch_size, self.health, self.axes)
+        batches = Batches(
+            self.session, self.model, self.fetch, self.batch_size, self.health, self.axes, self.constants
+        )
         kept_rows: list[np.ndarray] = []
         raw: dict[str, list[Any]] = {name: [] for name in self.raw}
         decoded: list[list[pa.Array]] = []  # per batch: every postprocessor's columns

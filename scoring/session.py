@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from scoring.config import ModelConfig
+from scoring.constants import Constants
 from scoring.errors import ModelError, ProviderError, translated
 from scoring.model import ModelInfo
 
@@ -164,7 +165,9 @@ def _check_providers(
 WARMUP_ROWS = 2
 
 
-def warm_up(session: Session, info: ModelInfo, names: list[str]) -> tuple[int, list[Any] | None]:
+def warm_up(
+    session: Session, info: ModelInfo, names: list[str], constants: Constants | None = None
+) -> tuple[int, list[Any] | None]:
     """Run one synthetic batch so the first real batch does not pay for allocation and kernel
     selection. Returns its row count and outputs; None (and ``session.warmup_error`` says why)
     when the model rejects the synthetic rows (zeros, empty strings), which is not a failure."""
@@ -178,6 +181,8 @@ def warm_up(session: Session, info: ModelInfo, names: list[str]) -> tuple[int, l
             feed[spec.name] = np.full(shape, "", dtype=object)
         else:
             feed[spec.name] = np.zeros(shape, dtype=spec.dtype)
+    if constants is not None:
+        feed.update(constants.feed(rows))
     try:
         return rows, session.run(names, feed)
     except Exception as exc:  # a warm-up failure is not a scoring failure; it is reported

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from scoring import formats, outputs, postprocess, preprocess
+from scoring import constants, formats, outputs, postprocess, preprocess
 from scoring.config import Config
 from scoring.errors import ConfigError, InputError
 from scoring.formats import Chunk, Format
@@ -50,7 +50,14 @@ class JobSpec:
 
     def scorer(self, session: Any) -> Scorer:
         cfg = self.config
-        return Scorer(self.model, session, cfg.output.outputs, self.postprocessors, cfg.compute.batch_size)
+        return Scorer(
+            self.model,
+            session,
+            cfg.output.outputs,
+            self.postprocessors,
+            cfg.compute.batch_size,
+            constants.resolve(cfg.input.constants, self.model),
+        )
 
     def predictions(self, shard: str, chunk: Chunk, scored: Scored) -> pa.Table:
         """The prediction rows of a scored chunk: ``shard``, where each row comes from (the
@@ -80,6 +87,7 @@ def check(cfg: Config, pinned: Source | None = None) -> tuple[JobSpec, list[File
     so, inp = cfg.storage_options, cfg.input
     info, _ = load_model_info(cfg.model.uri, so)
     output_columns(info, cfg.output.outputs)
+    constants.resolve(inp.constants, info)
     outputs.get(cfg.output, so).check()
     fmt, files = formats.list_input(inp, so, pinned)
     columns = list(dict.fromkeys([*preprocess.needs(inp, info), *inp.kept_columns]))

@@ -74,7 +74,7 @@ def validate(cfg: Config) -> Preview:
         inputs=[i.describe() for i in spec.model.inputs],
         predictions=spec.predictions(shard.id, chunk, scored),
         rejected=lines,
-        notes=spec.preprocessor.notes(chunk.data),
+        notes=spec.format.notes(shard) + spec.preprocessor.notes(chunk.data),
         source=job_plan.source,
     )
 

@@ -92,7 +92,7 @@ def test_every_block_of_the_page_runs_as_written(page: Path, demo: Path, tmp_pat
         load_config(data=yaml.safe_load(code), environ={})  # raises ConfigError naming the key
 
     work = tmp_path / "project"
-    for name in ("configs", "jobs"):
+    for name in ("configs", "jobs", "tests/data"):  # tests/data: small real models (the VAD)
         shutil.copytree(ROOT / name, work / name)
     shutil.copytree(demo, work / "demo")
     env = _env()

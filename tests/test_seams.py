@@ -96,13 +96,57 @@ def iceberg(tmp: Path) -> dict[str, Any]:
     return {"uri": "db.t", "format": "iceberg", "catalog": props, "columns": {"x": "x"}, "keep": ["id"]}
 
 
-# Format name -> a sample of it. A format of registry.FORMATS without one fails below.
-SAMPLES: dict[str, Callable[[Path], dict[str, Any]]] = {
-    "parquet": parquet,
-    "image_files": image_files,
-    "webdataset": webdataset,
-    "delta": delta,
-    "iceberg": iceberg,
+def _sound(i: int, fmt: str = "WAV") -> bytes:
+    import soundfile
+
+    buf = io.BytesIO()
+    x = np.sin(np.arange(1600 + 160 * i, dtype=np.float32) * 0.05 * (i + 1))
+    soundfile.write(buf, x, 16000, format=fmt)
+    return buf.getvalue()
+
+
+AUDIO = {"format": "audio", "audio": {"sample_rate": 16000}}
+
+
+def audio_files(tmp: Path) -> dict[str, Any]:
+    for i in range(ROWS):
+        folder = tmp / "d" / f"day={i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:03d}.wav").write_bytes(_sound(i))
+    return {"uri": str(tmp / "d"), **AUDIO}
+
+
+def audio_parquet(tmp: Path) -> dict[str, Any]:
+    (tmp / "d").mkdir()
+    for name, ids in (("a", range(0, 5)), ("b", range(5, ROWS))):
+        table = pa.table({"id": list(ids), "audio": pa.array([_sound(i, "FLAC") for i in ids], pa.binary())})
+        pq.write_table(table, tmp / "d" / f"{name}.parquet")
+    return {"uri": str(tmp / "d"), "keep": ["id"], **AUDIO}
+
+
+def audio_webdataset(tmp: Path) -> dict[str, Any]:
+    (tmp / "d").mkdir()
+    for t, ids in enumerate((range(0, 6), range(6, ROWS))):
+        with tarfile.open(tmp / "d" / f"shard-{t:04d}.tar", "w") as tar:
+            for i in ids:
+                data = _sound(i, "FLAC")
+                info = tarfile.TarInfo(f"clip{i:04d}.flac")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return {"uri": str(tmp / "d"), **AUDIO}
+
+
+# Format name -> a sample of it, and the columns a job asks it for (a preprocessor's ``needs``
+# and ``input.keep``). A format of registry.FORMATS without one fails below.
+SAMPLES: dict[str, tuple[Callable[[Path], dict[str, Any]], list[str]]] = {
+    "parquet": (parquet, ["id", "x"]),
+    "image_files": (image_files, ["image"]),
+    "webdataset": (webdataset, ["cls", "image"]),
+    "delta": (delta, ["id", "x"]),
+    "iceberg": (iceberg, ["id", "x"]),
+    "audio_files": (audio_files, ["audio"]),
+    "audio_parquet": (audio_parquet, ["audio", "id"]),
+    "audio_webdataset": (audio_webdataset, ["audio"]),
 }
 
 
@@ -121,7 +165,8 @@ def test_a_format_lists_plans_and_reads_every_row_once_naming_where_it_came_from
 ) -> None:
     from scoring.formats import list_input
 
-    cfg = _config(SAMPLES[name](tmp_path))
+    sample, columns = SAMPLES[name]
+    cfg = _config(sample(tmp_path))
     fmt, files = list_input(cfg.input, {}, None)
     assert fmt.name == name and files
     assert issubclass(fmt.Options, InputConfig) and isinstance(cfg.input, fmt.Options)
@@ -129,9 +174,6 @@ def test_a_format_lists_plans_and_reads_every_row_once_naming_where_it_came_from
     shards = fmt.plan(files, 7, 0)
     assert [s.index for s in shards] == list(range(7, 7 + len(shards)))
     assert all(s.format == name for s in shards)
-    columns = sorted(
-        {*cfg.input.kept_columns, *(cfg.input.columns or {}).values()} or {cfg.input.image_column}
-    )
     schema = fmt.schema(files, columns)
     assert set(columns) <= set(schema.names)
     schema = pa.schema([schema.field(c) for c in columns])
@@ -165,7 +207,7 @@ def _iceberg_output(tmp: Path) -> dict[str, Any]:
 
 
 OUTPUT_SAMPLES: dict[str, Callable[[Path], dict[str, Any]]] = {
-    "parquet": lambda tmp: {"format": "parquet"},
+    "parquet": lambda tmp: {"format": "parquet"},  # the sample input: parquet()
     "delta": lambda tmp: {"format": "delta"},
     "iceberg": _iceberg_output,
 }

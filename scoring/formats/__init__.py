@@ -18,6 +18,8 @@ and ``storage_options``: plain data, it travels to the workers. Its jobs:
   time, with ``schema``'s columns in its types; ``pool`` (or None) lends threads. Raises
   ``RowError`` when the whole shard is unreadable; rows or files that are not go to the chunk's
   ``rejected``;
+- ``notes(shard) -> [str]``: what ``scoring validate`` says about a shard's first files, beside
+  its rows (an audio file's rate, channels, duration and rows); most formats say nothing;
 - naming each row's origin (``ByFile``: ``file`` and ``row``; ``ByPath``: ``row`` and ``path``):
   ``provenance`` (the columns), ``where(chunk, take)`` (their values) and ``every_row(shard,
   reason)`` (a whole shard rejected, by the same names).
@@ -83,6 +85,8 @@ class Format(Protocol):
     def where(self, chunk: Chunk, take: np.ndarray) -> list[tuple[pa.Field, pa.Array]]: ...
 
     def every_row(self, shard: Shard, reason: Reason) -> Rejections: ...
+
+    def notes(self, shard: Shard) -> list[str]: ...
 
 
 def get(name: str, inp: InputConfig, storage_options: dict[str, Any]) -> Format:
@@ -248,6 +252,9 @@ class ByFile:
             (pa.field("row", pa.int64()), pa.array(chunk.rows[take], pa.int64())),
         ]
 
+    def notes(self, shard: Shard) -> list[str]:
+        return []
+
     def every_row(self, shard: Shard, reason: Reason) -> Rejections:
         """Every row of ``shard`` rejected for ``reason``: its file's rows when the plan knows
         them, else one row per file (count unknown)."""
@@ -274,6 +281,9 @@ class ByPath:
             (pa.field("row", pa.int64()), pa.array(chunk.rows[take], pa.int64())),
             (pa.field("path", pa.string()), chunk.file_column(take)),
         ]
+
+    def notes(self, shard: Shard) -> list[str]:
+        return []
 
     def every_row(self, shard: Shard, reason: Reason) -> Rejections:
         """Every file of ``shard`` rejected for ``reason``, one row each."""

@@ -40,6 +40,7 @@ import pyarrow as pa
 
 from scoring import registry
 from scoring.config import Config, InputConfig
+from scoring.constants import fed
 from scoring.model import ModelInfo
 from scoring.record import Rejections
 from scoring.tensors import Group
@@ -76,11 +77,13 @@ def _module(inp: InputConfig) -> Any:
 
 def needs(inp: InputConfig, model: ModelInfo) -> list[str]:
     """The input columns the job's preprocessor reads."""
-    return list(_module(inp).needs(inp, model))
+    return list(_module(inp).needs(inp, fed(model, inp.constants)))
 
 
 def resolve(cfg: Config, model: ModelInfo, schema: pa.Schema, where: str) -> Preprocessor:
-    """The job's preprocessor, checked against ``model`` and ``schema`` (read from ``where``)."""
+    """The job's preprocessor, checked against ``model`` and ``schema`` (read from ``where``);
+    it feeds the model's inputs but those ``input.constants`` gives."""
+    model = fed(model, cfg.input.constants)
     return _module(cfg.input).resolve(cfg, model, schema, where)  # type: ignore[no-any-return]
 
 
