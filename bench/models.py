@@ -223,7 +223,14 @@ def models(reps: int, only: str | None = None) -> None:
         for runner in ("local", "ray"):
             cfg = {
                 "model": {"uri": model},
-                "input": {"uri": str(folder), "format": "images", "image": case.image},
+                # Six shards: every worker gets some (the default 1024 files a shard would make
+                # one shard, scored by one worker on one core while the other idles).
+                "input": {
+                    "uri": str(folder),
+                    "format": "images",
+                    "image": case.image,
+                    "files_per_shard": max(1, PHOTOS // 6),
+                },
                 "output": {"uri": str(out / runner), **case.output},
                 "compute": {"batch_size": 16},
             }
