@@ -28,6 +28,11 @@ from scoring.tensors import Group
 FAILURES_BEFORE_STOP = 3
 # What failing on every row means, by stage: what failed, and where to look.
 FAILING = {
+    "preprocess": (
+        "the input function failed",
+        "This is a problem of input.function, not of the data; `scoring validate CONFIG` runs it on "
+        "the first rows here and shows the error",
+    ),
     "infer": (
         "ONNX Runtime failed",
         "This is a problem of the model or of how it is fed, not of the data; `scoring validate "
@@ -96,16 +101,19 @@ class Batches:
         return dim if isinstance(dim, int) and dim > 0 else None
 
     def run(self, groups: Sequence[Group]) -> Iterator[Batch]:
-        step = self.fixed or self.batch_size
         for group in groups:
+            step = 1 if group.unbatched else self.fixed or self.batch_size
             for start in range(0, len(group.rows), step):
                 yield from self._batch(group, start, min(start + step, len(group.rows)))
 
     def _batch(self, group: Group, a: int, b: int) -> Iterator[Batch]:
         """Rows ``a:b`` of ``group``; on failure, each half again (see the module docstring)."""
         rows = group.rows[a:b]
-        size = self.fixed or len(rows)
-        feed = {k: _pad(v[a:b], size) for k, v in group.feed.items()}
+        size = 1 if group.unbatched else self.fixed or len(rows)
+        if group.unbatched:  # one row, as the model takes it: no batch axis
+            feed = {k: v[a] for k, v in group.feed.items()}
+        else:
+            feed = {k: _pad(v[a:b], size) for k, v in group.feed.items()}
         t0 = time.perf_counter()
         try:
             values = self.session.run(self.names, feed)
@@ -121,7 +129,10 @@ class Batches:
             self.rejected.add_rows(rows, reason)
             return
         self.infer_s += time.perf_counter() - t0
-        aligned = align(values, self.names, self.info, size, len(rows))
+        if group.unbatched:  # the row's outputs, given the batch axis of one row
+            aligned = [v[None] if isinstance(v, np.ndarray) else [v] for v in values]
+        else:
+            aligned = align(values, self.names, self.info, size, len(rows))
         self.health.succeeded = True
         context = {k: v[a:b] for k, v in group.context.items()}
         yield Batch(rows, dict(zip(self.names, aligned)), context)

@@ -48,6 +48,8 @@ PREPROCESSORS = {
     "columns": "scoring.preprocess.columns",
     "images": "scoring.preprocess.images",
     "text": "scoring.preprocess.text",
+    "encoded": "scoring.preprocess.encoded",
+    "function": "scoring.preprocess.function",
 }
 
 # Postprocessor -> module (with ``Config`` and ``resolve``): raw outputs of a batch -> prediction
@@ -55,6 +57,7 @@ PREPROCESSORS = {
 POSTPROCESSORS = {
     "postprocess": "scoring.postprocess.classify",
     "embedding": "scoring.postprocess.embedding",
+    "function": "scoring.postprocess.function",
 }
 
 # output.format -> "module:Class": what the prediction files become once the job is complete.
