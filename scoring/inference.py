@@ -125,7 +125,8 @@ class Batches:
                 yield from self._batch(group, mid, b)
                 return
             self.health.failed(exc)
-            reason = Reason("infer", type(exc).__name__, f"ONNX Runtime failed on this row: {exc}")
+            message = f"ONNX Runtime failed on this row: {exc}{_dims_hint(exc, self.info)}"
+            reason = Reason("infer", type(exc).__name__, message)
             self.rejected.add_rows(rows, reason)
             return
         self.infer_s += time.perf_counter() - t0
@@ -136,6 +137,24 @@ class Batches:
         self.health.succeeded = True
         context = {k: v[a:b] for k, v in group.context.items()}
         yield Batch(rows, dict(zip(self.names, aligned)), context)
+
+
+def _dims_hint(exc: Exception, info: ModelInfo) -> str:
+    """What to try when ORT refuses a row's dims that the model declares fixed: old exports
+    declare sizes (a dummy batch of 10, 32x32) their graph does not need."""
+    if "invalid dimensions" not in str(exc):
+        return ""
+    fixed = [s for s in info.inputs if s.shape and all(isinstance(d, int) and d > 0 for d in s.shape)]
+    if not fixed:
+        return ""
+    spec = fixed[0]
+    # Channels (a few) stay as they are; sizes become symbols.
+    dims = [int(d) for d in spec.shape or () if isinstance(d, int)]
+    names = ["batch", *(str(d) if d <= 4 else f"d{i}" for i, d in enumerate(dims) if i)]
+    return (
+        f". The model declares {spec.describe()}; if its graph does not need those sizes, make them "
+        f"free with model.dims: {{{spec.name}: [{', '.join(names)}]}} (docs/models/exported.md)"
+    )
 
 
 def _pad(arr: np.ndarray, size: int) -> np.ndarray:

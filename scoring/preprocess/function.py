@@ -101,15 +101,22 @@ class Function:
         return Group(rows, feed, context)
 
     def notes(self, data: pa.Table) -> list[str]:
-        """What the function returned for these rows (``scoring validate``)."""
-        if not data.num_rows:
-            return []
-        try:
-            group = self.call(data, np.arange(data.num_rows))
-        except Exception as exc:  # shown, not raised: the rows' own rejections say the rest
-            return [f"input.function {self.fn.ref} raised {type(exc).__name__}: {exc}"]
-        parts = [f"{k}: {v.dtype} {list(v.shape)}" for k, v in {**group.feed, **group.context}.items()]
-        return [f"input.function {self.fn.ref} returned " + ", ".join(parts)]
+        """What the function returned for these rows (``scoring validate``): for them all, else
+        for the first row it takes, and what it raised."""
+        lines: list[str] = []
+        for rows in [np.arange(data.num_rows), *([i] for i in range(data.num_rows))]:
+            part = data.take(pa.array(rows, pa.int64()))
+            try:
+                group = self.call(part, np.asarray(rows))
+            except Exception as exc:  # shown, not raised: the rows' own rejections say the rest
+                if not lines:
+                    lines.append(f"input.function {self.fn.ref} raised {type(exc).__name__}: {exc}")
+                continue
+            arrays = {**group.feed, **group.context}
+            which = "" if len(rows) == data.num_rows else f" for row {rows[0]}"
+            shapes = ", ".join(f"{k}: {v.dtype} {list(v.shape)}" for k, v in arrays.items())
+            return [*lines, f"input.function {self.fn.ref} returned{which} {shapes}"]
+        return lines
 
 
 def _cast(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
