@@ -104,10 +104,11 @@ class Function:
         """What the function returned for these rows (``scoring validate``): for them all, else
         for the first row it takes, and what it raised."""
         lines: list[str] = []
-        for rows in [np.arange(data.num_rows), *([i] for i in range(data.num_rows))]:
+        tries = [np.arange(data.num_rows), *(np.array([i]) for i in range(data.num_rows))]
+        for rows in tries:
             part = data.take(pa.array(rows, pa.int64()))
             try:
-                group = self.call(part, np.asarray(rows))
+                group = self.call(part, rows)
             except Exception as exc:  # shown, not raised: the rows' own rejections say the rest
                 if not lines:
                     lines.append(f"input.function {self.fn.ref} raised {type(exc).__name__}: {exc}")
