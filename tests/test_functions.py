@@ -235,3 +235,10 @@ def test_predict_runs_both_functions_on_a_dataset(ray_session: Any, tmp_path: Pa
     )
     (y,) = ort.InferenceSession(model).run(["y"], {"x": grey.reshape(-1, 64) / 255})
     np.testing.assert_allclose(table.column("score").to_numpy(), y[:, 0], rtol=1e-5)
+
+
+def test_the_docs_show_the_example_file_as_it_is() -> None:
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "configs" / "functions.py").read_text() in (
+        root / "docs" / "models" / "functions.md"
+    ).read_text()
