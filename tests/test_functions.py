@@ -242,3 +242,24 @@ def test_the_docs_show_the_example_file_as_it_is() -> None:
     assert (root / "configs" / "functions.py").read_text() in (
         root / "docs" / "models" / "functions.md"
     ).read_text()
+
+
+def test_decode_gives_new_columns_of_one_value_per_row_and_prepare_replaces_the_builtins(
+    run_job: Any, words: dict[str, Any]
+) -> None:
+    words["job"]["input"]["function"] = f"{words['dir']}/fns.py:prepare"
+    words["job"]["output"]["function"] = f"{words['dir']}/fns.py:decode"
+    words["job"]["output"]["mode"] = "overwrite"
+    for returned, message in [
+        ('"id": context["length"]', "returned ['best', 'margin', 'id'], which the job adds already"),
+        ('"length": []', "column 'length' has 0 values for 1 rows"),
+    ]:
+        fns = PAIR.replace('w == "boom"', "False").replace('"length": context["length"]', returned)
+        (words["dir"] / "fns.py").write_text(fns)
+        result = run_job(words["job"])
+        assert not result.ok and message in result.job["error"], result.job["error"]
+    words["job"]["input"]["image"] = {"size": [8, 8]}
+    with pytest.raises(
+        ConfigError, match="input.function replaces the built-in preprocessing, so input.image"
+    ):
+        run_job(words["job"])

@@ -35,7 +35,7 @@ Config = str  # output.function: the reference itself
 class Decode:
     fn: UserFunction
     outputs: tuple[str, ...]
-    taken: tuple[str, ...]  # column names the job adds otherwise (input.keep, shard)
+    taken: tuple[str, ...]  # column names the job adds otherwise (input.keep, shard, file, ...)
     unbatched: bool  # the model is fed one row per call: its outputs have no batch axis
     learned: list[pa.Field] | None = None  # the columns, from the first batch decoded here
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, compare=False, repr=False)
@@ -129,5 +129,7 @@ def resolve(job: JobConfig, info: ModelInfo) -> Decode | None:
     if ref is None:
         return None
     fn = load(ref, "output.function", job.storage_options)
-    taken = ("shard", *(name for name, _ in job.input.kept))
+    # The provenance columns formats add (file, row, path) are refused for every format: simpler
+    # to say, and a function's columns are learned only as it runs, when the format is not known.
+    taken = ("shard", "file", "row", "path", *(name for name, _ in job.input.kept))
     return Decode(fn, tuple(o.name for o in info.outputs), taken, takes_encoded_bytes(info))

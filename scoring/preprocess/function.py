@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from scoring.config import Config, InputConfig
-from scoring.errors import ScoringError
+from scoring.errors import ConfigError, ScoringError
 from scoring.functions import UserFunction, load
 from scoring.inference import Health
 from scoring.model import ModelInfo, TensorSpec
@@ -159,6 +159,14 @@ def needs(inp: InputConfig, model: ModelInfo) -> list[str] | None:
 
 
 def resolve(cfg: Config, model: ModelInfo, schema: pa.Schema, where: str) -> Function:
-    """Reads (a file) or finds (a module) the function; raises ``ConfigError``."""
+    """Reads (a file) or finds (a module) the function; raises ``ConfigError``, also for keys of
+    the built-in preprocessing it replaces."""
+    replaced = sorted({"text", "image"} & cfg.input.model_fields_set)
+    if replaced:
+        keys = " and ".join(f"input.{k}" for k in replaced)
+        raise ConfigError(
+            f"input.function replaces the built-in preprocessing, so {keys} would be ignored: leave "
+            f"{'them' if len(replaced) > 1 else 'it'} out, or input.function"
+        )
     fn = load(cfg.input.function or "", "input.function", cfg.storage_options)
     return Function(fn, model.inputs, tuple(needs(cfg.input, model) or ()))
