@@ -251,7 +251,7 @@ def test_decode_gives_new_columns_of_one_value_per_row_and_prepare_replaces_the_
     words["job"]["output"]["function"] = f"{words['dir']}/fns.py:decode"
     words["job"]["output"]["mode"] = "overwrite"
     for returned, message in [
-        ('"id": context["length"]', "returned ['best', 'margin', 'id'], which the job adds already"),
+        ('"id": context["length"]', "decode returned ['id'], which the job adds already"),
         ('"length": []', "column 'length' has 0 values for 1 rows"),
     ]:
         fns = PAIR.replace('w == "boom"', "False").replace('"length": context["length"]', returned)

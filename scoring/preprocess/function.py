@@ -161,7 +161,8 @@ def needs(inp: InputConfig, model: ModelInfo) -> list[str] | None:
 def resolve(cfg: Config, model: ModelInfo, schema: pa.Schema, where: str) -> Function:
     """Reads (a file) or finds (a module) the function; raises ``ConfigError``, also for keys of
     the built-in preprocessing it replaces."""
-    replaced = sorted({"text", "image"} & cfg.input.model_fields_set)
+    given = cfg.input.model_fields_set
+    replaced = [k for k in ("image", "text") if k in given and getattr(cfg.input, k) is not None]
     if replaced:
         keys = " and ".join(f"input.{k}" for k in replaced)
         raise ConfigError(
