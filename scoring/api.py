@@ -74,6 +74,10 @@ def predict(
     postprocess: Mapping[str, Any] | None = None,
     text: Mapping[str, Any] | None = None,
     embedding: Mapping[str, Any] | None = None,
+    input_function: str | None = None,
+    output_function: str | None = None,
+    custom_ops: Sequence[str] = (),
+    dims: Mapping[str, Sequence[int | str | None]] | None = None,
     batch_size: int = 256,
     actors: int | None = None,
     cpus_per_actor: float = 1.0,
@@ -89,7 +93,10 @@ def predict(
     ``columns``, ``keep``, ``outputs``, ``postprocess``, ``text`` and ``embedding`` mean what
     ``input.columns``, ``input.keep``, ``output.outputs``, ``output.postprocess``, ``input.text``
     and ``output.embedding`` mean in a job (``text={"column": "text", "tokenizer":
-    "tokenizer.json"}``, ``embedding={"pooling": "mean"}``). ``actors``
+    "tokenizer.json"}``, ``embedding={"pooling": "mean"}``); ``input_function``,
+    ``output_function``, ``custom_ops`` and ``dims`` what ``input.function``, ``output.function``,
+    ``model.custom_ops`` and ``model.dims`` mean (a relative ``FILE.py`` is read from the current
+    folder, here, and travels to the actors). ``actors``
     sessions (default: one per CPU left after one for reading, or one per GPU) of
     ``cpus_per_actor`` threads each. A row that cannot be scored raises with its reason, unless
     ``on_error="null"``: its outputs are null and an ``error`` column says why.
@@ -112,7 +119,7 @@ def predict(
 
     from scoring import postprocess as postprocessing
     from scoring import preprocess
-    from scoring.model import load_model_info
+    from scoring.exported import read_model
     from scoring.scorer import prediction_columns
     from scoring.spec import check_names
 
@@ -123,12 +130,24 @@ def predict(
         "columns": dict(columns or {}),
         "keep": [k if isinstance(k, str) else dict(k) for k in keep],
         "text": text,
+        "function": input_function,
     }
     cfg = load_config(
         data={
-            "model": {"uri": model, **({"providers": list(providers)} if providers else {})},
+            "model": {
+                "uri": model,
+                "custom_ops": list(custom_ops),
+                "dims": {k: list(v) for k, v in (dims or {}).items()},
+                **({"providers": list(providers)} if providers else {}),
+            },
             "input": inp,
-            "output": {"uri": WHERE, "outputs": outputs, "postprocess": postprocess, "embedding": embedding},
+            "output": {
+                "uri": WHERE,
+                "outputs": outputs,
+                "postprocess": postprocess,
+                "embedding": embedding,
+                "function": output_function,
+            },
             "compute": {
                 "batch_size": batch_size,
                 "cpus_per_actor": cpus_per_actor,
@@ -138,13 +157,16 @@ def predict(
         },
         environ={},
     )
-    info, _ = load_model_info(model, so)
+    info = read_model(cfg.model, so)
     pps = tuple(postprocessing.resolve(cfg, info))
     errors = [("error", "on_error='null' (the reason a row was not scored)")] if on_error == "null" else []
     check_names(cfg.input.kept, prediction_columns(info, cfg.output.outputs, pps) + errors)
     schema = _known_schema(ds)
+    # A user's function is read here, once, and travels to the actors (it needs no schema).
+    pre = preprocess.resolve(cfg, info, pa.schema([]), WHERE) if input_function else None
     if schema is not None:
-        preprocess.resolve(cfg, info, schema, WHERE)
+        if pre is None:
+            preprocess.resolve(cfg, info, schema, WHERE)
         _check_keep(cfg.input.kept_columns, schema)
     if actors is None:
         resources = ray.cluster_resources()
@@ -154,7 +176,8 @@ def predict(
             actors = max(1, int((resources.get("CPU", 1) - 1) / cpus_per_actor))
     # The arguments travel inside the class, not as constructor arguments: Ray Data puts those
     # in the object store, and Ray then logs an error-level warning for a restartable actor.
-    bound = type("Predict", (_Predict,), {"args": (cfg, info, pps, max(1, int(cpus_per_actor)), on_error)})
+    args = (cfg, info, pps, max(1, int(cpus_per_actor)), on_error, pre)
+    bound = type("Predict", (_Predict,), {"args": args})
     with warnings.catch_warnings():
         # Ray 2.60 has no named parameter for an actor's restarts; its catch-all is deprecated.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
@@ -198,20 +221,20 @@ def _check_keep(keep: Sequence[str], schema: pa.Schema) -> None:
 class _Predict:
     """The Ray Data UDF: one session, scoring each batch with a job's rules."""
 
-    args: tuple[Config, ModelInfo, tuple[Postprocessor, ...], int, str]
+    args: tuple[Config, ModelInfo, tuple[Postprocessor, ...], int, str, Preprocessor | None]
 
     def __init__(self) -> None:
         import ray
 
-        cfg, info, pps, threads, on_error = self.args
-        from scoring.model import local_model_path
+        cfg, info, pps, threads, on_error, pre = self.args
+        from scoring.exported import local_model
         from scoring.runners import hide_gpus
         from scoring.scorer import Scorer
         from scoring.session import build_session
 
         gpu_ids = [int(g) for g in ray.get_gpu_ids()] if cfg.compute.gpus_per_actor > 0 else []
         hide_gpus(gpu_ids)
-        path = local_model_path(info.uri, info.sha256, cfg.storage_options)
+        path = local_model(info, cfg.storage_options)
         session = build_session(path, info, cfg.model, threads=threads, gpu_ids=gpu_ids)
         from scoring.constants import resolve
 
@@ -219,11 +242,12 @@ class _Predict:
         self.scorer = Scorer(info, session, cfg.output.outputs, pps, cfg.compute.batch_size, constants)
         self.cfg, self.info, self.on_error = cfg, info, on_error
         self.preprocessors: dict[pa.Schema, Preprocessor] = {}
+        self.function = pre  # input.function: one for every schema
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from scoring import preprocess
 
-        pre = self.preprocessors.get(batch.schema)
+        pre = self.function or self.preprocessors.get(batch.schema)
         if pre is None:
             pre = self.preprocessors[batch.schema] = preprocess.resolve(
                 self.cfg, self.info, batch.schema, WHERE

@@ -67,6 +67,17 @@ class ModelConfig(Section):
     io_binding: bool | Literal["auto"] = Field(
         default="auto", description="bind inputs and outputs through ORT IO binding; auto: on CUDA only"
     )
+    custom_ops: list[str] = Field(
+        default=[],
+        description="custom-operator libraries registered in every session: onnxruntime_extensions, or "
+        "a local path to a shared library (never a URI)",
+    )
+    dims: dict[str, list[int | str | None]] = Field(
+        default={},
+        description="input (or output) -> its dims, replacing the declared ones before the session is "
+        "made: a name makes a dim symbolic (e.g. {input.1: [batch, 3, height, width]}); the file is "
+        "not changed",
+    )
     cuda: CudaOptions = Field(default=CudaOptions(), description="CUDA provider options")
     tensorrt: TensorrtOptions = Field(default=TensorrtOptions(), description="TensorRT provider options")
 
@@ -178,6 +189,12 @@ class InputConfig(Section):
         default={},
         description="model input -> one value for every batch: a number, a nested list, or zeros "
         "(the declared shape, its batch dim set to the batch's rows); no column feeds these inputs",
+    )
+    function: str | None = Field(
+        default=None,
+        description="FILE.py:NAME (relative to the config file's folder; local or any URI) or "
+        "package.module:NAME: prepare(batch: pyarrow.Table) -> dict of arrays replaces the built-in "
+        "preprocessing (docs/models/functions.md)",
     )
 
     @field_validator("keep")

@@ -19,6 +19,7 @@ from pydantic import SerializeAsAny, ValidationError, create_model
 from scoring import registry
 from scoring.config import Config, input_options, output_options
 from scoring.errors import ConfigError
+from scoring.functions import is_file
 
 ENV_PREFIX = "SCORING_"
 
@@ -37,6 +38,7 @@ def load_config(
     tree: dict[str, Any] = dict(data or {})
     if path is not None:
         tree = _read_yaml(Path(path))
+        _functions_beside(tree, Path(path).parent)
     env = os.environ if environ is None else environ
     for name, value in sorted(env.items()):
         if name.startswith(ENV_PREFIX) and "__" in name:
@@ -55,6 +57,15 @@ def load_config(
     # The plain Config, holding the sections as validated (pickled to workers by name).
     fields = {name: getattr(valid, name) for name in Config.model_fields}
     return Config.model_construct(_fields_set=valid.model_fields_set, **fields)
+
+
+def _functions_beside(tree: dict[str, Any], folder: Path) -> None:
+    """A relative ``FILE.py`` of ``input.function`` / ``output.function`` is beside the config
+    file, wherever the job is started from (docs/models/functions.md)."""
+    for section in ("input", "output"):
+        ref = _section(tree, section, "function")
+        if isinstance(ref, str) and "://" not in ref and is_file(ref) and not Path(ref).is_absolute():
+            tree[section]["function"] = str(folder.resolve() / ref)
 
 
 def _section(tree: dict[str, Any], section: str, key: str) -> str | None:

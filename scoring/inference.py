@@ -29,6 +29,11 @@ from scoring.tensors import Group
 FAILURES_BEFORE_STOP = 3
 # What failing on every row means, by stage: what failed, and where to look.
 FAILING = {
+    "preprocess": (
+        "the input function failed",
+        "This is a problem of input.function, not of the data; `scoring validate CONFIG` runs it on "
+        "the first rows here and shows the error",
+    ),
     "infer": (
         "ONNX Runtime failed",
         "This is a problem of the model or of how it is fed, not of the data; `scoring validate "
@@ -99,16 +104,19 @@ class Batches:
         return dim if isinstance(dim, int) and dim > 0 else None
 
     def run(self, groups: Sequence[Group]) -> Iterator[Batch]:
-        step = self.fixed or self.batch_size
         for group in groups:
+            step = 1 if group.unbatched else self.fixed or self.batch_size
             for start in range(0, len(group.rows), step):
                 yield from self._batch(group, start, min(start + step, len(group.rows)))
 
     def _batch(self, group: Group, a: int, b: int) -> Iterator[Batch]:
         """Rows ``a:b`` of ``group``; on failure, each half again (see the module docstring)."""
         rows = group.rows[a:b]
-        size = self.fixed or len(rows)
-        feed = {k: _pad(v[a:b], size) for k, v in group.feed.items()}
+        size = 1 if group.unbatched else self.fixed or len(rows)
+        if group.unbatched:  # one row, as the model takes it: no batch axis
+            feed = {k: v[a] for k, v in group.feed.items()}
+        else:
+            feed = {k: _pad(v[a:b], size) for k, v in group.feed.items()}
         feed.update(self.constants.feed(size))
         t0 = time.perf_counter()
         try:
@@ -121,14 +129,36 @@ class Batches:
                 yield from self._batch(group, mid, b)
                 return
             self.health.failed(exc)
-            reason = Reason("infer", type(exc).__name__, f"ONNX Runtime failed on this row: {exc}")
+            message = f"ONNX Runtime failed on this row: {exc}{_dims_hint(exc, self.info)}"
+            reason = Reason("infer", type(exc).__name__, message)
             self.rejected.add_rows(rows, reason)
             return
         self.infer_s += time.perf_counter() - t0
-        aligned = align(values, self.names, self.info, size, len(rows), self.axes)
+        if group.unbatched:  # the row's outputs, given the batch axis of one row
+            aligned = [v[None] if isinstance(v, np.ndarray) else [v] for v in values]
+        else:
+            aligned = align(values, self.names, self.info, size, len(rows), self.axes)
         self.health.succeeded = True
         context = {k: v[a:b] for k, v in group.context.items()}
         yield Batch(rows, dict(zip(self.names, aligned)), context)
+
+
+def _dims_hint(exc: Exception, info: ModelInfo) -> str:
+    """What to try when ORT refuses a row's dims that the model declares fixed: old exports
+    declare sizes (a dummy batch of 10, 32x32) their graph does not need."""
+    if "invalid dimensions" not in str(exc):
+        return ""
+    fixed = [s for s in info.inputs if s.shape and all(isinstance(d, int) and d > 0 for d in s.shape)]
+    if not fixed:
+        return ""
+    spec = fixed[0]
+    # Channels (a few) stay as they are; sizes become symbols.
+    dims = [int(d) for d in spec.shape or () if isinstance(d, int)]
+    names = ["batch", *(str(d) if d <= 4 else f"d{i}" for i, d in enumerate(dims) if i)]
+    return (
+        f". The model declares {spec.describe()}; if its graph does not need those sizes, make them "
+        f"free with model.dims: {{{spec.name}: [{', '.join(names)}]}} (docs/models/exported.md)"
+    )
 
 
 def _pad(arr: np.ndarray, size: int) -> np.ndarray:

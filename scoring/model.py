@@ -71,6 +71,9 @@ class ModelInfo:
     metadata: dict[str, str]
     # Rows of the embedding table that ``input_ids`` index (text models), when the graph shows it.
     vocab_rows: int | None = None
+    # Files beside the .onnx that hold its weights (external data), by their names in the model;
+    # ``sha256`` and ``size`` then cover them too (``scoring.exported``).
+    external: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -21,7 +21,9 @@ HINTS = {
     "decode": "A problem of the config, not of some rows: check input.image_column (it must hold "
     "encoded images) and the files themselves",
     "preprocess": "A problem of the config or the model, not of some rows: check input.columns, "
-    "input.text and that the columns fit the model's inputs",
+    "input.text, input.function and that the columns fit the model's inputs",
+    "postprocess": "A problem of the postprocessing config or output.function, not of some rows: "
+    "`scoring validate CONFIG` decodes the first rows here and shows the error",
     "infer": "A problem of the model or of how it is fed, not of some rows: `scoring validate "
     "CONFIG` scores the first rows here and shows the error",
     "write": "The output cannot be written (its storage: space, credentials, endpoint): fix it, "

@@ -53,6 +53,8 @@ PREPROCESSORS = {
     "images": "scoring.preprocess.images",
     "text": "scoring.preprocess.text",
     "audio": "scoring.preprocess.audio",
+    "encoded": "scoring.preprocess.encoded",
+    "function": "scoring.preprocess.function",
 }
 
 # Postprocessor -> module (with ``Config`` and ``resolve``): raw outputs of a batch -> prediction
@@ -63,6 +65,7 @@ POSTPROCESSORS = {
     "detections": "scoring.postprocess.detections",
     "text": "scoring.postprocess.text",
     "mask": "scoring.postprocess.mask",
+    "function": "scoring.postprocess.function",
 }
 
 # output.format -> "module:Class": what the prediction files become once the job is complete.

@@ -122,7 +122,8 @@ class Scorer:
             fields.append(field)
             arrays.append(array)
         for i, field in enumerate(f for pp in self.postprocessors for f in pp.fields()):
-            parts = [columns[i] for columns in decoded]
+            # A part may hold a type the field learned later (a user function's list of nulls).
+            parts = [c[i] if c[i].type == field.type else c[i].cast(field.type) for c in decoded]
             array = pa.concat_arrays(parts) if parts else pa.array([], field.type)
             if not is_identity(order):
                 array = array.take(pa.array(order))

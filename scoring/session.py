@@ -15,6 +15,7 @@ import numpy as np
 from scoring.config import ModelConfig
 from scoring.constants import Constants
 from scoring.errors import ModelError, ProviderError, translated
+from scoring.exported import libraries, session_model, takes_encoded_bytes
 from scoring.model import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,14 @@ def build_session(
         # The CPU threads of a GPU session mostly wait; spinning while they wait would take the
         # CPUs that decode images and feed the GPU.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for library in libraries(cfg):  # model.custom_ops
+        opts.register_custom_ops_library(library)
+    model, data_folder = session_model(path, cfg)  # model.dims: the graph rewritten, as bytes
+    if data_folder is not None:
+        # ORT reads external data beside a model loaded from a path only, unless told where.
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", data_folder)
     with translated(ModelError, f"ONNX Runtime could not load {info.uri}"):
-        sess = ort.InferenceSession(path, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+        sess = ort.InferenceSession(model, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
     got = list(sess.get_providers())
     device, fallback = _check_providers(names, got, available, cfg, gpu_ids)
     use_binding = cfg.io_binding is True or (cfg.io_binding == "auto" and device.startswith("cuda"))
@@ -171,6 +178,10 @@ def warm_up(
     """Run one synthetic batch so the first real batch does not pay for allocation and kernel
     selection. Returns its row count and outputs; None (and ``session.warmup_error`` says why)
     when the model rejects the synthetic rows (zeros, empty strings), which is not a failure."""
+    if takes_encoded_bytes(info):
+        # Fed a row's encoded bytes: made-up bytes may not be refused but end the process (a
+        # libjpeg in onnxruntime-extensions exits on bytes that are no JPEG), so no warm-up.
+        return 0, None
     fixed = info.inputs[0].batch_dim if info.inputs else None
     rows = fixed if isinstance(fixed, int) and fixed > 0 else WARMUP_ROWS
     feed = {}

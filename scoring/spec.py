@@ -18,8 +18,9 @@ import pyarrow as pa
 from scoring import constants, formats, outputs, postprocess, preprocess
 from scoring.config import Config
 from scoring.errors import ConfigError, InputError
+from scoring.exported import read_model
 from scoring.formats import Chunk, Format
-from scoring.model import ModelInfo, load_model_info
+from scoring.model import ModelInfo
 from scoring.postprocess import Postprocessor
 from scoring.preprocess import Preprocessor
 from scoring.raw import output_columns
@@ -85,12 +86,15 @@ def check(cfg: Config, pinned: Source | None = None) -> tuple[JobSpec, list[File
     files (``pinned``: the table version a resumed plan read). Raises ``ScoringError`` (exit 2
     kinds)."""
     so, inp = cfg.storage_options, cfg.input
-    info, _ = load_model_info(cfg.model.uri, so)
+    info = read_model(cfg.model, so)
     output_columns(info, cfg.output.outputs)
     constants.resolve(inp.constants, info)
     outputs.get(cfg.output, so).check()
     fmt, files = formats.list_input(inp, so, pinned)
-    columns = list(dict.fromkeys([*preprocess.needs(inp, info), *inp.kept_columns]))
+    needed = preprocess.needs(inp, info)
+    if needed is None:  # every column the input gives (a user's input.function)
+        needed = fmt.schema(files, []).names
+    columns = list(dict.fromkeys([*needed, *inp.kept_columns]))
     schema = fmt.schema(files, columns)
     first = files[0].uri
     pre = preprocess.resolve(cfg, info, schema, first)

@@ -45,6 +45,9 @@ class Group:
     rows: np.ndarray
     feed: dict[str, np.ndarray]
     context: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    # Fed one row per call, without the batch axis (a model of no batch dim that decodes a row's
+    # encoded bytes itself); each tensor's axis 0 is still the group's rows.
+    unbatched: bool = False
 
 
 def input_columns(spec: TensorSpec, columns: Mapping[str, str | list[str]]) -> tuple[str, ...]:

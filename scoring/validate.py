@@ -17,9 +17,10 @@ import pyarrow as pa
 from scoring import plan
 from scoring.config import Config
 from scoring.errors import ModelError, ModelFailure, RowError
+from scoring.exported import local_model
 from scoring.formats import Chunk
-from scoring.model import local_model_path
 from scoring.record import Reason, Rejections
+from scoring.scorer import Scored
 from scoring.session import build_session
 from scoring.shard import Shard, Source
 from scoring.spec import JobSpec, check
@@ -44,7 +45,7 @@ def validate(cfg: Config) -> Preview:
     """Check ``cfg`` as ``run`` does, then score the first ``PREVIEW_ROWS`` rows here (CPU)."""
     spec, files = check(cfg)
     job_plan = plan.make_plan(cfg, spec.model.sha256, spec.format, files)
-    path = local_model_path(spec.model.uri, spec.model.sha256, cfg.storage_options)
+    path = local_model(spec.model, cfg.storage_options)
     session = build_session(path, spec.model, cfg.model, threads=1, gpu_ids=[])  # CPU: no GPU held
     shard, chunk = _first_rows(spec, job_plan.shards)
     try:
@@ -74,9 +75,32 @@ def validate(cfg: Config) -> Preview:
         inputs=[i.describe() for i in spec.model.inputs],
         predictions=spec.predictions(shard.id, chunk, scored),
         rejected=lines,
-        notes=spec.format.notes(shard) + spec.preprocessor.notes(chunk.data),
+        notes=[
+            *spec.format.notes(shard),
+            *spec.preprocessor.notes(chunk.data),
+            *_raw_size(scored, list(scorer.outputs)),
+        ],
         source=job_plan.source,
     )
+
+
+# Raw outputs past this many bytes a row are worth decoding: a detector's maps are 0.1-2 MB.
+RAW_BYTES_HINT = 64 * 1024
+
+
+def _raw_size(scored: Scored, raw: list[str]) -> list[str]:
+    """How many bytes a row of raw outputs takes, and past ``RAW_BYTES_HINT`` what to do."""
+    columns = [a for f, a in zip(scored.fields, scored.columns) if f.name in raw]
+    if not columns or not len(scored.rows):
+        return []
+    per_row = sum(a.nbytes for a in columns) / len(scored.rows)
+    line = f"raw outputs: {per_row:,.0f} bytes a row ({', '.join(raw)})"
+    if per_row <= RAW_BYTES_HINT:
+        return [line]
+    return [
+        f"{line}: {per_row * 1e6 / 2**30:,.1f} GiB a million rows. Decode them with output.detections, "
+        "output.mask or output.function, or keep fewer with output.outputs"
+    ]
 
 
 def _first_rows(spec: JobSpec, shards: list[Shard]) -> tuple[Shard, Chunk]:

