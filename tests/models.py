@@ -207,20 +207,26 @@ def ctc(path: Path, classes: int, layout: str = "NTC", logits: bool = False) -> 
     return save(graph, path)
 
 
-def segmenter(path: Path, size: tuple = ("h", "w"), classes: bool = False) -> str:
+def segmenter(path: Path, size: tuple = ("h", "w"), classes: bool = False, ids: bool = False) -> str:
     """x [batch, 3, H, W] RGB in 0..1 -> one channel: logits 20 (R - 0.5) [batch, 1, H, W] (red is
     foreground); ``classes``: scores [batch, 4, H/2, W/2] of (0.3, R, G, B) averaged over 2x2
-    (argmax: 0 dark, 1 red, 2 green, 3 blue), a stride-2 head."""
+    (argmax: 0 dark, 1 red, 2 green, 3 blue), a stride-2 head; ``ids``: their argmax, int64
+    [batch, H/2, W/2]."""
     h, w = size
-    if classes:
+    if classes or ids:
         nodes = [
             helper.make_node("Slice", ["x", "start", "end", "axis"], ["r"]),
             helper.make_node("Mul", ["r", "zero"], ["z0"]),
             helper.make_node("Add", ["z0", "dark"], ["bg"]),
             helper.make_node("Concat", ["bg", "x"], ["cat"], axis=1),
-            helper.make_node("AveragePool", ["cat"], ["mask"], kernel_shape=[2, 2], strides=[2, 2]),
+            helper.make_node("AveragePool", ["cat"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
         ]
         dims = ["batch", 4, h // 2 if isinstance(h, int) else "h2", w // 2 if isinstance(w, int) else "w2"]
+        if ids:
+            nodes.append(helper.make_node("ArgMax", ["pooled"], ["mask"], axis=1, keepdims=0))
+            dims = [dims[0], *dims[2:]]
+        else:
+            nodes.append(helper.make_node("Identity", ["pooled"], ["mask"]))
     else:
         nodes = [
             helper.make_node("Slice", ["x", "start", "end", "axis"], ["r"]),
@@ -232,7 +238,7 @@ def segmenter(path: Path, size: tuple = ("h", "w"), classes: bool = False) -> st
         nodes,
         "segmenter",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, h, w])],
-        [helper.make_tensor_value_info("mask", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("mask", TensorProto.INT64 if ids else TensorProto.FLOAT, dims)],
         [
             numpy_helper.from_array(np.array([0], np.int64), "start"),
             numpy_helper.from_array(np.array([1], np.int64), "end"),
