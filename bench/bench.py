@@ -13,7 +13,8 @@ two sizes), the fixed overhead (the intercept), and the peak RSS of the whole pr
 Tables: 1M and 4M rows (MLP 64-256-256-10, 250k-row files); images: 2,000 and 8,000 JPEGs
 (224x224, a small CNN). ``--only tables`` also times the same rows as a Delta table, and the
 planning of a 20,000-file one (``bench/tables.py``). ``--only s3`` times the tables job from and
-to a loopback S3 server against local disk. Quote medians and ratios, never one absolute time.
+to a loopback S3 server against local disk. ``--only models`` decodes real detectors' outputs
+(``bench/models.py``). Quote medians and ratios, never one absolute time.
 """
 
 from __future__ import annotations
@@ -452,13 +453,13 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument(
         "--only",
-        choices=["tables", "images", "s3", "small", "webdataset", "text", "photos", "faults"],
+        choices=["tables", "images", "s3", "small", "webdataset", "text", "photos", "faults", "models"],
         default=None,
     )
     parser.add_argument("--no-daft", action="store_true", help="leave Daft out (no .venv-peers)")
     args = parser.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
-    quick = ("s3", "small", "webdataset", "text", "faults")
+    quick = ("s3", "small", "webdataset", "text", "faults", "models")
     peers = None if args.no_daft or args.only in quick else peers_python()
     for kind in ("tables", "images"):
         if args.only in (None, kind):
@@ -499,6 +500,10 @@ def main() -> None:
         from s3 import s3_vs_local
 
         s3_vs_local(args.reps)
+    if args.only in (None, "models"):
+        from models import models
+
+        models(args.reps)
 
 
 if __name__ == "__main__":

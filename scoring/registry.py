@@ -55,6 +55,7 @@ PREPROCESSORS = {
 POSTPROCESSORS = {
     "postprocess": "scoring.postprocess.classify",
     "embedding": "scoring.postprocess.embedding",
+    "detections": "scoring.postprocess.detections",
     "text": "scoring.postprocess.text",
     "mask": "scoring.postprocess.mask",
 }

