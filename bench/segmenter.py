@@ -5,7 +5,7 @@
 ONNX Runtime, the probability map resized back with Pillow, thresholded, written as PNG) against
 ``scoring run`` with ``output.mask`` on both runners. Whole commands, medians; the masks checked
 against the loop's pixel by pixel; and the decode share: scoring's ``output.mask`` decode timed on
-the model's real outputs, against the model's own time per image (``_shards.parquet``).
+the model's real outputs, against the model's own time per image (ORT on every core, in process).
 ``BENCH_SEGMENTER_PHOTOS`` sets the count (2 cores: about a minute per command at 200).
 """
 
@@ -140,7 +140,7 @@ def segmenter(reps: int = 2) -> None:
         pairs = zip(ours.column("mask").to_pylist(), theirs.column("mask").to_pylist())
         agree = min(_agreement(a, b) for a, b in pairs)
         print(f"  {runner}: masks agree with the loop's on >= {100 * agree:.2f}% of each photo's pixels")
-    decode, infer = _decode_share(model, files[:20], image, out / "seg-local")
+    decode, infer = _decode_share(model, files[:20], image)
     print(
         f"  {'met ' if decode <= 0.1 * infer else 'MISS'} scoring's output.mask decode "
         f"{1000 * decode:.1f} ms/img, model {1000 * infer:.1f} ms/img: {100 * decode / infer:.1f}% of "
@@ -155,12 +155,10 @@ def _agreement(a: bytes, b: bytes) -> float:
     return float((x == y).mean()) if x.shape == y.shape else 0.0
 
 
-def _decode_share(model: str, files: list[str], image: dict[str, Any], job: Path) -> tuple[float, float]:
+def _decode_share(model: str, files: list[str], image: dict[str, Any]) -> tuple[float, float]:
     """Seconds a photo for scoring's own mask decode (on the model's real outputs and the rows'
-    real geometry), and the model's seconds a photo in the job (``_shards.parquet``)."""
+    real geometry), and for the model itself, ONNX Runtime on every core, in this process."""
     import onnxruntime as ort
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     from scoring.config import ImageConfig
     from scoring.postprocess.mask import Mask
@@ -170,17 +168,16 @@ def _decode_share(model: str, files: list[str], image: dict[str, Any], job: Path
     cfg = ImageConfig(**image)
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     mask = Mask("1959", "none", 0.5, "png", (320, 320), 32, True, False)
-    spent = 0.0
+    decode = infer = 0.0
     for path in files:
         pixels, placement = decode_placed(Path(path).read_bytes(), cfg, (320, 320))
         x = normalise(pixels[None], cfg, "NCHW", "float32")
-        outputs = {"1959": session.run(["1959"], {"input.1": x})[0]}
         t0 = time.perf_counter()
+        outputs = {"1959": session.run(["1959"], {"input.1": x})[0]}
+        t1 = time.perf_counter()
         mask.decode(outputs, geometry.context([placement]))
-        spent += time.perf_counter() - t0
-    shards = pq.read_table(job / "_shards.parquet")
-    infer = float(pc.sum(shards["infer_s"]).as_py()) / float(pc.sum(shards["rows"]).as_py())
-    return spent / len(files), infer
+        decode, infer = decode + time.perf_counter() - t1, infer + t1 - t0
+    return decode / len(files), infer / len(files)
 
 
 if __name__ == "__main__":

@@ -185,6 +185,37 @@ def test_class_ids_from_a_tensor_input_keep_the_outputs_grid(run_job, tmp_path: 
     assert preds.column("image_width").to_pylist() == [4] * 5
 
 
+def test_boxes_and_masks_from_one_model(run_job, tmp_path: Path) -> None:
+    """A model that gives both (its bright pixels, and their bounding box): the detections and
+    the mask agree, and image_width / image_height come once."""
+    import onnx
+
+    model = models.bright_box(tmp_path / "bb.onnx")
+    proto = onnx.load(model)
+    proto.graph.output.append(onnx.helper.make_tensor_value_info("mask", onnx.TensorProto.FLOAT, None))
+    onnx.save(proto, model)
+    folder = tmp_path / "img"
+    folder.mkdir()
+    img = Image.new("RGB", (120, 90))
+    ImageDraw.Draw(img).rectangle((30, 20, 69, 59), fill=(255, 255, 255))
+    img.save(folder / "a.png")
+    detections = {"output": "boxes", "format": "xyxy", "iou_threshold": None, "score_threshold": 0.5}
+    result = run_job(
+        {
+            "model": {"uri": model},
+            "input": {"uri": str(folder), "format": "images", "image": {"resize": "letterbox"}},
+            "output": {"detections": detections, "mask": {"output": "mask"}},
+        }
+    )
+    assert result.ok, result.job["error"]
+    (row,) = read_predictions(result.out).to_pylist()
+    assert list(row)[-5:] == ["detections", "image_width", "image_height", "mask", "mask_area"]
+    ys, xs = np.nonzero(png(row["mask"]))
+    (found,) = row["detections"]
+    np.testing.assert_allclose(found["box"], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=2.5)
+    np.testing.assert_allclose(found["box"], [30, 20, 70, 60], atol=120 / 64 + 0.5)
+
+
 def test_mask_mistakes_are_refused_before_scoring(run_job, tmp_path: Path) -> None:
     folder = scene(tmp_path / "img")
     model = models.segmenter(tmp_path / "seg.onnx", size=(64, 64))
