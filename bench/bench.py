@@ -13,9 +13,10 @@ two sizes), the fixed overhead (the intercept), and the peak RSS of the whole pr
 Tables: 1M and 4M rows (MLP 64-256-256-10, 250k-row files); images: 2,000 and 8,000 JPEGs
 (224x224, a small CNN). ``--only tables`` also times the same rows as a Delta table, and the
 planning of a 20,000-file one (``bench/tables.py``). ``--only s3`` times the tables job from and
-to a loopback S3 server against local disk. ``--only models`` decodes real detectors' outputs
-(``bench/models.py``). ``--only audio``: a VAD over 1,000 sound files and the peak memory of an
-hour-long one (``bench/audio.py``). Quote medians and ratios, never one absolute time.
+to a loopback S3 server against local disk. ``--only models`` decodes real detectors' and a
+segmenter's outputs (``bench/models.py``, ``bench/segmenter.py``). ``--only audio``: a VAD over
+1,000 sound files and the peak memory of an hour-long one (``bench/audio.py``). Quote medians and
+ratios, never one absolute time.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ the model's own preprocessing in numpy, ONNX Runtime on every core, the case's d
 one image at a time, one Parquet file) against ``scoring run`` on both runners, whole commands,
 medians. Besides, in this process, what decoding costs beside the model: the case's decoding
 (scoring's postprocessor, and the loop's) over the model's own time on the same images — the
-**decode share**. Adding a model is one more ``Case`` in ``CASES``.
+**decode share**. Adding a model is one more ``Case`` in ``CASES``. The segmenter (U-2-Net-p, masks
+compared pixel by pixel) is ``bench/segmenter.py``.
 """
 
 from __future__ import annotations
@@ -260,6 +261,10 @@ def models(reps: int, only: str | None = None) -> None:
             rows = pq.read_table(out / runner / "predictions").to_pylist()
             same = sum(case.count(r) == want[Path(r["path"]).name] for r in rows)
             print(f"  {runner}: {len(rows)} images, the loop's number of boxes on {same} of them")
+    if only in (None, "u2netp"):  # a segmenter: its own photos and mask check (bench/segmenter.py)
+        from segmenter import segmenter
+
+        segmenter(reps)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["loop"]:

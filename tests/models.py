@@ -174,6 +174,85 @@ def classifier(path: Path, classes: int = 4, metadata: dict[str, str] | None = N
     return str(path)
 
 
+def ctc(path: Path, classes: int, layout: str = "NTC", logits: bool = False) -> str:
+    """ids [batch, steps] float -> scores [batch, steps, classes]: at each step the class nearest
+    the id wins, softmax(-4 (id - c)^2) (logits when ``logits``); ``TNC`` gives [steps, batch,
+    classes], declared with names that do not say where the batch is."""
+    nodes = [
+        helper.make_node("Unsqueeze", ["ids", "last"], ["col"]),
+        helper.make_node("Sub", ["col", "classes"], ["d"]),
+        helper.make_node("Mul", ["d", "d"], ["d2"]),
+        helper.make_node("Mul", ["d2", "minus4"], ["z"]),
+    ]
+    out = "z"
+    if not logits:
+        nodes.append(helper.make_node("Softmax", ["z"], ["p"], axis=-1))
+        out = "p"
+    if layout == "TNC":
+        nodes.append(helper.make_node("Transpose", [out], ["scores"], perm=[1, 0, 2]))
+        dims = ["t", "n", classes]
+    else:
+        nodes.append(helper.make_node("Identity", [out], ["scores"]))
+        dims = ["batch", "steps", classes]
+    graph = helper.make_graph(
+        nodes,
+        "ctc",
+        [helper.make_tensor_value_info("ids", TensorProto.FLOAT, ["batch", "steps"])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, dims)],
+        [
+            numpy_helper.from_array(np.array([2], np.int64), "last"),
+            numpy_helper.from_array(np.arange(classes, dtype=np.float32), "classes"),
+            numpy_helper.from_array(np.array(-4.0, np.float32), "minus4"),
+        ],
+    )
+    return save(graph, path)
+
+
+def segmenter(path: Path, size: tuple = ("h", "w"), classes: bool = False, ids: bool = False) -> str:
+    """x [batch, 3, H, W] RGB in 0..1 -> one channel: logits 20 (R - 0.5) [batch, 1, H, W] (red is
+    foreground); ``classes``: scores [batch, 4, H/2, W/2] of (0.3, R, G, B) averaged over 2x2
+    (argmax: 0 dark, 1 red, 2 green, 3 blue), a stride-2 head; ``ids``: their argmax, int64
+    [batch, H/2, W/2]."""
+    h, w = size
+    if classes or ids:
+        nodes = [
+            helper.make_node("Slice", ["x", "start", "end", "axis"], ["r"]),
+            helper.make_node("Mul", ["r", "zero"], ["z0"]),
+            helper.make_node("Add", ["z0", "dark"], ["bg"]),
+            helper.make_node("Concat", ["bg", "x"], ["cat"], axis=1),
+            helper.make_node("AveragePool", ["cat"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
+        ]
+        dims = ["batch", 4, h // 2 if isinstance(h, int) else "h2", w // 2 if isinstance(w, int) else "w2"]
+        if ids:
+            nodes.append(helper.make_node("ArgMax", ["pooled"], ["mask"], axis=1, keepdims=0))
+            dims = [dims[0], *dims[2:]]
+        else:
+            nodes.append(helper.make_node("Identity", ["pooled"], ["mask"]))
+    else:
+        nodes = [
+            helper.make_node("Slice", ["x", "start", "end", "axis"], ["r"]),
+            helper.make_node("Sub", ["r", "half"], ["d"]),
+            helper.make_node("Mul", ["d", "twenty"], ["mask"]),
+        ]
+        dims = ["batch", 1, h, w]
+    graph = helper.make_graph(
+        nodes,
+        "segmenter",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, h, w])],
+        [helper.make_tensor_value_info("mask", TensorProto.INT64 if ids else TensorProto.FLOAT, dims)],
+        [
+            numpy_helper.from_array(np.array([0], np.int64), "start"),
+            numpy_helper.from_array(np.array([1], np.int64), "end"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+            numpy_helper.from_array(np.array(0.3, np.float32), "dark"),
+            numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+            numpy_helper.from_array(np.array(20.0, np.float32), "twenty"),
+        ],
+    )
+    return save(graph, path)
+
+
 def _detector_raw(size: tuple[Any, Any], strides: tuple[int, ...]) -> tuple[list[Any], list[Any]]:
     """Nodes of a toy YOLOX-style detector (images [N, 3, H, W] in 0-1 -> raw [N, K, 7], two
     classes), and its initializers. Each grid cell's mean colour decides its candidate: objectness
@@ -324,76 +403,3 @@ def bright_box(path: Path, size: tuple[Any, Any] = (64, 64)) -> str:
     image = helper.make_tensor_value_info("images", f, ["batch", 3, *size])
     out = helper.make_tensor_value_info("boxes", f, ["batch", 1, 6])
     return save(helper.make_graph(nodes, "bright_box", [image], [out], inits), path)
-
-
-def ctc(path: Path, classes: int, layout: str = "NTC", logits: bool = False) -> str:
-    """ids [batch, steps] float -> scores [batch, steps, classes]: at each step the class nearest
-    the id wins, softmax(-4 (id - c)^2) (logits when ``logits``); ``TNC`` gives [steps, batch,
-    classes], declared with names that do not say where the batch is."""
-    nodes = [
-        helper.make_node("Unsqueeze", ["ids", "last"], ["col"]),
-        helper.make_node("Sub", ["col", "classes"], ["d"]),
-        helper.make_node("Mul", ["d", "d"], ["d2"]),
-        helper.make_node("Mul", ["d2", "minus4"], ["z"]),
-    ]
-    out = "z"
-    if not logits:
-        nodes.append(helper.make_node("Softmax", ["z"], ["p"], axis=-1))
-        out = "p"
-    if layout == "TNC":
-        nodes.append(helper.make_node("Transpose", [out], ["scores"], perm=[1, 0, 2]))
-        dims = ["t", "n", classes]
-    else:
-        nodes.append(helper.make_node("Identity", [out], ["scores"]))
-        dims = ["batch", "steps", classes]
-    graph = helper.make_graph(
-        nodes,
-        "ctc",
-        [helper.make_tensor_value_info("ids", TensorProto.FLOAT, ["batch", "steps"])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, dims)],
-        [
-            numpy_helper.from_array(np.array([2], np.int64), "last"),
-            numpy_helper.from_array(np.arange(classes, dtype=np.float32), "classes"),
-            numpy_helper.from_array(np.array(-4.0, np.float32), "minus4"),
-        ],
-    )
-    return save(graph, path)
-
-
-def segmenter(path: Path, size: tuple = ("h", "w"), classes: bool = False) -> str:
-    """x [batch, 3, H, W] RGB in 0..1 -> one channel: logits 20 (R - 0.5) [batch, 1, H, W] (red is
-    foreground); ``classes``: scores [batch, 4, H/2, W/2] of (0.3, R, G, B) averaged over 2x2
-    (argmax: 0 dark, 1 red, 2 green, 3 blue), a stride-2 head."""
-    h, w = size
-    if classes:
-        nodes = [
-            helper.make_node("Slice", ["x", "start", "end", "axis"], ["r"]),
-            helper.make_node("Mul", ["r", "zero"], ["z0"]),
-            helper.make_node("Add", ["z0", "dark"], ["bg"]),
-            helper.make_node("Concat", ["bg", "x"], ["cat"], axis=1),
-            helper.make_node("AveragePool", ["cat"], ["mask"], kernel_shape=[2, 2], strides=[2, 2]),
-        ]
-        dims = ["batch", 4, h // 2 if isinstance(h, int) else "h2", w // 2 if isinstance(w, int) else "w2"]
-    else:
-        nodes = [
-            helper.make_node("Slice", ["x", "start", "end", "axis"], ["r"]),
-            helper.make_node("Sub", ["r", "half"], ["d"]),
-            helper.make_node("Mul", ["d", "twenty"], ["mask"]),
-        ]
-        dims = ["batch", 1, h, w]
-    graph = helper.make_graph(
-        nodes,
-        "segmenter",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, h, w])],
-        [helper.make_tensor_value_info("mask", TensorProto.FLOAT, dims)],
-        [
-            numpy_helper.from_array(np.array([0], np.int64), "start"),
-            numpy_helper.from_array(np.array([1], np.int64), "end"),
-            numpy_helper.from_array(np.array([1], np.int64), "axis"),
-            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
-            numpy_helper.from_array(np.array(0.3, np.float32), "dark"),
-            numpy_helper.from_array(np.array(0.5, np.float32), "half"),
-            numpy_helper.from_array(np.array(20.0, np.float32), "twenty"),
-        ],
-    )
-    return save(graph, path)

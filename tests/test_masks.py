@@ -13,7 +13,7 @@ import pytest
 import wild
 from PIL import Image, ImageDraw
 from pycocotools import mask as coco
-from support import read_predictions
+from support import fixed_list, read_predictions, write_parquet
 
 from scoring.errors import ConfigError
 
@@ -159,6 +159,61 @@ def test_u2netp_finds_the_objects_png_and_rle_agree(run_job, tmp_path: Path) -> 
     assert entry["class_id"] == 1 and entry["size"] == [300, 400]
     decoded = coco.decode({"size": entry["size"], "counts": entry["counts"].encode()})
     assert np.array_equal(decoded.astype(bool), mask)
+
+
+def test_class_ids_from_a_tensor_input_keep_the_outputs_grid(run_job, tmp_path: Path) -> None:
+    """An int64 [N, H, W] output (argmax in the graph) fed from a Parquet column: no image
+    geometry, so the mask is the output's own grid."""
+    model = models.segmenter(tmp_path / "ids.onnx", size=(8, 8), ids=True)
+    x = np.random.default_rng(3).uniform(0, 1, (5, 3, 8, 8)).astype(np.float32)
+    write_parquet(tmp_path / "t" / "p.parquet", {"id": np.arange(5), "x": fixed_list(x)})
+    result = run_job(
+        {
+            "model": {"uri": model},
+            "input": {"uri": str(tmp_path / "t"), "format": "parquet", "keep": ["id"]},
+            "output": {"mask": {}},
+        }
+    )
+    assert result.ok, result.job["error"]
+    preds = read_predictions(result.out)
+    cells = np.concatenate([np.full((5, 1, 8, 8), 0.3, np.float32), x], axis=1)
+    want = cells.reshape(5, 4, 4, 2, 4, 2).mean(axis=(3, 5)).argmax(axis=1)  # [5, 4, 4]
+    for row, blob, area in zip(want, preds.column("mask").to_pylist(), preds.column("mask_area").to_pylist()):
+        assert np.array_equal(png(blob), row)
+        counts = np.bincount(row.reshape(-1))  # class ids: up to the largest class present
+        np.testing.assert_allclose(area, counts / 16, atol=1e-6)
+    assert preds.column("image_width").to_pylist() == [4] * 5
+
+
+def test_boxes_and_masks_from_one_model(run_job, tmp_path: Path) -> None:
+    """A model that gives both (its bright pixels, and their bounding box): the detections and
+    the mask agree, and image_width / image_height come once."""
+    import onnx
+
+    model = models.bright_box(tmp_path / "bb.onnx")
+    proto = onnx.load(model)
+    proto.graph.output.append(onnx.helper.make_tensor_value_info("mask", onnx.TensorProto.FLOAT, None))
+    onnx.save(proto, model)
+    folder = tmp_path / "img"
+    folder.mkdir()
+    img = Image.new("RGB", (120, 90))
+    ImageDraw.Draw(img).rectangle((30, 20, 69, 59), fill=(255, 255, 255))
+    img.save(folder / "a.png")
+    detections = {"output": "boxes", "format": "xyxy", "iou_threshold": None, "score_threshold": 0.5}
+    result = run_job(
+        {
+            "model": {"uri": model},
+            "input": {"uri": str(folder), "format": "images", "image": {"resize": "letterbox"}},
+            "output": {"detections": detections, "mask": {"output": "mask"}},
+        }
+    )
+    assert result.ok, result.job["error"]
+    (row,) = read_predictions(result.out).to_pylist()
+    assert list(row)[-5:] == ["detections", "image_width", "image_height", "mask", "mask_area"]
+    ys, xs = np.nonzero(png(row["mask"]))
+    (found,) = row["detections"]
+    np.testing.assert_allclose(found["box"], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=2.5)
+    np.testing.assert_allclose(found["box"], [30, 20, 70, 60], atol=120 / 64 + 0.5)
 
 
 def test_mask_mistakes_are_refused_before_scoring(run_job, tmp_path: Path) -> None:
