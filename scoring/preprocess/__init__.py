@@ -103,6 +103,20 @@ def unskipped(n: int, skip: np.ndarray | None) -> np.ndarray:
     return np.arange(n, dtype=np.int64) if skip is None else np.flatnonzero(~skip).astype(np.int64)
 
 
+def encoded_bytes(
+    data: pa.Table, column: str, struct: bool, skip: np.ndarray | None, why: Any
+) -> tuple[list[Any], np.ndarray, Rejections]:
+    """The encoded values of ``column`` (Hugging Face's ``struct<bytes, path>``: its ``bytes``
+    when ``struct``), the rows to decode, and the null ones rejected with ``why``."""
+    values = data.column(column)
+    if struct:
+        values = pa.chunked_array([c.field("bytes") for c in values.chunks], pa.binary())
+    blobs = values.to_pylist()
+    rejected = Rejections()
+    rows = reject_nulls(blobs, unskipped(len(blobs), skip), rejected, why)
+    return blobs, rows, rejected
+
+
 def reject_nulls(values: Sequence[Any], rows: np.ndarray, rejected: Rejections, why: Any) -> np.ndarray:
     """``rows`` whose value is not None; the others are added to ``rejected`` with ``why``."""
     null = np.array([values[i] is None for i in rows.tolist()], dtype=bool)

@@ -20,8 +20,8 @@ import pyarrow as pa
 from scoring.config import Config, InputConfig
 from scoring.errors import InputError
 from scoring.model import ModelInfo
-from scoring.preprocess import Prepared, reject_nulls, unskipped
-from scoring.record import Reason, Rejections
+from scoring.preprocess import Prepared, encoded_bytes
+from scoring.record import Reason
 from scoring.tensors import Group, input_columns
 
 CHUNK_ROWS = 64
@@ -43,12 +43,7 @@ class Encoded:
     def prepare(
         self, data: pa.Table, skip: np.ndarray | None, pool: concurrent.futures.Executor | None
     ) -> Prepared:
-        column = data.column(self.column)
-        if self.struct:
-            column = pa.chunked_array([c.field("bytes") for c in column.chunks], pa.binary())
-        blobs = column.to_pylist()
-        rejected = Rejections()
-        rows = reject_nulls(blobs, unskipped(len(blobs), skip), rejected, NULL)
+        blobs, rows, rejected = encoded_bytes(data, self.column, self.struct, skip, NULL)
         groups = []
         for row in rows.tolist():
             blob = blobs[row]

@@ -31,8 +31,8 @@ import pyarrow as pa
 from scoring.config import Config, ImageConfig, InputConfig
 from scoring.errors import InputError
 from scoring.model import ModelInfo, TensorSpec
-from scoring.preprocess import Prepared, geometry, reject_nulls, unskipped
-from scoring.record import Reason, Rejections
+from scoring.preprocess import Prepared, encoded_bytes, geometry
+from scoring.record import Reason
 from scoring.tensors import Group
 
 if TYPE_CHECKING:
@@ -62,12 +62,7 @@ class Images:
     def prepare(
         self, data: pa.Table, skip: np.ndarray | None, pool: concurrent.futures.Executor | None
     ) -> Prepared:
-        column = data.column(self.column)
-        if self.struct:
-            column = pa.chunked_array([c.field("bytes") for c in column.chunks], pa.binary())
-        blobs = column.to_pylist()
-        rejected = Rejections()
-        rows = reject_nulls(blobs, unskipped(len(blobs), skip), rejected, NULL)
+        blobs, rows, rejected = encoded_bytes(data, self.column, self.struct, skip, NULL)
         decoded = _map(pool, lambda i: self._decode(blobs[i]), rows.tolist())
         ok = []
         for row, result in zip(rows.tolist(), decoded):
