@@ -203,6 +203,14 @@ def resolve(job: JobConfig, info: ModelInfo) -> Mask | None:
     if cfg is None:
         return None
     spec = _mask_output(cfg.output, info)
+    if cfg.encoding == "rle":
+        try:
+            import pycocotools.mask  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(
+                "config key 'output.mask.encoding' is 'rle', which needs the pycocotools package "
+                f"({exc}); install it with: pip install 'scoring[masks]', or set encoding: png"
+            ) from exc
     size: geometry.Size | None = None
     inp = job.input
     if inp.text is None and inp.data == "images" and len(info.inputs) == 1:
