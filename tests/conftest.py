@@ -17,15 +17,10 @@ def ray_session() -> Any:
     """A real local Ray with 2 CPUs (what CI has) and 2 logical GPUs for placement tests."""
     import ray
 
+    from scoring.cluster import start_local
+
     if not ray.is_initialized():
-        ray.init(
-            address="local",
-            num_cpus=2,
-            num_gpus=2,
-            include_dashboard=False,
-            logging_level="WARNING",
-            _node_ip_address="127.0.0.1",  # reachable from this machine only
-        )
+        start_local(num_cpus=2, num_gpus=2, logging_level="WARNING")  # on 127.0.0.1, as a job's Ray
     yield ray
     ray.shutdown()
 

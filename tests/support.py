@@ -33,6 +33,12 @@ RUNNERS = pytest.mark.parametrize("runner", sorted(registry.RUNNERS))
 
 KEYS = {"key": "testing", "secret": "testing"}
 
+# The environment of the Ray processes a test starts on 127.0.0.1, and of the drivers that join
+# them: Ray 2.60 keeps loopback as a node's address only where it treats the machine as a laptop
+# (as on macOS; scoring.cluster.start_local). Without it, `ray start --node-ip-address=127.0.0.1`
+# listens on the machine's address, and a driver sent to 127.0.0.1:PORT goes to the machine's.
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
 
 def options(endpoint: str) -> dict[str, Any]:
     return {"endpoint_url": endpoint, **KEYS}

@@ -21,7 +21,7 @@ import onnxruntime as ort
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from support import features_job, free_port, read_predictions
+from support import LOOPBACK, features_job, free_port, read_predictions
 
 from scoring.demo import make_mlp, write_tables
 
@@ -117,20 +117,21 @@ def scoring_cli(
         [sys.executable, "-m", "scoring", *args],
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **LOOPBACK, **(env or {})},
         timeout=timeout,
     )
 
 
 @pytest.fixture
 def three_nodes() -> Any:
-    """A head with no CPUs and two worker nodes (1 CPU and 1 logical GPU each) on this machine."""
+    """A head with no CPUs and two worker nodes (1 CPU and 1 logical GPU each) on 127.0.0.1."""
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0})
+    head = {"num_cpus": 0, "node_ip_address": "127.0.0.1"}
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
     try:
         for _ in range(2):
-            cluster.add_node(num_cpus=1, num_gpus=1)
+            cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1")
         cluster.wait_for_nodes()
         yield cluster
     finally:
@@ -154,6 +155,7 @@ def test_actors_spread_over_nodes_and_a_lost_node_costs_time_not_the_job(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, **LOOPBACK},
     )
     deadline = time.time() + 120
     while len({r["node"] for r in progress(out)}) < 2 if out.exists() else True:  # both at work
@@ -189,7 +191,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """
     log = tmp_path_factory.mktemp("head") / "head.log"
     port, dash = free_port(), free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, **LOOPBACK, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     ray = str(Path(sys.executable).parent / "ray")
     cmd = [ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1"]
     cmd += ["--dashboard-host=127.0.0.1"]
@@ -394,7 +396,7 @@ def autoscaling_head(tmp_path_factory: pytest.TempPathFactory) -> Any:
     address = f"127.0.0.1:{port}"
     config = tmp_path_factory.mktemp("autoscaler") / "cluster.yaml"
     config.write_text(yaml.safe_dump(fake_cloud(address)))
-    env = {**os.environ, **TOKEN, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    env = {**os.environ, **LOOPBACK, **TOKEN, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--num-cpus=0", f"--port={port}"]
     cmd += ["--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}", f"--autoscaling-config={config}"]
@@ -428,10 +430,75 @@ def test_an_autoscaling_cluster_with_no_cpus_yet_runs_the_job(autoscaling_head: 
     assert "0 of 2 worker(s) ready" in proc.stdout  # the job waits for nodes, not refused
     assert_matches_direct_run(cfg, cfg["output"]["uri"])
     nodes = {s["node"] for s in pq.read_table(Path(cfg["output"]["uri"]) / "_shards.parquet").to_pylist()}
-    assert nodes and all(not n.startswith("127.0.0.1/") for n in nodes)  # fake nodes: an id for an IP
+    # Scored on nodes the fake cloud launched (their ids are fff…f0000N), not on the head.
+    assert nodes and all(n.split("/")[1] == "ffffffff" for n in nodes), nodes
 
     cfg["compute"]["gpus_per_actor"] = 1
     path.write_text(yaml.safe_dump(cfg))
     proc = scoring_cli("run", str(path), "--address", autoscaling_head, "--mode", "overwrite", env=TOKEN)
     assert proc.returncode == 2
     assert "the cluster has no GPUs and its autoscaler launches none" in proc.stderr
+
+
+# -- the Ray a job starts on this machine --------------------------------------------------------
+
+LISTENING = """
+import json, time, psutil
+from scoring.runners.ray import RayRunner
+runner = RayRunner(None)
+t0 = time.monotonic()
+runner.start(lambda _: None)
+took = time.monotonic() - t0
+me = psutil.Process()
+seen = []
+for p in [me, *me.children(recursive=True)]:
+    try:
+        seen += [(c.laddr.ip, p.name()) for c in p.net_connections("inet") if c.status == "LISTEN"]
+    except psutil.Error:
+        pass
+runner.close()
+print(json.dumps({"took": took, "listening": seen}))
+"""
+
+
+def test_the_ray_a_job_starts_listens_on_loopback_only_and_ignores_a_stale_address() -> None:
+    """The Ray runner's own Ray, started under a ray_current_cluster that names a dead address (as
+    a stopped `ray start` leaves it): it starts without waiting for that address, and every
+    socket its processes listen on is on 127.0.0.1. `--address auto` refuses the dead one."""
+    import tempfile
+
+    from scoring.cluster import check_address
+    from scoring.errors import ConfigError
+
+    temp = tempfile.mkdtemp(prefix="st-", dir="/tmp")  # short: Ray's socket paths live under it
+    try:
+        (Path(temp) / "ray").mkdir()
+        (Path(temp) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", *LOOPBACK)}
+        env["RAY_TMPDIR"] = temp
+        proc = subprocess.run(
+            [sys.executable, "-c", LISTENING], capture_output=True, text=True, env=env, timeout=240
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        found = json.loads(proc.stdout.splitlines()[-1])
+        assert found["took"] < 60  # Ray waits minutes for a dead address it was sent to
+        assert {"gcs_server", "raylet"} <= {name for _, name in found["listening"]}, found
+        assert {ip for ip, _ in found["listening"]} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, found
+
+        os.environ["RAY_TMPDIR"], t0 = temp, time.monotonic()
+        try:
+            with pytest.raises(
+                ConfigError, match="ray_current_cluster names 127.0.0.1:.* no Ray cluster answers"
+            ):
+                check_address("auto")
+        finally:
+            del os.environ["RAY_TMPDIR"]
+        assert time.monotonic() - t0 < 10
+        with pytest.raises(ConfigError, match="no Ray cluster was started on this machine"):
+            os.environ["RAY_TMPDIR"] = str(Path(temp) / "none")
+            try:
+                check_address("auto")
+            finally:
+                del os.environ["RAY_TMPDIR"]
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
