@@ -5,12 +5,10 @@ autoscaler can launch, shutting down what this process started. Used by the Ray 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 from scoring.errors import ConfigError
@@ -42,62 +40,48 @@ def check_address(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or ""
     if address in ("", "local"):
         return
-    if address == "auto":  # what `ray start` left in ray_current_cluster: it outlives the cluster
-        found = _current_cluster()
-        if found is None:
+    origin = None  # the file `--address auto` reads: `ray start` leaves it, and it outlives the cluster
+    if address == "auto":
+        address, origin = _current_cluster()
+        if not address:
             raise ConfigError(
                 "--address auto: no Ray cluster was started on this machine with `ray start`; give "
                 "its address, or leave --address out to start Ray here"
             )
-        address, origin = found
-        try:
-            socket.create_connection(_host_port(address), timeout=CONNECT_TIMEOUT_S).close()
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"--address auto: {origin} names {address}, where no Ray cluster answers (a cluster "
-                "that stopped leaves it behind); start one with `ray start --head`, give its address, "
-                "or leave --address out to start Ray here"
-            ) from exc
-        return
     if address.startswith(("http://", "https://")):
         raise ConfigError(
             f"--address {address} is a dashboard (Job API) address: `scoring run` joins a cluster at "
             "its GCS address (HOST:6379) or its Ray Client address (ray://HOST:10001); `scoring "
             "submit` is the command that takes the Job API address"
         )
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address}: expected HOST:PORT or ray://HOST:PORT")
     try:
-        where = _host_port(address)
-    except ValueError:
-        raise ConfigError(f"--address {address}: expected HOST:PORT or ray://HOST:PORT") from None
-    try:
-        socket.create_connection(where, timeout=CONNECT_TIMEOUT_S).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
+        if origin:
+            raise ConfigError(
+                f"--address auto: {origin} names {address}, where no Ray cluster answers (a cluster "
+                "that stopped leaves it behind); start one with `ray start --head`, give its address, "
+                "or leave --address out to start Ray here"
+            ) from exc
         raise ConfigError(
             f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); check the "
             "address (and RAY_ADDRESS), or leave --address out to start Ray on this machine"
         ) from exc
 
 
-def _host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(address)
-    return host.strip("[]"), int(port)
+def _current_cluster() -> tuple[str, str]:
+    """The address `ray start` left for ``ray.init(address="auto")`` ("" if none), and its file."""
+    from ray._common.utils import get_ray_address_file
 
-
-def _current_cluster() -> tuple[str, str] | None:
-    """The address `ray start` left for ``ray.init(address="auto")``, and the file holding it."""
-    if "RAY_TMPDIR" in os.environ:
-        folder = os.environ["RAY_TMPDIR"]
-    else:
-        folder = os.environ.get("TMPDIR", "/tmp") if sys.platform.startswith("linux") else "/tmp"
-    path = os.path.join(folder, "ray", "ray_current_cluster")
+    path = get_ray_address_file(None)
     try:
         with open(path) as f:
-            address = f.read().strip()
+            return f.read().strip(), path
     except OSError:
-        return None
-    return (address, path) if address else None
+        return "", path
 
 
 def launchable(timeout: float = 5.0) -> list[NodeType]:
@@ -193,35 +177,27 @@ def connect(address: str | None, quiet: bool = True) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _loopback() -> Iterator[None]:
-    """Ray keeps 127.0.0.1 as this node's address, as it does on macOS, instead of turning it into
-    the machine's (``services.resolve_ip_for_localhost``). Not for joining: a cluster's raylets
-    registered under the machine's address would not know a driver on 127.0.0.1."""
-    from ray._private import ray_constants
-
-    was = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = was
-
-
 def start_local(**kwargs: Any) -> None:
     """A new Ray of our own on this machine, reachable from it only: the GCS, the raylet, the
     agents and the workers listen on 127.0.0.1 (docs/runners.md, "Ray on this machine").
 
     ``address="local"``: a new Ray even if a `ray start` cluster runs here (``None`` would join
     it), and never the address a stopped one left in ``ray_current_cluster``. Ray 2.60 turns
-    ``_node_ip_address="127.0.0.1"`` into the machine's address unless it treats the machine as a
-    laptop, as it does on macOS (``ENABLE_RAY_CLUSTER`` False: "use loopback [...] to prevent
-    bothersome firewall popups"); then every process it starts binds loopback.
+    ``_node_ip_address="127.0.0.1"`` into the machine's address (``resolve_ip_for_localhost``)
+    unless it treats the machine as a laptop, as it does on macOS (``ENABLE_RAY_CLUSTER`` False:
+    "use loopback [...] to prevent bothersome firewall popups"); then every process it starts
+    binds loopback. Only while this Ray starts: a driver joining a cluster registered under the
+    machine's address must not take 127.0.0.1 for its own.
     """
     import ray
+    from ray._private import ray_constants
 
-    with _loopback():
+    was = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
         ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = was
 
 
 def shutdown() -> None:

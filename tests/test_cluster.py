@@ -461,7 +461,9 @@ print(json.dumps({"took": took, "listening": seen}))
 """
 
 
-def test_the_ray_a_job_starts_listens_on_loopback_only_and_ignores_a_stale_address() -> None:
+def test_the_ray_a_job_starts_listens_on_loopback_only_and_ignores_a_stale_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The Ray runner's own Ray, started under a ray_current_cluster that names a dead address (as
     a stopped `ray start` leaves it): it starts without waiting for that address, and every
     socket its processes listen on is on 127.0.0.1. `--address auto` refuses the dead one."""
@@ -485,20 +487,15 @@ def test_the_ray_a_job_starts_listens_on_loopback_only_and_ignores_a_stale_addre
         assert {"gcs_server", "raylet"} <= {name for _, name in found["listening"]}, found
         assert {ip for ip, _ in found["listening"]} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, found
 
-        os.environ["RAY_TMPDIR"], t0 = temp, time.monotonic()
-        try:
-            with pytest.raises(
-                ConfigError, match="ray_current_cluster names 127.0.0.1:.* no Ray cluster answers"
-            ):
-                check_address("auto")
-        finally:
-            del os.environ["RAY_TMPDIR"]
+        monkeypatch.setenv("RAY_TMPDIR", temp)
+        t0 = time.monotonic()
+        with pytest.raises(
+            ConfigError, match="ray_current_cluster names 127.0.0.1:.* no Ray cluster answers"
+        ):
+            check_address("auto")
         assert time.monotonic() - t0 < 10
+        monkeypatch.setenv("RAY_TMPDIR", str(Path(temp) / "none"))
         with pytest.raises(ConfigError, match="no Ray cluster was started on this machine"):
-            os.environ["RAY_TMPDIR"] = str(Path(temp) / "none")
-            try:
-                check_address("auto")
-            finally:
-                del os.environ["RAY_TMPDIR"]
+            check_address("auto")
     finally:
         shutil.rmtree(temp, ignore_errors=True)
